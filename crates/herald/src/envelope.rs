@@ -1,0 +1,266 @@
+//! The envelope: one message on the wire, its CloudEvents attributes and its JSON body.
+//!
+//! Herald uses CloudEvents *binary mode*: the body is the event's own JSON, and the attributes
+//! travel as transport headers named `cloudEvents_<attribute>` (the AMQP binding's prefix), so a
+//! plain client in any language reads the body as ordinary JSON. `docs/wire-format.md` lists them.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use bytes::Bytes;
+use chrono::{DateTime, SecondsFormat, Utc};
+
+use crate::error::{Error, Result};
+use crate::event::Event;
+
+/// Header names, shared by every transport so they all speak the same wire format.
+pub mod header {
+    /// CloudEvents `id`.
+    pub const ID: &str = "cloudEvents_id";
+    /// CloudEvents `source`: the publishing service.
+    pub const SOURCE: &str = "cloudEvents_source";
+    /// CloudEvents `type`: the event name.
+    pub const TYPE: &str = "cloudEvents_type";
+    /// CloudEvents `specversion`.
+    pub const SPEC_VERSION: &str = "cloudEvents_specversion";
+    /// CloudEvents `time`, RFC 3339 in UTC.
+    pub const TIME: &str = "cloudEvents_time";
+    /// CloudEvents `datacontenttype`.
+    pub const CONTENT_TYPE: &str = "cloudEvents_datacontenttype";
+    /// CloudEvents `subject`.
+    pub const SUBJECT: &str = "cloudEvents_subject";
+    /// Extension: the contract version.
+    pub const EVENT_VERSION: &str = "cloudEvents_eventversion";
+    /// Extension: the id shared by every event of one business flow.
+    pub const CORRELATION_ID: &str = "cloudEvents_correlationid";
+    /// Extension: the id of the event whose handler published this one.
+    pub const CAUSATION_ID: &str = "cloudEvents_causationid";
+    /// Extension (distributed tracing): W3C trace context.
+    pub const TRACEPARENT: &str = "cloudEvents_traceparent";
+    /// Herald: the delivery attempt (1 for the first delivery).
+    pub const ATTEMPT: &str = "herald_attempt";
+    /// Herald: the last handler error, on retried and dead-lettered messages.
+    pub const ERROR: &str = "herald_error";
+    /// Herald: the failure kind (`handler`, `timeout`, `panic`, `decode`, `schema`, ...).
+    pub const ERROR_KIND: &str = "herald_error_kind";
+    /// Herald: the queue the failure happened on.
+    pub const ORIGINAL_QUEUE: &str = "herald_original_queue";
+    /// Herald: the routing key the message was first published with.
+    pub const ORIGINAL_ROUTING_KEY: &str = "herald_original_routing_key";
+    /// Herald: when the first failure happened.
+    pub const FIRST_FAILURE: &str = "herald_first_failure";
+    /// Herald: when the last failure happened.
+    pub const LAST_FAILURE: &str = "herald_last_failure";
+    /// Herald: when the message was dead-lettered.
+    pub const DEAD_LETTERED_AT: &str = "herald_dead_lettered_at";
+}
+
+/// The CloudEvents spec version Herald writes.
+pub const SPEC_VERSION: &str = "1.0";
+/// The content type of every body Herald writes.
+pub const JSON: &str = "application/json";
+
+/// One message: attributes plus body. Transports store and carry it; handlers read it through
+/// [`Context`](crate::Context).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Envelope {
+    /// Unique id (UUIDv7 for Herald events; whatever a foreign publisher sent otherwise).
+    pub id: String,
+    /// The publishing service.
+    pub source: String,
+    /// The event name (CloudEvents `type`).
+    pub event_type: String,
+    /// The contract version.
+    pub event_version: u32,
+    /// The routing key on the topic exchange.
+    pub routing_key: String,
+    /// When the event happened, in UTC.
+    pub time: DateTime<Utc>,
+    /// The body's content type.
+    pub content_type: String,
+    /// Optional CloudEvents subject (e.g. the aggregate id).
+    pub subject: Option<String>,
+    /// The id shared by every event of one business flow.
+    pub correlation_id: Option<String>,
+    /// The id of the event that caused this one.
+    pub causation_id: Option<String>,
+    /// W3C trace context.
+    pub traceparent: Option<String>,
+    /// Priority 0..=9 (higher first where the transport supports it).
+    pub priority: u8,
+    /// Time to live: the message expires if not consumed within it.
+    pub ttl: Option<Duration>,
+    /// Delivery attempt, 1 for the first delivery. Set by the transport on delivery.
+    pub attempt: u32,
+    /// Other headers: extensions and failure metadata.
+    pub headers: BTreeMap<String, String>,
+    /// The body: the event's JSON.
+    pub body: Bytes,
+}
+
+impl Envelope {
+    /// Build the envelope for a typed event published by `source`.
+    pub fn for_event<E: Event>(event: &E, source: &str) -> Result<Self> {
+        let body = serde_json::to_vec(event).map_err(|source| Error::Encode {
+            event: E::NAME.to_string(),
+            source,
+        })?;
+        Ok(Self::new(E::NAME, E::VERSION, E::ROUTING_KEY, source, body.into()))
+    }
+
+    /// Build an envelope around an already-encoded JSON body.
+    pub fn new(
+        event_type: &str,
+        event_version: u32,
+        routing_key: &str,
+        source: &str,
+        body: Bytes,
+    ) -> Self {
+        Envelope {
+            id: uuid::Uuid::now_v7().to_string(),
+            source: source.to_string(),
+            event_type: event_type.to_string(),
+            event_version,
+            routing_key: routing_key.to_string(),
+            time: Utc::now(),
+            content_type: JSON.to_string(),
+            subject: None,
+            correlation_id: None,
+            causation_id: None,
+            traceparent: None,
+            priority: 0,
+            ttl: None,
+            attempt: 1,
+            headers: BTreeMap::new(),
+            body,
+        }
+    }
+
+    /// The correlation id, falling back to the event's own id (a flow starts at its first event).
+    pub fn correlation_or_id(&self) -> &str {
+        self.correlation_id.as_deref().unwrap_or(&self.id)
+    }
+
+    /// The headers to put on the wire: CloudEvents attributes, Herald extensions, then the rest.
+    pub fn wire_headers(&self) -> Vec<(&'static str, String)> {
+        let mut out = vec![
+            (header::ID, self.id.clone()),
+            (header::SOURCE, self.source.clone()),
+            (header::TYPE, self.event_type.clone()),
+            (header::SPEC_VERSION, SPEC_VERSION.to_string()),
+            (header::TIME, format_time(&self.time)),
+            (header::CONTENT_TYPE, self.content_type.clone()),
+            (header::EVENT_VERSION, self.event_version.to_string()),
+            (header::ATTEMPT, self.attempt.to_string()),
+        ];
+        let optional = [
+            (header::SUBJECT, &self.subject),
+            (header::CORRELATION_ID, &self.correlation_id),
+            (header::CAUSATION_ID, &self.causation_id),
+            (header::TRACEPARENT, &self.traceparent),
+        ];
+        for (name, value) in optional {
+            if let Some(v) = value {
+                out.push((name, v.clone()));
+            }
+        }
+        out
+    }
+
+    /// All headers as one map: the wire headers plus [`Envelope::headers`]. Transports that store
+    /// a flat map (SQLite) use this with [`Envelope::from_headers`].
+    pub fn header_map(&self) -> BTreeMap<String, String> {
+        let mut map = self.headers.clone();
+        for (k, v) in self.wire_headers() {
+            map.insert(k.to_string(), v);
+        }
+        map
+    }
+
+    /// Rebuild an envelope from a header map, routing key and body. Missing CloudEvents
+    /// attributes (a foreign publisher) get defaults: a fresh id, `unknown` source, the routing
+    /// key as type, the receive time.
+    pub fn from_headers(
+        mut headers: BTreeMap<String, String>,
+        routing_key: &str,
+        body: Bytes,
+    ) -> Self {
+        let mut take = |k: &str| headers.remove(k);
+        let id = take(header::ID).unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
+        let source = take(header::SOURCE).unwrap_or_else(|| "unknown".to_string());
+        let event_type = take(header::TYPE).unwrap_or_else(|| routing_key.to_string());
+        let time = take(header::TIME)
+            .and_then(|t| DateTime::parse_from_rfc3339(&t).ok())
+            .map(|t| t.with_timezone(&Utc))
+            .unwrap_or_else(Utc::now);
+        let content_type = take(header::CONTENT_TYPE).unwrap_or_else(|| JSON.to_string());
+        let event_version = take(header::EVENT_VERSION)
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(1);
+        let attempt = take(header::ATTEMPT)
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(1);
+        let subject = take(header::SUBJECT);
+        let correlation_id = take(header::CORRELATION_ID);
+        let causation_id = take(header::CAUSATION_ID);
+        let traceparent = take(header::TRACEPARENT);
+        headers.remove(header::SPEC_VERSION);
+        Envelope {
+            id,
+            source,
+            event_type,
+            event_version,
+            routing_key: routing_key.to_string(),
+            time,
+            content_type,
+            subject,
+            correlation_id,
+            causation_id,
+            traceparent,
+            priority: 0,
+            ttl: None,
+            attempt,
+            headers,
+            body,
+        }
+    }
+
+    /// True when the envelope carries failure metadata from an earlier attempt.
+    pub fn last_error(&self) -> Option<&str> {
+        self.headers.get(header::ERROR).map(String::as_str)
+    }
+}
+
+/// RFC 3339 with microseconds and a `Z`: what Herald writes for every time.
+pub fn format_time(t: &DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::Micros, true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn header_map_round_trips() {
+        let mut e = Envelope::new("a.b", 2, "a.b.v2", "svc", Bytes::from_static(b"{}"));
+        e.correlation_id = Some("c1".into());
+        e.subject = Some("s".into());
+        e.attempt = 3;
+        e.headers.insert("x-custom".into(), "v".into());
+        let back = Envelope::from_headers(e.header_map(), "a.b.v2", e.body.clone());
+        // time is formatted at microsecond precision
+        assert_eq!(back.time.timestamp_micros(), e.time.timestamp_micros());
+        let mut back = back;
+        back.time = e.time;
+        assert_eq!(back, e);
+    }
+
+    #[test]
+    fn foreign_messages_get_defaults() {
+        let e = Envelope::from_headers(BTreeMap::new(), "user.registered", Bytes::new());
+        assert_eq!(e.event_type, "user.registered");
+        assert_eq!(e.source, "unknown");
+        assert_eq!(e.attempt, 1);
+        assert!(!e.id.is_empty());
+    }
+}
