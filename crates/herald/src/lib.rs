@@ -8,14 +8,23 @@
 //! See `ARCHITECTURE.md` for the map and `docs/wire-format.md` for what goes on the wire.
 #![warn(missing_docs)]
 
+pub mod bus;
+pub mod config;
+mod context;
 pub mod envelope;
 pub mod error;
 pub mod event;
+pub mod handler;
+pub mod middleware;
 pub mod pattern;
 pub mod topology;
 pub mod transport;
 
+pub use bus::{Bus, BusBuilder, MessageOptions, MetricsSnapshot, Publisher, SubscribeOptions};
+pub use config::Config;
+pub use context::Context;
 pub use envelope::Envelope;
+pub use middleware::{FailureKind, HandlerError};
 pub use error::{Error, Result};
 pub use event::{Event, EventDescriptor};
 #[cfg(feature = "derive")]

@@ -1,0 +1,368 @@
+//! The bus: publish typed events, subscribe plain `async fn` handlers, run consumers, shut down
+//! gracefully.
+//!
+//! ```
+//! use herald::{Bus, Context, Event};
+//! use serde::{Deserialize, Serialize};
+//!
+//! #[derive(Debug, Clone, Serialize, Deserialize, Event)]
+//! #[event(name = "user.registered")]
+//! struct UserRegistered { user_id: u64, email: String }
+//!
+//! async fn send_welcome(event: UserRegistered, ctx: Context) -> Result<(), herald::HandlerError> {
+//!     println!("welcome {} (flow {})", event.email, ctx.correlation_id());
+//!     Ok(())
+//! }
+//!
+//! # tokio::runtime::Runtime::new().unwrap().block_on(async {
+//! let bus = Bus::builder()
+//!     .service("notification-service")
+//!     .broker("memory://docs-example")
+//!     .build()
+//!     .await?;
+//! bus.subscribe(send_welcome)?;
+//! bus.start().await?;
+//! bus.publish(&UserRegistered { user_id: 1, email: "a@example.com".into() }).await?;
+//! bus.shutdown().await?;
+//! # Ok::<(), herald::Error>(())
+//! # }).unwrap();
+//! ```
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde::de::DeserializeOwned;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::error::{Error, Result};
+use crate::event::Event;
+use crate::handler::{Decoding, Handler};
+use crate::middleware::Handle;
+use crate::pattern::validate_pattern;
+use crate::topology::Topology;
+use crate::transport::Transport;
+
+mod consumer;
+pub mod metrics;
+mod publisher;
+mod subscription;
+
+pub use metrics::{Metrics, MetricsSnapshot};
+pub use publisher::{MessageOptions, Publisher};
+pub use subscription::SubscribeOptions;
+
+use consumer::ConsumerSpec;
+use publisher::PublishCore;
+
+/// Builds a [`Bus`]. Starts from [`Config::load`]-style defaults; every call overrides.
+#[derive(Default)]
+pub struct BusBuilder {
+    config: Config,
+    transport: Option<Arc<dyn Transport>>,
+}
+
+impl BusBuilder {
+    /// Start from a loaded configuration.
+    pub fn config(mut self, config: Config) -> Self {
+        self.config = config;
+        self
+    }
+    /// This service's name (CloudEvents source, queue-name prefix).
+    pub fn service(mut self, name: impl Into<String>) -> Self {
+        self.config.service = name.into();
+        self
+    }
+    /// The broker URL: `sqlite://path`, `memory://`, `amqp://...`.
+    pub fn broker(mut self, url: impl Into<String>) -> Self {
+        self.config.broker = url.into();
+        self
+    }
+    /// The topic exchange.
+    pub fn exchange(mut self, name: impl Into<String>) -> Self {
+        self.config.exchange = name.into();
+        self
+    }
+    /// Default prefetch per subscription.
+    pub fn prefetch(mut self, n: usize) -> Self {
+        self.config.prefetch = n;
+        self
+    }
+    /// Default concurrency per subscription.
+    pub fn concurrency(mut self, n: usize) -> Self {
+        self.config.concurrency = n;
+        self
+    }
+    /// Largest body accepted.
+    pub fn max_message_bytes(mut self, n: usize) -> Self {
+        self.config.max_message_bytes = n;
+        self
+    }
+    /// Allow publishing events no queue receives.
+    pub fn allow_unroutable(mut self, allow: bool) -> Self {
+        self.config.allow_unroutable = allow;
+        self
+    }
+    /// Use this transport instead of opening one from the URL.
+    pub fn transport(mut self, transport: Arc<dyn Transport>) -> Self {
+        self.transport = Some(transport);
+        self
+    }
+
+    /// Validate the configuration, open the transport and declare the exchange.
+    pub async fn build(self) -> Result<Bus> {
+        self.config.validate()?;
+        let transport = match self.transport {
+            Some(t) => t,
+            None => crate::transport::connect(&self.config.broker, &self.config.service).await?,
+        };
+        transport.apply_topology(&Topology::new(&self.config.exchange)).await?;
+        let metrics = Arc::new(Metrics::default());
+        let publisher = Publisher::new(PublishCore {
+            transport: transport.clone(),
+            exchange: self.config.exchange.clone(),
+            service: self.config.service.clone(),
+            max_message_bytes: self.config.max_message_bytes,
+            allow_unroutable: self.config.allow_unroutable,
+            metrics: metrics.clone(),
+        });
+        Ok(Bus {
+            inner: Arc::new(BusInner {
+                config: self.config,
+                transport,
+                publisher,
+                metrics,
+                subscriptions: Mutex::new(Vec::new()),
+                shutdown: CancellationToken::new(),
+            }),
+        })
+    }
+}
+
+/// The bus. Cheap to clone; clones share everything.
+#[derive(Clone)]
+pub struct Bus {
+    inner: Arc<BusInner>,
+}
+
+struct BusInner {
+    config: Config,
+    transport: Arc<dyn Transport>,
+    publisher: Publisher,
+    metrics: Arc<Metrics>,
+    subscriptions: Mutex<Vec<Subscription>>,
+    shutdown: CancellationToken,
+}
+
+struct Subscription {
+    spec: Arc<ConsumerSpec>,
+    task: Option<JoinHandle<()>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Bus {
+    /// A builder with default configuration.
+    pub fn builder() -> BusBuilder {
+        BusBuilder::default()
+    }
+
+    /// A builder starting from `herald.toml` and `HERALD_*` variables.
+    pub fn from_config() -> Result<BusBuilder> {
+        Ok(BusBuilder::default().config(Config::load(None)?))
+    }
+
+    /// The publisher (also available inside handlers through `Context`).
+    pub fn publisher(&self) -> &Publisher {
+        &self.inner.publisher
+    }
+
+    /// Publish one event; returns its id once durably accepted.
+    pub async fn publish<E: Event>(&self, event: &E) -> Result<String> {
+        self.inner.publisher.publish(event).await
+    }
+
+    /// Publish one event with per-message options (priority, TTL, subject, ...).
+    pub async fn publish_with<E: Event>(&self, event: &E, options: MessageOptions) -> Result<String> {
+        self.inner.publisher.publish_with(event, options).await
+    }
+
+    /// Publish several events at once (all or nothing).
+    pub async fn publish_batch<E: Event>(&self, events: &[E]) -> Result<Vec<String>> {
+        self.inner.publisher.publish_batch(events).await
+    }
+
+    /// Subscribe `handler` to event `E` with default options, on queue `<service>.<event name>`
+    /// (version 2 and above: `<service>.<event name>.v<N>`). Subscribers in the same service
+    /// compete for messages; different services each get every event.
+    pub fn subscribe<E, H, Args>(&self, handler: H) -> Result<()>
+    where
+        E: Event,
+        H: Handler<E, Args>,
+        Args: 'static,
+    {
+        self.subscribe_with(handler, SubscribeOptions::default())
+    }
+
+    /// Subscribe with options.
+    pub fn subscribe_with<E, H, Args>(&self, handler: H, options: SubscribeOptions) -> Result<()>
+    where
+        E: Event,
+        H: Handler<E, Args>,
+        Args: 'static,
+    {
+        let queue = options
+            .queue
+            .clone()
+            .unwrap_or_else(|| format!("{}.{}", self.inner.config.service, E::ROUTING_KEY));
+        let expected = format!("`{}` v{} ({})", E::NAME, E::VERSION, std::any::type_name::<E>());
+        let mut options = options;
+        if options.validate_schema && options.schema.is_none() {
+            let schema = E::json_schema().ok_or_else(|| {
+                Error::Config(format!(
+                    "validate_schema on `{}`, but the event has no schema: add #[event(schema)] and derive schemars::JsonSchema",
+                    E::NAME
+                ))
+            })?;
+            options.schema = Some(crate::middleware::SchemaLayer::new(&schema)?);
+        }
+        let decoding: Arc<dyn Handle> =
+            Arc::new(Decoding::<E, H, Args>::new(handler, self.inner.publisher.clone(), expected));
+        self.register(queue, vec![E::ROUTING_KEY.to_string()], decoding, options)
+    }
+
+    /// Subscribe to a routing-key pattern (`*` one word, `#` any number) with a payload type of
+    /// your choosing, for messages from non-Herald publishers, e.g. `{"event_type": ...,
+    /// "data": {...}}` from a pika client. The queue is `<service>.<queue_suffix>`.
+    pub fn subscribe_pattern<P, H, Args>(
+        &self,
+        queue_suffix: &str,
+        pattern: &str,
+        handler: H,
+        options: SubscribeOptions,
+    ) -> Result<()>
+    where
+        P: DeserializeOwned + Send + 'static,
+        H: Handler<P, Args>,
+        Args: 'static,
+    {
+        validate_pattern(pattern).map_err(Error::Config)?;
+        let queue = options
+            .queue
+            .clone()
+            .unwrap_or_else(|| format!("{}.{}", self.inner.config.service, queue_suffix));
+        let expected = format!("{} (pattern `{pattern}`)", std::any::type_name::<P>());
+        let decoding: Arc<dyn Handle> =
+            Arc::new(Decoding::<P, H, Args>::new(handler, self.inner.publisher.clone(), expected));
+        self.register(queue, vec![pattern.to_string()], decoding, options)
+    }
+
+    fn register(
+        &self,
+        queue: String,
+        bindings: Vec<String>,
+        decoding: Arc<dyn Handle>,
+        options: SubscribeOptions,
+    ) -> Result<()> {
+        let config = &self.inner.config;
+        let timeout = (config.handler_timeout_ms > 0).then(|| Duration::from_millis(config.handler_timeout_ms));
+        let spec = Arc::new(ConsumerSpec {
+            queue: options.queue_spec(queue.clone(), bindings),
+            pipeline: options.build_pipeline(decoding, timeout),
+            prefetch: options.prefetch.unwrap_or(config.prefetch),
+            concurrency: options.concurrency.unwrap_or(config.concurrency),
+            max_message_bytes: config.max_message_bytes,
+        });
+        let mut subs = lock(&self.inner.subscriptions);
+        if subs.iter().any(|s| s.spec.queue.name == queue) {
+            return Err(Error::DuplicateSubscription(queue));
+        }
+        subs.push(Subscription { spec, task: None });
+        Ok(())
+    }
+
+    /// The topology this bus needs: its exchange and every subscription's queue.
+    pub fn topology(&self) -> Topology {
+        let mut t = Topology::new(&self.inner.config.exchange);
+        for s in lock(&self.inner.subscriptions).iter() {
+            t.add_queue(s.spec.queue.clone());
+        }
+        t
+    }
+
+    /// Declare the topology and start every subscription not yet running. Call again after
+    /// adding subscriptions to start those.
+    pub async fn start(&self) -> Result<()> {
+        if self.inner.shutdown.is_cancelled() {
+            return Err(Error::Closed);
+        }
+        self.inner.transport.apply_topology(&self.topology()).await?;
+        let mut subs = lock(&self.inner.subscriptions);
+        for s in subs.iter_mut().filter(|s| s.task.is_none()) {
+            s.task = Some(tokio::spawn(consumer::run(
+                s.spec.clone(),
+                self.inner.transport.clone(),
+                self.inner.metrics.clone(),
+                self.inner.shutdown.clone(),
+            )));
+        }
+        Ok(())
+    }
+
+    /// Graceful shutdown: stop taking messages, let in-flight handlers finish (up to the
+    /// configured grace period), give back what was buffered, close the transport.
+    pub async fn shutdown(&self) -> Result<()> {
+        self.inner.shutdown.cancel();
+        let tasks: Vec<JoinHandle<()>> = lock(&self.inner.subscriptions)
+            .iter_mut()
+            .filter_map(|s| s.task.take())
+            .collect();
+        let grace = Duration::from_millis(self.inner.config.shutdown_grace_ms);
+        let all = futures::future::join_all(tasks);
+        if tokio::time::timeout(grace, all).await.is_err() {
+            tracing::warn!(?grace, "handlers still running after the shutdown grace period; their messages will be redelivered");
+        }
+        self.inner.transport.close().await
+    }
+
+    /// Run until Ctrl-C / SIGTERM, then shut down gracefully.
+    pub async fn run_until_signal(&self) -> Result<()> {
+        self.start().await?;
+        wait_for_signal().await;
+        tracing::info!("signal received; shutting down");
+        self.shutdown().await
+    }
+
+    /// Counters of what this bus published and handled.
+    pub fn metrics(&self) -> MetricsSnapshot {
+        self.inner.metrics.snapshot()
+    }
+
+    /// The transport (dead letters, stats, health).
+    pub fn transport(&self) -> &Arc<dyn Transport> {
+        &self.inner.transport
+    }
+
+    /// The effective configuration.
+    pub fn config(&self) -> &Config {
+        &self.inner.config
+    }
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        if let Ok(mut term) = signal(SignalKind::terminate()) {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            return;
+        }
+    }
+    let _ = tokio::signal::ctrl_c().await;
+}

@@ -1,0 +1,75 @@
+//! Timeout: a handler call that runs longer than the limit is abandoned and counts as a failed,
+//! retryable attempt, so one stuck call cannot hold a consumer slot for ever.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::{BoxFuture, FailureKind, Handle, HandlerError, HandlerResult, Layer, Message};
+
+/// See the module docs.
+#[derive(Debug, Clone)]
+pub struct TimeoutLayer {
+    limit: Duration,
+}
+
+impl TimeoutLayer {
+    /// Abandon calls running longer than `limit`.
+    pub fn new(limit: Duration) -> Self {
+        TimeoutLayer { limit }
+    }
+}
+
+impl Layer for TimeoutLayer {
+    fn layer(&self, inner: Arc<dyn Handle>) -> Arc<dyn Handle> {
+        Arc::new(Timeout {
+            inner,
+            limit: self.limit,
+        })
+    }
+}
+
+struct Timeout {
+    inner: Arc<dyn Handle>,
+    limit: Duration,
+}
+
+impl Handle for Timeout {
+    fn call(&self, msg: Message) -> BoxFuture<HandlerResult> {
+        let fut = self.inner.call(msg);
+        let limit = self.limit;
+        Box::pin(async move {
+            match tokio::time::timeout(limit, fut).await {
+                Ok(result) => result,
+                Err(_) => Err(HandlerError::new(
+                    FailureKind::Timeout,
+                    format!("handler did not finish within {limit:?}"),
+                )),
+            }
+        })
+    }
+
+    fn paused_for(&self) -> Option<Duration> {
+        self.inner.paused_for()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::middleware::handle_fn;
+    use crate::middleware::test_support::message;
+
+    #[tokio::test]
+    async fn slow_calls_time_out_fast_ones_pass() {
+        let slow = TimeoutLayer::new(Duration::from_millis(50)).layer(handle_fn(|_| async {
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            Ok(())
+        }));
+        let started = std::time::Instant::now();
+        let err = slow.call(message(1)).await.unwrap_err();
+        assert_eq!(err.kind, FailureKind::Timeout);
+        assert!(started.elapsed() < Duration::from_secs(1));
+        let fast = TimeoutLayer::new(Duration::from_millis(50)).layer(handle_fn(|_| async { Ok(()) }));
+        assert!(fast.call(message(1)).await.is_ok());
+    }
+}
