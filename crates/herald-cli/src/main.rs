@@ -1,1 +1,116 @@
-fn main() {}
+//! `herald`: run the reference system, publish, tail, manage dead letters and topology, bench.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use herald::Config;
+
+mod commands;
+mod demo;
+
+/// Errors from commands: printed as one line, exit status 1.
+pub type CliResult<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
+
+/// Herald: typed events on a broker, from the command line.
+///
+/// Every command takes --broker (or HERALD_BROKER, or `broker` in herald.toml):
+/// sqlite://PATH (the default, .herald/herald.db), memory://, amqp://user:pass@host:5672/vhost.
+#[derive(Parser)]
+#[command(name = "herald", version, about, long_about = None)]
+struct Cli {
+    /// Broker URL [default: sqlite://.herald/herald.db]
+    #[arg(long, global = true, env = "HERALD_BROKER", hide_env_values = true)]
+    broker: Option<String>,
+    /// Topic exchange name [default: herald.events]
+    #[arg(long, global = true, env = "HERALD_EXCHANGE")]
+    exchange: Option<String>,
+    /// Configuration file [default: ./herald.toml if present]
+    #[arg(long, global = true)]
+    config: Option<PathBuf>,
+    /// Log filter, e.g. `info` or `herald=debug` (also RUST_LOG)
+    #[arg(long, global = true, default_value = "warn")]
+    log: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the reference system (KnowledgeNest: 3 publishers, 2 consumers, one failing
+    /// intermittently) with a progress display and a final report.
+    Demo(commands::demo::Args),
+    /// Publish one event with a JSON body.
+    Publish(commands::publish::Args),
+    /// Print events matching a routing-key pattern as they arrive (`*` one word, `#` any).
+    Tail(commands::tail::Args),
+    /// List, show, replay and purge dead letters.
+    #[command(subcommand)]
+    Dlq(commands::dlq::Command),
+    /// Print the topology the demo declares, or the live queues on the broker.
+    Topology(commands::topology::Args),
+    /// Run benchmark workload W1 and print a RESULT line.
+    Bench(commands::bench::Args),
+}
+
+fn load_config(cli: &Cli) -> CliResult<Config> {
+    let mut config = Config::load(cli.config.as_deref())?;
+    if let Some(b) = &cli.broker {
+        config.broker = b.clone();
+    }
+    if let Some(e) = &cli.exchange {
+        config.exchange = e.clone();
+    }
+    config.validate()?;
+    Ok(config)
+}
+
+/// The broker URL to show a person: redacted, and the default spelled out.
+pub fn broker_display(config: &Config) -> String {
+    if config.broker.is_empty() {
+        format!("sqlite://{}", herald::transport::DEFAULT_SQLITE_PATH)
+    } else {
+        config.broker_redacted()
+    }
+}
+
+async fn run(cli: Cli) -> CliResult<()> {
+    let config = load_config(&cli)?;
+    match cli.command {
+        Command::Demo(args) => commands::demo::run(config, args).await,
+        Command::Publish(args) => commands::publish::run(config, args).await,
+        Command::Tail(args) => commands::tail::run(config, args).await,
+        Command::Dlq(cmd) => commands::dlq::run(config, cmd).await,
+        Command::Topology(args) => commands::topology::run(config, args).await,
+        Command::Bench(args) => commands::bench::run(config, args).await,
+    }
+}
+
+fn main() -> ExitCode {
+    // Like any Unix filter: `herald tail '#' | head` ends quietly when the reader goes away.
+    #[cfg(unix)]
+    // SAFETY: restoring the default disposition of SIGPIPE before any thread starts.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+    let cli = Cli::parse();
+    let filter = std::env::var("RUST_LOG").unwrap_or_else(|_| cli.log.clone());
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_new(&filter).unwrap_or_else(|_| "warn".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -38,6 +38,7 @@ pub struct SubscribeOptions {
     pub(crate) max_priority: Option<u8>,
     pub(crate) message_ttl: Option<Duration>,
     pub(crate) max_length: Option<u64>,
+    pub(crate) temporary: bool,
 }
 
 impl SubscribeOptions {
@@ -131,6 +132,12 @@ impl SubscribeOptions {
         self
     }
 
+    /// A temporary queue, removed when the consumer stops (for tailing, not for work).
+    pub fn temporary(mut self) -> Self {
+        self.temporary = true;
+        self
+    }
+
     pub(crate) fn retry_policy(&self) -> RetryPolicy {
         self.retry.unwrap_or_default()
     }
@@ -145,7 +152,7 @@ impl SubscribeOptions {
             max_priority: self.max_priority,
             message_ttl: self.message_ttl,
             max_length: self.max_length,
-            auto_delete: false,
+            auto_delete: self.temporary,
         }
     }
 

@@ -28,7 +28,7 @@ pub mod rabbitmq;
 pub mod sqlite;
 mod url;
 
-pub use self::url::{connect, redact_url, BrokerUrl};
+pub use self::url::{connect, redact_url, BrokerUrl, DEFAULT_SQLITE_PATH};
 
 /// Options for one publish call.
 #[derive(Debug, Clone, Copy)]

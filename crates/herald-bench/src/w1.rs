@@ -1,0 +1,134 @@
+//! Workload W1 through the Herald bus, on any transport.
+//!
+//! In one process (`run_in_process`) for `memory://`; split into a consumer process and a
+//! publisher process (`run_consumer` / `run_publisher`) for brokers several processes share,
+//! with the CLI wiring the two together.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use herald::{Bus, Event, EventDescriptor, SubscribeOptions};
+use serde::{Deserialize, Serialize};
+use tokio::sync::Notify;
+
+use crate::cpu::process_cpu;
+
+/// The W1 event: about 200 bytes of JSON.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct OrderPlaced {
+    pub seq: u64,
+    pub order_id: String,
+    pub customer_id: u64,
+    pub amount_cents: u64,
+    pub currency: String,
+    pub items: u32,
+    pub channel: String,
+    pub note: String,
+}
+
+impl Event for OrderPlaced {
+    const NAME: &'static str = "bench.order.placed";
+    const VERSION: u32 = 1;
+    const ROUTING_KEY: &'static str = "bench.order.placed";
+    fn descriptor() -> EventDescriptor {
+        EventDescriptor {
+            name: Self::NAME,
+            version: 1,
+            routing_key: Self::ROUTING_KEY,
+            type_name: "OrderPlaced",
+            publisher: Some("bench-publisher"),
+            consumers: &["bench-consumer"],
+            description: "W1 benchmark event",
+        }
+    }
+}
+
+impl OrderPlaced {
+    /// The `seq`-th event.
+    pub fn sample(seq: u64) -> Self {
+        OrderPlaced {
+            seq,
+            order_id: uuid::Uuid::now_v7().to_string(),
+            customer_id: 100_000 + seq % 997,
+            amount_cents: 1999 + seq % 10_000,
+            currency: "EUR".into(),
+            items: (seq % 7) as u32 + 1,
+            channel: "web".into(),
+            note: "deliver to the side door, ring twice".into(),
+        }
+    }
+}
+
+/// How many publishes are in flight at once (each waits for durable acceptance).
+pub const PUBLISH_WINDOW: usize = 256;
+
+/// Figures of one W1 run.
+#[derive(Debug, Clone, Copy)]
+pub struct W1Figures {
+    pub events: u64,
+    pub publish_eps: f64,
+    pub end_to_end_eps: f64,
+    pub cpu_us_per_event: f64,
+}
+
+/// The consumer's subscription options: ack after decode, prefetch 200.
+fn consumer_options() -> SubscribeOptions {
+    SubscribeOptions::new().prefetch(200).concurrency(8).queue("bench-consumer.w1")
+}
+
+/// Subscribe a counting consumer; returns the counter and a notifier fired at `events`.
+pub fn subscribe_counter(bus: &Bus, events: u64) -> herald::Result<(Arc<AtomicU64>, Arc<Notify>)> {
+    let count = Arc::new(AtomicU64::new(0));
+    let done = Arc::new(Notify::new());
+    let (c, d) = (count.clone(), done.clone());
+    bus.subscribe_with(
+        move |_e: OrderPlaced| {
+            if c.fetch_add(1, Ordering::Relaxed) + 1 == events {
+                d.notify_one();
+            }
+            std::future::ready(())
+        },
+        consumer_options(),
+    )?;
+    Ok((count, done))
+}
+
+/// Publish `events` W1 events with [`PUBLISH_WINDOW`] in flight; returns how long it took.
+pub async fn publish_all(bus: &Bus, events: u64) -> herald::Result<Duration> {
+    let started = Instant::now();
+    let mut results = futures::stream::iter(0..events)
+        .map(|i| {
+            let bus = bus.clone();
+            async move { bus.publish(&OrderPlaced::sample(i)).await }
+        })
+        .buffer_unordered(PUBLISH_WINDOW);
+    while let Some(r) = results.next().await {
+        r?;
+    }
+    Ok(started.elapsed())
+}
+
+/// Publisher and consumer in this process, each with its own bus.
+pub async fn run_in_process(broker: &str, exchange: &str, events: u64) -> herald::Result<W1Figures> {
+    let consumer = Bus::builder().broker(broker).exchange(exchange).service("bench-consumer").build().await?;
+    let (_count, done) = subscribe_counter(&consumer, events)?;
+    consumer.start().await?;
+    let publisher = Bus::builder().broker(broker).exchange(exchange).service("bench-publisher").build().await?;
+    let cpu_before = process_cpu();
+    let started = Instant::now();
+    let notified = done.notified();
+    let publish_time = publish_all(&publisher, events).await?;
+    notified.await;
+    let e2e = started.elapsed();
+    let cpu = process_cpu() - cpu_before;
+    publisher.shutdown().await?;
+    consumer.shutdown().await?;
+    Ok(W1Figures {
+        events,
+        publish_eps: events as f64 / publish_time.as_secs_f64(),
+        end_to_end_eps: events as f64 / e2e.as_secs_f64(),
+        cpu_us_per_event: cpu.as_secs_f64() * 1e6 / events as f64,
+    })
+}

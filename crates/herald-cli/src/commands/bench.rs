@@ -1,0 +1,113 @@
+//! `herald bench`: workload W1 (see the herald-bench crate).
+//!
+//! On a broker several processes share (SQLite, RabbitMQ) the consumer runs in a child process
+//! (`herald bench --role consumer`), so publisher and consumer do not share a runtime. The child
+//! prints `READY` once subscribed and `DONE cpu_us=N` once it has handled every event.
+
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use herald::transport::BrokerUrl;
+use herald::{Bus, Config};
+use herald_bench::w1;
+use tokio::io::{AsyncBufReadExt, BufReader};
+
+use crate::CliResult;
+
+/// Run benchmark workload W1.
+#[derive(clap::Args)]
+pub struct Args {
+    /// Number of events
+    #[arg(long, default_value_t = 50_000)]
+    events: u64,
+    /// Internal: run one side of a split run
+    #[arg(long, hide = true, value_parser = ["consumer"])]
+    role: Option<String>,
+}
+
+fn transport_name(config: &Config) -> CliResult<&'static str> {
+    Ok(match BrokerUrl::parse(&config.broker)? {
+        BrokerUrl::Memory(_) => "memory",
+        BrokerUrl::Sqlite(_) => "sqlite",
+        BrokerUrl::Amqp(_) => "rabbitmq",
+        BrokerUrl::Nats(_) => "nats",
+    })
+}
+
+pub async fn run(mut config: Config, args: Args) -> CliResult<()> {
+    if args.events == 0 {
+        return Err("--events must be at least 1".into());
+    }
+    if args.role.as_deref() == Some("consumer") {
+        return consumer_role(config, args.events).await;
+    }
+    let transport = transport_name(&config)?;
+    // A fresh exchange per run, so earlier runs' leftovers do not count.
+    config.exchange = format!("bench.w1.{:08x}", rand::random::<u32>());
+    let figures = if transport == "memory" {
+        w1::run_in_process(&config.broker, &config.exchange, args.events).await?
+    } else {
+        split_run(&config, args.events).await?
+    };
+    eprintln!(
+        "W1 on {transport}: {} events, published {:.0}/s, end to end {:.0}/s, {:.1} µs CPU per event",
+        figures.events, figures.publish_eps, figures.end_to_end_eps, figures.cpu_us_per_event
+    );
+    println!(
+        "{}",
+        herald_bench::result_line("w1", transport, figures.events, figures.end_to_end_eps, None, Some(figures.cpu_us_per_event))
+    );
+    Ok(())
+}
+
+async fn consumer_role(config: Config, events: u64) -> CliResult<()> {
+    let bus = Bus::builder().config(config).service("bench-consumer").build().await?;
+    let (_count, done) = w1::subscribe_counter(&bus, events)?;
+    let notified = done.notified();
+    bus.start().await?;
+    println!("READY");
+    let cpu_before = herald_bench::cpu::process_cpu();
+    notified.await;
+    let cpu = herald_bench::cpu::process_cpu() - cpu_before;
+    println!("DONE cpu_us={}", cpu.as_micros());
+    bus.shutdown().await?;
+    Ok(())
+}
+
+async fn split_run(config: &Config, events: u64) -> CliResult<w1::W1Figures> {
+    let exe = std::env::current_exe()?;
+    let mut child = tokio::process::Command::new(exe)
+        .args(["bench", "--role", "consumer", "--events", &events.to_string()])
+        .args(["--broker", &config.broker, "--exchange", &config.exchange])
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()?;
+    let stdout = child.stdout.take().ok_or("consumer process has no stdout")?;
+    let mut lines = BufReader::new(stdout).lines();
+    let expect = |line: Option<String>, prefix: &str| -> CliResult<String> {
+        match line {
+            Some(l) if l.starts_with(prefix) => Ok(l),
+            other => Err(format!("consumer process said {other:?}, expected {prefix}").into()),
+        }
+    };
+    expect(tokio::time::timeout(Duration::from_secs(60), lines.next_line()).await??, "READY")?;
+    let publisher = Bus::builder().config(config.clone()).service("bench-publisher").build().await?;
+    let cpu_before = herald_bench::cpu::process_cpu();
+    let started = Instant::now();
+    let publish_time = w1::publish_all(&publisher, events).await?;
+    let done = expect(tokio::time::timeout(Duration::from_secs(600), lines.next_line()).await??, "DONE")?;
+    let e2e = started.elapsed();
+    let cpu = herald_bench::cpu::process_cpu() - cpu_before;
+    publisher.shutdown().await?;
+    let child_cpu_us: f64 = done
+        .trim_start_matches("DONE cpu_us=")
+        .parse()
+        .map_err(|_| format!("bad consumer report: {done}"))?;
+    let _ = child.wait().await;
+    Ok(w1::W1Figures {
+        events,
+        publish_eps: events as f64 / publish_time.as_secs_f64(),
+        end_to_end_eps: events as f64 / e2e.as_secs_f64(),
+        cpu_us_per_event: (cpu.as_secs_f64() * 1e6 + child_cpu_us) / events as f64,
+    })
+}

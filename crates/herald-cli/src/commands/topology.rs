@@ -1,0 +1,51 @@
+//! `herald topology`.
+
+use herald::Config;
+
+use super::cli_bus;
+use crate::CliResult;
+
+/// Print topology.
+#[derive(clap::Args)]
+pub struct Args {
+    /// As JSON
+    #[arg(long)]
+    json: bool,
+    /// The queues that exist on the broker now, with counts, instead of the demo's declared topology
+    #[arg(long)]
+    live: bool,
+}
+
+pub async fn run(config: Config, args: Args) -> CliResult<()> {
+    if args.live {
+        let bus = cli_bus(&config).await?;
+        let stats = bus.transport().queue_stats().await;
+        bus.shutdown().await?;
+        let stats = stats?;
+        if args.json {
+            println!("{}", serde_json::to_string_pretty(&stats)?);
+        } else {
+            let fmt = |v: Option<u64>| v.map_or("-".to_string(), |v| v.to_string());
+            println!("{:<50} {:>8} {:>9} {:>8} {:>8} {:>9}", "QUEUE", "READY", "IN-FLIGHT", "DELAYED", "DEAD", "CONSUMERS");
+            for s in stats {
+                println!(
+                    "{:<50} {:>8} {:>9} {:>8} {:>8} {:>9}",
+                    s.queue,
+                    fmt(s.ready),
+                    fmt(s.in_flight),
+                    fmt(s.delayed),
+                    fmt(s.dead_letters),
+                    fmt(s.consumers)
+                );
+            }
+        }
+        return Ok(());
+    }
+    let topology = crate::demo::topology(&config).await?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&topology)?);
+    } else {
+        print!("{topology}");
+    }
+    Ok(())
+}
