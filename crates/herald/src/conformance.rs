@@ -876,6 +876,37 @@ pub async fn bus_graceful_shutdown_loses_nothing(h: &dyn Harness) {
     second.shutdown().await.unwrap();
 }
 
+/// A message in someone else's JSON shape, with no Herald headers, reaches a handler registered
+/// for a routing-key pattern with a payload type of the user's choosing.
+pub async fn bus_consumes_foreign_json_by_pattern(h: &dyn Harness) {
+    #[derive(serde::Deserialize)]
+    struct Legacy {
+        event_type: String,
+        data: serde_json::Value,
+    }
+    let n = Names::new("bus-foreign");
+    let b = bus(h, &n, "svc").await;
+    let got = Arc::new(StdMutex::new(Vec::new()));
+    let g = got.clone();
+    b.subscribe_pattern(
+        "legacy",
+        "course.*",
+        move |e: Legacy| {
+            g.lock().unwrap().push((e.event_type, e.data["user_id"].as_u64()));
+            async {}
+        },
+        SubscribeOptions::new(),
+    )
+    .unwrap();
+    b.start().await.unwrap();
+    let body = br#"{"event_type": "course.enrolled", "timestamp": "2024-01-15T10:35:00", "data": {"user_id": 123}}"#;
+    let foreign = Envelope::from_headers(Default::default(), "course.enrolled", Bytes::from_static(body));
+    b.publisher().publish_envelopes(vec![foreign], false).await.unwrap();
+    wait_until("the foreign event is handled", || !got.lock().unwrap().is_empty()).await;
+    assert_eq!(got.lock().unwrap()[0], ("course.enrolled".to_string(), Some(123)));
+    b.shutdown().await.unwrap();
+}
+
 /// Expand one `#[tokio::test]` per conformance case for a harness expression.
 #[macro_export]
 macro_rules! conformance_tests {
@@ -889,7 +920,8 @@ macro_rules! conformance_tests {
             bus_fan_out_and_compete, bus_retries_then_dead_letters,
             bus_poison_message_is_dead_lettered_without_retries, bus_panic_is_a_failed_attempt,
             bus_timeout_is_a_failed_attempt, bus_follow_ups_carry_correlation_and_causation,
-            bus_unroutable_publish_is_an_error, bus_graceful_shutdown_loses_nothing);
+            bus_unroutable_publish_is_an_error, bus_graceful_shutdown_loses_nothing,
+            bus_consumes_foreign_json_by_pattern);
     };
     (@cases $harness:expr; $($case:ident),*) => {
         $(
