@@ -1,6 +1,6 @@
 //! `#[derive(Event)]`: turns a serde struct into a Herald event contract.
 //!
-//! ```ignore
+//! ```text
 //! #[derive(Serialize, Deserialize, Event)]
 //! #[event(name = "course.enrolled", version = 2, publisher = "course-service",
 //!         consumers = ["notification-service"], schema)]
@@ -131,7 +131,7 @@ fn expand(input: &DeriveInput) -> syn::Result<proc_macro2::TokenStream> {
     let (impl_generics, ty_generics, where_clause) = input.generics.split_for_impl();
     let schema = if args.schema {
         quote! {
-            fn json_schema() -> ::core::option::Option<::herald::__private::serde_json::Value> {
+            fn event_schema() -> ::core::option::Option<::herald::__private::serde_json::Value> {
                 ::core::option::Option::Some(::herald::__private::json_schema::<Self>())
             }
         }
@@ -159,4 +159,48 @@ fn expand(input: &DeriveInput) -> syn::Result<proc_macro2::TokenStream> {
             #schema
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn expand_src(src: &str) -> Result<String, String> {
+        let input: DeriveInput = syn::parse_str(src).map_err(|e| e.to_string())?;
+        expand(&input).map(|t| t.to_string()).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn routing_key_follows_the_version() {
+        let out = expand_src(r#"#[event(name = "course.enrolled", version = 2)] struct A { x: u8 }"#).unwrap();
+        assert!(out.contains("\"course.enrolled.v2\""), "{out}");
+        let out = expand_src(r#"#[event(name = "course.enrolled")] struct A;"#).unwrap();
+        assert!(out.contains("const ROUTING_KEY : & 'static str = \"course.enrolled\""), "{out}");
+    }
+
+    #[test]
+    fn doc_comment_and_consumers_reach_the_descriptor() {
+        let out = expand_src(
+            r#"/// A fact.
+            #[event(name = "a.b", publisher = "svc", consumers = ["x", "y"])] struct A;"#,
+        )
+        .unwrap();
+        assert!(out.contains("\"A fact.\"") && out.contains("\"x\" , \"y\"") && out.contains("Some (\"svc\")"), "{out}");
+    }
+
+    #[test]
+    fn bad_contracts_fail_to_compile_with_a_reason() {
+        let cases = [
+            (r#"struct A;"#, "missing #[event(name"),
+            (r#"#[event(name = "course.*")] struct A;"#, "dot-separated words"),
+            (r#"#[event(name = "course..x")] struct A;"#, "dot-separated words"),
+            (r#"#[event(name = "a.b", version = 0)] struct A;"#, "versions start at 1"),
+            (r#"#[event(name = "a.b", colour = "red")] struct A;"#, "unknown event attribute"),
+            (r#"#[event(name = "a.b", consumers = [1])] struct A;"#, "string literals"),
+        ];
+        for (src, want) in cases {
+            let err = expand_src(src).unwrap_err();
+            assert!(err.contains(want), "{src}: {err}");
+        }
+    }
 }

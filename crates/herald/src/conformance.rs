@@ -2,7 +2,7 @@
 //!
 //! A transport's test file provides a [`Harness`] and expands [`conformance_tests!`]:
 //!
-//! ```ignore
+//! ```text
 //! struct Mem;
 //! #[async_trait::async_trait]
 //! impl herald::conformance::Harness for Mem { /* ... */ }

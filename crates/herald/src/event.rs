@@ -56,7 +56,7 @@ pub trait Event: Serialize + DeserializeOwned + Send + Sync + 'static {
 
     /// The event's JSON Schema, when it derives `schemars::JsonSchema` and opts in with
     /// `#[event(schema)]`.
-    fn json_schema() -> Option<serde_json::Value> {
+    fn event_schema() -> Option<serde_json::Value> {
         None
     }
 }

@@ -221,7 +221,7 @@ impl Bus {
         let expected = format!("`{}` v{} ({})", E::NAME, E::VERSION, std::any::type_name::<E>());
         let mut options = options;
         if options.validate_schema && options.schema.is_none() {
-            let schema = E::json_schema().ok_or_else(|| {
+            let schema = E::event_schema().ok_or_else(|| {
                 Error::Config(format!(
                     "validate_schema on `{}`, but the event has no schema: add #[event(schema)] and derive schemars::JsonSchema",
                     E::NAME
