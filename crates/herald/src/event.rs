@@ -61,6 +61,25 @@ pub trait Event: Serialize + DeserializeOwned + Send + Sync + 'static {
     }
 }
 
+impl std::fmt::Display for EventDescriptor {
+    /// The contract's documentation block, as reference 004 asks every event to carry:
+    /// what it is, who publishes it, who consumes it, and its routing key.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(f, "{} v{} ({})", self.name, self.version, self.type_name)?;
+        for line in self.description.lines().filter(|l| !l.trim().is_empty()) {
+            writeln!(f, "  {line}")?;
+        }
+        writeln!(f, "  Published by: {}", self.publisher.unwrap_or("(not declared)"))?;
+        let consumers = if self.consumers.is_empty() {
+            "(not declared)".to_string()
+        } else {
+            self.consumers.join(", ")
+        };
+        writeln!(f, "  Consumed by:  {consumers}")?;
+        writeln!(f, "  Routing key:  {}", self.routing_key)
+    }
+}
+
 /// The routing key for a name and version: the name itself for version 1, `name.vN` above.
 pub fn routing_key_for(name: &str, version: u32) -> String {
     if version <= 1 {
@@ -79,6 +98,23 @@ impl<T: DeserializeOwned + Send + 'static> Payload for T {}
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn descriptor_documents_the_contract() {
+        let d = EventDescriptor {
+            name: "resource.accessed",
+            version: 2,
+            routing_key: "resource.accessed.v2",
+            type_name: "ResourceAccessed",
+            publisher: Some("gateway"),
+            consumers: &["audit", "billing"],
+            description: "A resource was read.",
+        };
+        let text = d.to_string();
+        assert!(text.contains("Published by: gateway"), "{text}");
+        assert!(text.contains("Consumed by:  audit, billing"), "{text}");
+        assert!(text.contains("Routing key:  resource.accessed.v2"), "{text}");
+    }
 
     #[test]
     fn version_one_keeps_the_plain_name() {

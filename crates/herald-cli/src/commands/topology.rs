@@ -11,12 +11,26 @@ pub struct Args {
     /// As JSON
     #[arg(long)]
     json: bool,
+    /// The demo's event contracts: name, version, publisher, consumers, routing key
+    #[arg(long, conflicts_with = "live")]
+    catalog: bool,
     /// The queues that exist on the broker now, with counts, instead of the demo's declared topology
     #[arg(long)]
     live: bool,
 }
 
 pub async fn run(config: Config, args: Args) -> CliResult<()> {
+    if args.catalog {
+        let events = crate::demo::events::catalog();
+        if args.json {
+            println!("{}", serde_json::to_string_pretty(&events)?);
+        } else {
+            for e in events {
+                println!("{e}");
+            }
+        }
+        return Ok(());
+    }
     if args.live {
         let bus = cli_bus(&config).await?;
         let stats = bus.transport().queue_stats().await;

@@ -1,7 +1,7 @@
 //! The event contracts of reference 003 (KnowledgeNest): four facts on one topic exchange.
 
 use chrono::{DateTime, Utc};
-use herald::Event;
+use herald::{Event, EventDescriptor};
 use serde::{Deserialize, Serialize};
 
 /// A user finished registering.
@@ -45,4 +45,14 @@ pub struct ReviewCreated {
     pub rating: u8,
     pub has_comment: bool,
     pub created_at: DateTime<Utc>,
+}
+
+/// Every contract of the system, for docs.
+pub fn catalog() -> Vec<EventDescriptor> {
+    vec![
+        UserRegistered::descriptor(),
+        CourseCreated::descriptor(),
+        CourseEnrolled::descriptor(),
+        ReviewCreated::descriptor(),
+    ]
 }

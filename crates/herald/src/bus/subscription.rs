@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::middleware::{
-    CatchPanicLayer, CircuitBreakerConfig, CircuitBreakerLayer, ConcurrencyLimitLayer,
+    CatchPanicLayer, CircuitBreakerConfig, DedupLayer, CircuitBreakerLayer, ConcurrencyLimitLayer,
     DeadLetterLayer, Handle, Layer, RateLimitLayer, RetryLayer, RetryPolicy, SchemaLayer,
     TimeoutLayer,
 };
@@ -39,6 +39,7 @@ pub struct SubscribeOptions {
     pub(crate) message_ttl: Option<Duration>,
     pub(crate) max_length: Option<u64>,
     pub(crate) temporary: bool,
+    pub(crate) dedup: Option<DedupLayer>,
 }
 
 impl SubscribeOptions {
@@ -132,6 +133,12 @@ impl SubscribeOptions {
         self
     }
 
+    /// Skip redeliveries of ids already handled, remembering up to `capacity` ids for `ttl`.
+    pub fn dedup(mut self, capacity: usize, ttl: Duration) -> Self {
+        self.dedup = Some(DedupLayer::in_memory(capacity, ttl));
+        self
+    }
+
     /// A temporary queue, removed when the consumer stops (for tailing, not for work).
     pub fn temporary(mut self) -> Self {
         self.temporary = true;
@@ -171,6 +178,9 @@ impl SubscribeOptions {
             h = layer.layer(h);
         }
         h = RetryLayer::new(self.retry_policy()).layer(h);
+        if let Some(dedup) = &self.dedup {
+            h = dedup.layer(h);
+        }
         h = DeadLetterLayer.layer(h);
         if let Some(limit) = &self.concurrency_limit {
             h = limit.layer(h);

@@ -12,14 +12,15 @@
 //! | [`ConcurrencyLimitLayer`] | `concurrency.rs` | at most N handler calls at once, shareable across subscriptions |
 //! | [`CircuitBreakerLayer`] | `circuit_breaker.rs` | pause consumption while a dependency fails, probe, resume |
 //! | [`RateLimitLayer`] | `rate_limit.rs` | at most N calls per second |
+//! | [`DedupLayer`] | `dedup.rs` | skip ids this subscription already handled, within a window |
 //! | [`SchemaLayer`] | `schema.rs` | JSON Schema validation before decoding (feature `schema`) |
 //!
 //! Undecodable bodies never reach a handler: the typed adapter reports them as
 //! [`FailureKind::Decode`], which no layer retries.
 //!
 //! The bus builds the stack from [`SubscribeOptions`](crate::SubscribeOptions), outermost first:
-//! rate limit → circuit breaker → concurrency → dead letter → retry → custom layers → catch
-//! panic → timeout → schema → handler.
+//! rate limit → circuit breaker → concurrency → dead letter → dedup → retry → custom layers →
+//! catch panic → timeout → schema → handler.
 
 use std::fmt;
 use std::future::Future;
@@ -33,6 +34,7 @@ mod catch_panic;
 mod circuit_breaker;
 mod concurrency;
 mod dead_letter;
+mod dedup;
 mod rate_limit;
 mod retry;
 mod schema;
@@ -42,6 +44,7 @@ pub use catch_panic::CatchPanicLayer;
 pub use circuit_breaker::{CircuitBreakerConfig, CircuitBreakerLayer, CircuitState};
 pub use concurrency::ConcurrencyLimitLayer;
 pub use dead_letter::DeadLetterLayer;
+pub use dedup::DedupLayer;
 pub use rate_limit::RateLimitLayer;
 pub use retry::{Backoff, RetryLayer, RetryPolicy};
 pub use schema::SchemaLayer;
