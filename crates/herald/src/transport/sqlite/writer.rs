@@ -1,0 +1,358 @@
+//! The connection thread: every statement of one [`SqliteTransport`](super::SqliteTransport)
+//! runs here, so the async runtime never blocks on SQLite.
+//!
+//! Group commit: the thread takes the first queued command, then every command queued behind it
+//! (up to [`MAX_GROUP`]), and runs all the writes in ONE `BEGIN IMMEDIATE` transaction, each
+//! under its own savepoint so one failing publish (unroutable, queue full) does not affect the
+//! others. Callers are answered only after `COMMIT`. Concurrent publishes, claims and settlements
+//! therefore share one commit, and acks (which are not awaited) pile up while a transaction runs
+//! and go out together in the next one.
+
+use std::sync::mpsc::Receiver;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use tokio::sync::{oneshot, Notify};
+
+use super::store::Store;
+use crate::error::{Error, Result};
+use crate::topology::Topology;
+use crate::transport::{DeadLetter, QueueStats};
+
+/// The most commands one transaction takes.
+pub(crate) const MAX_GROUP: usize = 1024;
+
+/// Where a command's answer goes.
+pub(crate) type Reply<T> = oneshot::Sender<Result<T>>;
+
+/// A message ready to insert, encoded by the publishing task.
+pub(crate) struct NewMessage {
+    pub routing_key: String,
+    pub headers: String,
+    pub body: Bytes,
+    pub priority: u8,
+    pub ttl_ms: Option<i64>,
+}
+
+/// A row handed to a consumer.
+pub(crate) struct Claimed {
+    pub id: i64,
+    pub routing_key: String,
+    pub headers: String,
+    pub body: Vec<u8>,
+    pub priority: i64,
+    pub ttl_ms: Option<i64>,
+    pub deliveries: i64,
+}
+
+/// What to do with a leased row.
+pub(crate) enum SettleOp {
+    /// Delete it.
+    Ack,
+    /// Give the lease up and make it visible again after `delay_ms`, with new headers.
+    Reschedule { headers: String, delay_ms: i64 },
+    /// Move it to the dead letters as this (already annotated) message.
+    DeadLetter {
+        msg_id: String,
+        routing_key: String,
+        headers: String,
+        body: Bytes,
+    },
+}
+
+/// One request to the connection thread.
+pub(crate) enum Cmd {
+    Topology(Topology, Reply<()>),
+    Publish {
+        exchange: String,
+        batch: Vec<NewMessage>,
+        require_route: bool,
+        reply: Reply<()>,
+    },
+    Claim {
+        queue: String,
+        owner: Arc<str>,
+        max: usize,
+        reply: Reply<Vec<Claimed>>,
+    },
+    Settle {
+        id: i64,
+        owner: Arc<str>,
+        op: SettleOp,
+        reply: Option<Reply<()>>,
+    },
+    /// Extend the leases of everything `owner` holds and its consumer heartbeat.
+    Renew {
+        owner: Arc<str>,
+        queue: String,
+    },
+    Register {
+        owner: Arc<str>,
+        queue: String,
+        reply: Reply<()>,
+    },
+    /// A consumer is gone: release what it still holds, remove it, drop an auto-delete queue.
+    ConsumerGone {
+        owner: Arc<str>,
+        queue: String,
+        auto_delete: bool,
+    },
+    DeadLetters {
+        queue: String,
+        limit: usize,
+        reply: Reply<Vec<DeadLetter>>,
+    },
+    Replay {
+        queue: String,
+        ids: Option<Vec<String>>,
+        reply: Reply<u64>,
+    },
+    Purge {
+        queue: String,
+        ids: Option<Vec<String>>,
+        reply: Reply<u64>,
+    },
+    Stats(Reply<Vec<QueueStats>>),
+    /// Answered once everything queued before it is committed.
+    Flush(Reply<()>),
+}
+
+impl Cmd {
+    fn is_read(&self) -> bool {
+        matches!(
+            self,
+            Cmd::DeadLetters { .. } | Cmd::Stats(_) | Cmd::Flush(_)
+        )
+    }
+}
+
+/// An answer held back until the transaction commits.
+enum Pending {
+    Unit(Reply<()>, Result<()>),
+    Rows(Reply<Vec<Claimed>>, Result<Vec<Claimed>>),
+    Count(Reply<u64>, Result<u64>),
+}
+
+impl Pending {
+    fn fail(self, message: &str) -> Pending {
+        let err = || Error::transport("sqlite", message);
+        match self {
+            Pending::Unit(r, Ok(_)) => Pending::Unit(r, Err(err())),
+            Pending::Rows(r, Ok(_)) => Pending::Rows(r, Err(err())),
+            Pending::Count(r, Ok(_)) => Pending::Count(r, Err(err())),
+            other => other,
+        }
+    }
+    fn send(self) {
+        // A caller that stopped waiting (cancelled future) is not an error.
+        match self {
+            Pending::Unit(r, v) => drop(r.send(v)),
+            Pending::Rows(r, v) => drop(r.send(v)),
+            Pending::Count(r, v) => drop(r.send(v)),
+        }
+    }
+}
+
+/// The thread body: serve commands until every sender is gone.
+pub(crate) fn run(mut store: Store, rx: Receiver<Cmd>, notify: Arc<Notify>) {
+    let mut group: Vec<Cmd> = Vec::with_capacity(MAX_GROUP);
+    while let Ok(first) = rx.recv() {
+        group.push(first);
+        while group.len() < MAX_GROUP {
+            match rx.try_recv() {
+                Ok(cmd) => group.push(cmd),
+                Err(_) => break,
+            }
+        }
+        let wake = run_group(&mut store, &mut group);
+        if wake {
+            notify.notify_waiters();
+        }
+    }
+    tracing::debug!(path = %store.path().display(), "sqlite connection thread stopped");
+}
+
+/// Run one group; true when consumers should look for new messages.
+fn run_group(store: &mut Store, group: &mut Vec<Cmd>) -> bool {
+    let now = super::now_ms();
+    let mut writes = Vec::with_capacity(group.len());
+    let mut reads = Vec::new();
+    for cmd in group.drain(..) {
+        match cmd {
+            // A claim on a queue with nothing visible needs no write lock: answer it now.
+            Cmd::Claim {
+                queue,
+                owner,
+                max,
+                reply,
+            } => match store.has_visible(&queue, now) {
+                Ok(false) => drop(reply.send(Ok(Vec::new()))),
+                Ok(true) => writes.push(Cmd::Claim {
+                    queue,
+                    owner,
+                    max,
+                    reply,
+                }),
+                Err(e) => drop(reply.send(Err(e))),
+            },
+            cmd if cmd.is_read() => reads.push(cmd),
+            cmd => writes.push(cmd),
+        }
+    }
+    let mut wake = false;
+    if !writes.is_empty() {
+        wake = run_writes(store, writes);
+    }
+    for cmd in reads {
+        match cmd {
+            Cmd::DeadLetters {
+                queue,
+                limit,
+                reply,
+            } => drop(reply.send(store.dead_letters(&queue, limit))),
+            Cmd::Stats(reply) => drop(reply.send(store.stats(super::now_ms()))),
+            Cmd::Flush(reply) => drop(reply.send(Ok(()))),
+            _ => {}
+        }
+    }
+    wake
+}
+
+fn run_writes(store: &mut Store, writes: Vec<Cmd>) -> bool {
+    if let Err(e) = store.begin() {
+        let message = e.to_string();
+        for cmd in writes {
+            fail_unstarted(cmd, &message);
+        }
+        return false;
+    }
+    let now = super::now_ms();
+    let mut pending = Vec::with_capacity(writes.len());
+    let mut wake = false;
+    for cmd in writes {
+        match cmd {
+            Cmd::Topology(topology, reply) => {
+                pending.push(Pending::Unit(
+                    reply,
+                    store.atomically(|s| s.apply_topology(&topology)),
+                ));
+            }
+            Cmd::Publish {
+                exchange,
+                batch,
+                require_route,
+                reply,
+            } => {
+                let r = store.atomically(|s| s.publish(&exchange, &batch, require_route, now));
+                wake |= r.is_ok();
+                pending.push(Pending::Unit(reply, r));
+            }
+            Cmd::Claim {
+                queue,
+                owner,
+                max,
+                reply,
+            } => {
+                pending.push(Pending::Rows(
+                    reply,
+                    store.atomically(|s| s.claim(&queue, &owner, max, now)),
+                ));
+            }
+            Cmd::Settle {
+                id,
+                owner,
+                op,
+                reply,
+            } => {
+                wake |= matches!(op, SettleOp::Reschedule { delay_ms: 0, .. });
+                let r = store.atomically(|s| s.settle(id, &owner, op, now));
+                match reply {
+                    Some(reply) => pending.push(Pending::Unit(reply, r)),
+                    None => {
+                        if let Err(e) = r {
+                            tracing::warn!(error = %e, id, "sqlite: could not settle a delivery; it will be redelivered after its lease");
+                        }
+                    }
+                }
+            }
+            Cmd::Renew { owner, queue } => {
+                if let Err(e) = store.renew(&owner, &queue, now) {
+                    tracing::warn!(error = %e, "sqlite: could not renew leases; long handlers may see redeliveries");
+                }
+            }
+            Cmd::Register {
+                owner,
+                queue,
+                reply,
+            } => {
+                pending.push(Pending::Unit(reply, store.register(&owner, &queue, now)));
+            }
+            Cmd::ConsumerGone {
+                owner,
+                queue,
+                auto_delete,
+            } => {
+                wake = true;
+                if let Err(e) =
+                    store.atomically(|s| s.consumer_gone(&owner, &queue, auto_delete, now))
+                {
+                    tracing::warn!(error = %e, queue, "sqlite: could not release a stopped consumer's messages; they come back when their lease ends");
+                }
+            }
+            Cmd::Replay { queue, ids, reply } => {
+                wake = true;
+                pending.push(Pending::Count(
+                    reply,
+                    store.atomically(|s| s.replay(&queue, ids.as_deref(), now)),
+                ));
+            }
+            Cmd::Purge { queue, ids, reply } => {
+                pending.push(Pending::Count(
+                    reply,
+                    store.atomically(|s| s.purge(&queue, ids.as_deref())),
+                ));
+            }
+            Cmd::DeadLetters { reply, .. } => drop(reply.send(Err(Error::transport(
+                "sqlite",
+                "internal: read in a write group",
+            )))),
+            Cmd::Stats(reply) => drop(reply.send(Err(Error::transport(
+                "sqlite",
+                "internal: read in a write group",
+            )))),
+            Cmd::Flush(reply) => drop(reply.send(Ok(()))),
+        }
+    }
+    if let Err(e) = store.commit() {
+        let message = e.to_string();
+        tracing::error!(error = %message, "sqlite: commit failed; the whole group was rolled back");
+        for p in pending {
+            p.fail(&message).send();
+        }
+        return false;
+    }
+    for p in pending {
+        p.send();
+    }
+    wake
+}
+
+fn fail_unstarted(cmd: Cmd, message: &str) {
+    let err = || Error::transport("sqlite", message);
+    match cmd {
+        Cmd::Topology(_, reply)
+        | Cmd::Publish { reply, .. }
+        | Cmd::Register { reply, .. }
+        | Cmd::Flush(reply) => drop(reply.send(Err(err()))),
+        Cmd::Claim { reply, .. } => drop(reply.send(Err(err()))),
+        Cmd::Settle {
+            reply: Some(reply), ..
+        } => drop(reply.send(Err(err()))),
+        Cmd::Replay { reply, .. } | Cmd::Purge { reply, .. } => drop(reply.send(Err(err()))),
+        Cmd::DeadLetters { reply, .. } => drop(reply.send(Err(err()))),
+        Cmd::Stats(reply) => drop(reply.send(Err(err()))),
+        Cmd::Settle { reply: None, .. } | Cmd::Renew { .. } | Cmd::ConsumerGone { .. } => {
+            tracing::warn!(error = message, "sqlite: background write failed; affected messages come back when their lease ends");
+        }
+    }
+}
