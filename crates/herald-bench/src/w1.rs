@@ -75,7 +75,10 @@ pub struct W1Figures {
 
 /// The consumer's subscription options: ack after decode, prefetch 200.
 fn consumer_options() -> SubscribeOptions {
-    SubscribeOptions::new().prefetch(200).concurrency(8).queue("bench-consumer.w1")
+    SubscribeOptions::new()
+        .prefetch(200)
+        .concurrency(8)
+        .queue("bench-consumer.w1")
 }
 
 /// Subscribe a counting consumer; returns the counter and a notifier fired at `events`.
@@ -111,11 +114,25 @@ pub async fn publish_all(bus: &Bus, events: u64) -> herald::Result<Duration> {
 }
 
 /// Publisher and consumer in this process, each with its own bus.
-pub async fn run_in_process(broker: &str, exchange: &str, events: u64) -> herald::Result<W1Figures> {
-    let consumer = Bus::builder().broker(broker).exchange(exchange).service("bench-consumer").build().await?;
+pub async fn run_in_process(
+    broker: &str,
+    exchange: &str,
+    events: u64,
+) -> herald::Result<W1Figures> {
+    let consumer = Bus::builder()
+        .broker(broker)
+        .exchange(exchange)
+        .service("bench-consumer")
+        .build()
+        .await?;
     let (_count, done) = subscribe_counter(&consumer, events)?;
     consumer.start().await?;
-    let publisher = Bus::builder().broker(broker).exchange(exchange).service("bench-publisher").build().await?;
+    let publisher = Bus::builder()
+        .broker(broker)
+        .exchange(exchange)
+        .service("bench-publisher")
+        .build()
+        .await?;
     let cpu_before = process_cpu();
     let started = Instant::now();
     let notified = done.notified();

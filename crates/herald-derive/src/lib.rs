@@ -167,15 +167,22 @@ mod tests {
 
     fn expand_src(src: &str) -> Result<String, String> {
         let input: DeriveInput = syn::parse_str(src).map_err(|e| e.to_string())?;
-        expand(&input).map(|t| t.to_string()).map_err(|e| e.to_string())
+        expand(&input)
+            .map(|t| t.to_string())
+            .map_err(|e| e.to_string())
     }
 
     #[test]
     fn routing_key_follows_the_version() {
-        let out = expand_src(r#"#[event(name = "course.enrolled", version = 2)] struct A { x: u8 }"#).unwrap();
+        let out =
+            expand_src(r#"#[event(name = "course.enrolled", version = 2)] struct A { x: u8 }"#)
+                .unwrap();
         assert!(out.contains("\"course.enrolled.v2\""), "{out}");
         let out = expand_src(r#"#[event(name = "course.enrolled")] struct A;"#).unwrap();
-        assert!(out.contains("const ROUTING_KEY : & 'static str = \"course.enrolled\""), "{out}");
+        assert!(
+            out.contains("const ROUTING_KEY : & 'static str = \"course.enrolled\""),
+            "{out}"
+        );
     }
 
     #[test]
@@ -185,18 +192,38 @@ mod tests {
             #[event(name = "a.b", publisher = "svc", consumers = ["x", "y"])] struct A;"#,
         )
         .unwrap();
-        assert!(out.contains("\"A fact.\"") && out.contains("\"x\" , \"y\"") && out.contains("Some (\"svc\")"), "{out}");
+        assert!(
+            out.contains("\"A fact.\"")
+                && out.contains("\"x\" , \"y\"")
+                && out.contains("Some (\"svc\")"),
+            "{out}"
+        );
     }
 
     #[test]
     fn bad_contracts_fail_to_compile_with_a_reason() {
         let cases = [
             (r#"struct A;"#, "missing #[event(name"),
-            (r#"#[event(name = "course.*")] struct A;"#, "dot-separated words"),
-            (r#"#[event(name = "course..x")] struct A;"#, "dot-separated words"),
-            (r#"#[event(name = "a.b", version = 0)] struct A;"#, "versions start at 1"),
-            (r#"#[event(name = "a.b", colour = "red")] struct A;"#, "unknown event attribute"),
-            (r#"#[event(name = "a.b", consumers = [1])] struct A;"#, "string literals"),
+            (
+                r#"#[event(name = "course.*")] struct A;"#,
+                "dot-separated words",
+            ),
+            (
+                r#"#[event(name = "course..x")] struct A;"#,
+                "dot-separated words",
+            ),
+            (
+                r#"#[event(name = "a.b", version = 0)] struct A;"#,
+                "versions start at 1",
+            ),
+            (
+                r#"#[event(name = "a.b", colour = "red")] struct A;"#,
+                "unknown event attribute",
+            ),
+            (
+                r#"#[event(name = "a.b", consumers = [1])] struct A;"#,
+                "string literals",
+            ),
         ];
         for (src, want) in cases {
             let err = expand_src(src).unwrap_err();

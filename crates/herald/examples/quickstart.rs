@@ -28,7 +28,12 @@ struct EmailQueued {
 }
 
 async fn on_enrolled(event: CourseEnrolled, ctx: Context) -> Result<(), HandlerError> {
-    println!("notification-service: {} enrolled in {:?} (attempt {})", event.user_id, event.course_title, ctx.attempt());
+    println!(
+        "notification-service: {} enrolled in {:?} (attempt {})",
+        event.user_id,
+        event.course_title,
+        ctx.attempt()
+    );
     ctx.publish(&EmailQueued {
         user_id: event.user_id,
         template: "enrollment-confirmation".into(),
@@ -49,7 +54,9 @@ async fn on_email(event: EmailQueued, ctx: Context) {
 
 #[tokio::main]
 async fn main() -> herald::Result<()> {
-    let broker = std::env::args().nth(1).unwrap_or_else(|| "memory://quickstart".into());
+    let broker = std::env::args()
+        .nth(1)
+        .unwrap_or_else(|| "memory://quickstart".into());
     let consumer = Bus::builder()
         .broker(&broker)
         .exchange("quickstart")

@@ -42,20 +42,49 @@ async fn invalid_bodies_are_dead_lettered_with_the_reason() {
     .unwrap();
     bus.start().await.unwrap();
     // rating 9 deserializes into u8 fine: only the schema catches it.
-    let bad = Envelope::new("review.created", 1, "review.created", "x", Bytes::from_static(br#"{"review_id":1,"rating":9}"#));
-    bus.publisher().publish_envelopes(vec![bad], false).await.unwrap();
-    bus.publish(&ReviewCreated { review_id: 2, rating: 4 }).await.unwrap();
+    let bad = Envelope::new(
+        "review.created",
+        1,
+        "review.created",
+        "x",
+        Bytes::from_static(br#"{"review_id":1,"rating":9}"#),
+    );
+    bus.publisher()
+        .publish_envelopes(vec![bad], false)
+        .await
+        .unwrap();
+    bus.publish(&ReviewCreated {
+        review_id: 2,
+        rating: 4,
+    })
+    .await
+    .unwrap();
     let mut dead = Vec::new();
     for _ in 0..100 {
-        dead = bus.transport().dead_letters("ratings.review.created", 10).await.unwrap();
+        dead = bus
+            .transport()
+            .dead_letters("ratings.review.created", 10)
+            .await
+            .unwrap();
         if !dead.is_empty() && handled.load(Ordering::SeqCst) == 1 {
             break;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert_eq!(handled.load(Ordering::SeqCst), 1, "the valid review is handled");
+    assert_eq!(
+        handled.load(Ordering::SeqCst),
+        1,
+        "the valid review is handled"
+    );
     assert_eq!(dead.len(), 1);
-    assert_eq!(dead[0].envelope.headers.get(header::ERROR_KIND).map(String::as_str), Some("schema"));
+    assert_eq!(
+        dead[0]
+            .envelope
+            .headers
+            .get(header::ERROR_KIND)
+            .map(String::as_str),
+        Some("schema")
+    );
     assert!(dead[0].error().contains("rating"), "{}", dead[0].error());
     bus.shutdown().await.unwrap();
 }
@@ -69,7 +98,10 @@ async fn validate_schema_without_a_schema_is_a_config_error() {
     }
     let bus = Bus::builder().broker("memory://").build().await.unwrap();
     let err = bus
-        .subscribe_with(|_: NoSchema| async {}, SubscribeOptions::new().validate_schema())
+        .subscribe_with(
+            |_: NoSchema| async {},
+            SubscribeOptions::new().validate_schema(),
+        )
         .unwrap_err();
     assert!(err.to_string().contains("#[event(schema)]"), "{err}");
 }

@@ -55,13 +55,24 @@ pub async fn run(mut config: Config, args: Args) -> CliResult<()> {
     );
     println!(
         "{}",
-        herald_bench::result_line("w1", transport, figures.events, figures.end_to_end_eps, None, Some(figures.cpu_us_per_event))
+        herald_bench::result_line(
+            "w1",
+            transport,
+            figures.events,
+            figures.end_to_end_eps,
+            None,
+            Some(figures.cpu_us_per_event)
+        )
     );
     Ok(())
 }
 
 async fn consumer_role(config: Config, events: u64) -> CliResult<()> {
-    let bus = Bus::builder().config(config).service("bench-consumer").build().await?;
+    let bus = Bus::builder()
+        .config(config)
+        .service("bench-consumer")
+        .build()
+        .await?;
     let (_count, done) = w1::subscribe_counter(&bus, events)?;
     let notified = done.notified();
     bus.start().await?;
@@ -77,12 +88,21 @@ async fn consumer_role(config: Config, events: u64) -> CliResult<()> {
 async fn split_run(config: &Config, events: u64) -> CliResult<w1::W1Figures> {
     let exe = std::env::current_exe()?;
     let mut child = tokio::process::Command::new(exe)
-        .args(["bench", "--role", "consumer", "--events", &events.to_string()])
+        .args([
+            "bench",
+            "--role",
+            "consumer",
+            "--events",
+            &events.to_string(),
+        ])
         .args(["--broker", &config.broker, "--exchange", &config.exchange])
         .stdout(Stdio::piped())
         .kill_on_drop(true)
         .spawn()?;
-    let stdout = child.stdout.take().ok_or("consumer process has no stdout")?;
+    let stdout = child
+        .stdout
+        .take()
+        .ok_or("consumer process has no stdout")?;
     let mut lines = BufReader::new(stdout).lines();
     let expect = |line: Option<String>, prefix: &str| -> CliResult<String> {
         match line {
@@ -90,12 +110,22 @@ async fn split_run(config: &Config, events: u64) -> CliResult<w1::W1Figures> {
             other => Err(format!("consumer process said {other:?}, expected {prefix}").into()),
         }
     };
-    expect(tokio::time::timeout(Duration::from_secs(60), lines.next_line()).await??, "READY")?;
-    let publisher = Bus::builder().config(config.clone()).service("bench-publisher").build().await?;
+    expect(
+        tokio::time::timeout(Duration::from_secs(60), lines.next_line()).await??,
+        "READY",
+    )?;
+    let publisher = Bus::builder()
+        .config(config.clone())
+        .service("bench-publisher")
+        .build()
+        .await?;
     let cpu_before = herald_bench::cpu::process_cpu();
     let started = Instant::now();
     let publish_time = w1::publish_all(&publisher, events).await?;
-    let done = expect(tokio::time::timeout(Duration::from_secs(600), lines.next_line()).await??, "DONE")?;
+    let done = expect(
+        tokio::time::timeout(Duration::from_secs(600), lines.next_line()).await??,
+        "DONE",
+    )?;
     let e2e = started.elapsed();
     let cpu = herald_bench::cpu::process_cpu() - cpu_before;
     publisher.shutdown().await?;

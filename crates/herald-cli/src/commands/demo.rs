@@ -27,14 +27,19 @@ pub struct Args {
 }
 
 pub async fn run(config: Config, args: Args) -> CliResult<()> {
-    for (name, v) in [("--fail-rate", args.fail_rate), ("--poison-rate", args.poison_rate)] {
+    for (name, v) in [
+        ("--fail-rate", args.fail_rate),
+        ("--poison-rate", args.poison_rate),
+    ] {
         if !(0.0..=1.0).contains(&v) {
             return Err(format!("{name} must be between 0 and 1, got {v}").into());
         }
     }
     let options = DemoOptions {
         events: args.events,
-        rate: args.rate.unwrap_or(if args.events.is_some() { 0 } else { 50 }),
+        rate: args
+            .rate
+            .unwrap_or(if args.events.is_some() { 0 } else { 50 }),
         fail_rate: args.fail_rate,
         poison_rate: args.poison_rate,
         progress: !args.quiet,

@@ -61,13 +61,25 @@ pub async fn run(config: Config, cmd: Command) -> CliResult<()> {
     let result: CliResult<()> = async {
         match cmd {
             Command::List { queue: None, .. } => {
-                println!("{:<50} {:>8} {:>8} {:>8}", "QUEUE", "READY", "DELAYED", "DEAD");
+                println!(
+                    "{:<50} {:>8} {:>8} {:>8}",
+                    "QUEUE", "READY", "DELAYED", "DEAD"
+                );
                 let fmt = |v: Option<u64>| v.map_or("-".to_string(), |v| v.to_string());
                 for s in t.queue_stats().await? {
-                    println!("{:<50} {:>8} {:>8} {:>8}", s.queue, fmt(s.ready), fmt(s.delayed), fmt(s.dead_letters));
+                    println!(
+                        "{:<50} {:>8} {:>8} {:>8}",
+                        s.queue,
+                        fmt(s.ready),
+                        fmt(s.delayed),
+                        fmt(s.dead_letters)
+                    );
                 }
             }
-            Command::List { queue: Some(q), limit } => {
+            Command::List {
+                queue: Some(q),
+                limit,
+            } => {
                 let dead = t.dead_letters(&q, limit).await?;
                 if dead.is_empty() {
                     println!("no dead letters on {q}");
@@ -79,7 +91,8 @@ pub async fn run(config: Config, cmd: Command) -> CliResult<()> {
                         d.envelope.id,
                         d.envelope.event_type,
                         d.envelope.attempt,
-                        h.get(herald::envelope::header::DEAD_LETTERED_AT).map_or("", String::as_str),
+                        h.get(herald::envelope::header::DEAD_LETTERED_AT)
+                            .map_or("", String::as_str),
                         d.error()
                     );
                 }

@@ -12,5 +12,9 @@ use crate::CliResult;
 
 /// A bus for the CLI itself, publishing as `herald-cli`.
 pub async fn cli_bus(config: &Config) -> CliResult<Bus> {
-    Ok(Bus::builder().config(config.clone()).service("herald-cli").build().await?)
+    Ok(Bus::builder()
+        .config(config.clone())
+        .service("herald-cli")
+        .build()
+        .await?)
 }

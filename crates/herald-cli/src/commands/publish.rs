@@ -49,13 +49,22 @@ pub async fn run(config: Config, args: Args) -> CliResult<()> {
     let key = args
         .routing_key
         .unwrap_or_else(|| routing_key_for(&args.event, args.version));
-    let mut envelope = Envelope::new(&args.event, args.version, &key, "herald-cli", Bytes::from(args.json));
+    let mut envelope = Envelope::new(
+        &args.event,
+        args.version,
+        &key,
+        "herald-cli",
+        Bytes::from(args.json),
+    );
     envelope.priority = args.priority;
     envelope.ttl = args.ttl_ms.map(Duration::from_millis);
     envelope.subject = args.subject;
     envelope.correlation_id = args.correlation_id;
     let id = envelope.id.clone();
-    let result = bus.publisher().publish_envelopes(vec![envelope], args.allow_unroutable).await;
+    let result = bus
+        .publisher()
+        .publish_envelopes(vec![envelope], args.allow_unroutable)
+        .await;
     bus.shutdown().await?;
     result?;
     println!("{id}");

@@ -44,7 +44,11 @@ pub async fn run(config: Config, args: Args) -> CliResult<()> {
         SubscribeOptions::new().temporary().concurrency(1),
     )?;
     bus.start().await?;
-    eprintln!("tailing `{}` on {} (Ctrl-C to stop)", args.pattern, crate::broker_display(&config));
+    eprintln!(
+        "tailing `{}` on {} (Ctrl-C to stop)",
+        args.pattern,
+        crate::broker_display(&config)
+    );
     tokio::select! {
         _ = done.notified() => {}
         _ = tokio::signal::ctrl_c() => {}

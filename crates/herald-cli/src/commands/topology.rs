@@ -40,7 +40,10 @@ pub async fn run(config: Config, args: Args) -> CliResult<()> {
             println!("{}", serde_json::to_string_pretty(&stats)?);
         } else {
             let fmt = |v: Option<u64>| v.map_or("-".to_string(), |v| v.to_string());
-            println!("{:<50} {:>8} {:>9} {:>8} {:>8} {:>9}", "QUEUE", "READY", "IN-FLIGHT", "DELAYED", "DEAD", "CONSUMERS");
+            println!(
+                "{:<50} {:>8} {:>9} {:>8} {:>8} {:>9}",
+                "QUEUE", "READY", "IN-FLIGHT", "DELAYED", "DEAD", "CONSUMERS"
+            );
             for s in stats {
                 println!(
                     "{:<50} {:>8} {:>9} {:>8} {:>8} {:>9}",

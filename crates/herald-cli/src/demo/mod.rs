@@ -17,8 +17,8 @@ use std::time::{Duration, Instant};
 
 use herald::{Bus, Config, Topology};
 
-use self::tally::Tally;
 pub use self::tally::Report;
+use self::tally::Tally;
 use crate::CliResult;
 
 /// Options for one demo run.
@@ -46,7 +46,12 @@ pub async fn topology(config: &Config) -> CliResult<Topology> {
         poison_rate: 0.0,
         progress: false,
     };
-    let consumers = services::start_consumers(&config, Arc::new(Tally::new(&services::CONSUMERS)), &options).await?;
+    let consumers = services::start_consumers(
+        &config,
+        Arc::new(Tally::new(&services::CONSUMERS)),
+        &options,
+    )
+    .await?;
     let t = merged_topology(&consumers);
     for c in consumers {
         c.shutdown().await?;
@@ -67,14 +72,23 @@ pub async fn run(config: Config, options: DemoOptions) -> CliResult<Report> {
     let tally = Arc::new(Tally::new(&services::CONSUMERS));
     let consumers = services::start_consumers(&config, tally.clone(), &options).await?;
     let publishers = services::Publishers::connect(&config).await?;
-    eprintln!("herald demo on {} (exchange `{}`)\n", crate::broker_display(&config), config.exchange);
+    eprintln!(
+        "herald demo on {} (exchange `{}`)\n",
+        crate::broker_display(&config),
+        config.exchange
+    );
     eprintln!("{}", merged_topology(&consumers));
 
     let stop = stop_on_ctrl_c();
     let started = Instant::now();
     let dead_count = {
         let consumers = consumers.clone();
-        move || consumers.iter().map(|b| b.metrics().dead_lettered).sum::<u64>()
+        move || {
+            consumers
+                .iter()
+                .map(|b| b.metrics().dead_lettered)
+                .sum::<u64>()
+        }
     };
     let progress = options.progress.then(|| {
         let (tally, consumers, dead_count) = (tally.clone(), consumers.clone(), dead_count.clone());

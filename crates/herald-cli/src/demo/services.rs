@@ -24,7 +24,11 @@ pub fn demo_retry() -> RetryPolicy {
 }
 
 async fn bus(config: &Config, service: &str) -> CliResult<Bus> {
-    Ok(Bus::builder().config(config.clone()).service(service).build().await?)
+    Ok(Bus::builder()
+        .config(config.clone())
+        .service(service)
+        .build()
+        .await?)
 }
 
 /// A stable number in [0, 1) from an id, so a given event fails the same way on every attempt.
@@ -37,7 +41,9 @@ fn unit_hash(id: &str) -> f64 {
     (h >> 11) as f64 / (1u64 << 53) as f64
 }
 
-fn notification<E: Event>(tally: Arc<Tally>) -> impl Fn(E, Context) -> std::future::Ready<()> + Send + Sync + 'static {
+fn notification<E: Event>(
+    tally: Arc<Tally>,
+) -> impl Fn(E, Context) -> std::future::Ready<()> + Send + Sync + 'static {
     move |_event: E, ctx: Context| {
         tracing::debug!(event = E::NAME, id = ctx.id(), "notification sent");
         tally.handled("notification-service", ctx.id());
@@ -53,7 +59,9 @@ fn analytics<E: Event>(
     move |_event: E, ctx: Context| {
         let roll = unit_hash(ctx.id());
         let result = if roll < poison_rate {
-            Err(HandlerError::transient("analytics store rejected the record: schema drift"))
+            Err(HandlerError::transient(
+                "analytics store rejected the record: schema drift",
+            ))
         } else if roll < poison_rate + fail_rate && ctx.attempt() == 1 {
             Err(HandlerError::transient("analytics store timed out"))
         } else {
@@ -65,7 +73,11 @@ fn analytics<E: Event>(
 }
 
 /// Start notification-service and analytics-service.
-pub async fn start_consumers(config: &Config, tally: Arc<Tally>, options: &DemoOptions) -> CliResult<Vec<Bus>> {
+pub async fn start_consumers(
+    config: &Config,
+    tally: Arc<Tally>,
+    options: &DemoOptions,
+) -> CliResult<Vec<Bus>> {
     let opts = || SubscribeOptions::new().retry(demo_retry());
     let notify = bus(config, CONSUMERS[0]).await?;
     notify.subscribe_with(notification::<UserRegistered>(tally.clone()), opts())?;

@@ -47,7 +47,10 @@ impl Tally {
     pub fn new(services: &[&'static str]) -> Self {
         Tally {
             published: Mutex::new(Vec::new()),
-            handled: services.iter().map(|s| (*s, Mutex::new(HashMap::new()))).collect(),
+            handled: services
+                .iter()
+                .map(|s| (*s, Mutex::new(HashMap::new())))
+                .collect(),
         }
     }
 
@@ -77,7 +80,12 @@ impl Tally {
     }
 
     /// The final report. `dead` holds, per service, the ids found in its dead letters.
-    pub fn report(&self, dead: &HashMap<&'static str, HashSet<String>>, retried: u64, elapsed: Duration) -> Report {
+    pub fn report(
+        &self,
+        dead: &HashMap<&'static str, HashSet<String>>,
+        retried: u64,
+        elapsed: Duration,
+    ) -> Report {
         let published = lock(&self.published).clone();
         let mut report = Report {
             published: published.len() as u64,
@@ -119,7 +127,18 @@ mod tests {
         t.handled("b", "1");
         let dead = HashMap::from([("b", HashSet::from(["2".to_string()]))]);
         let r = t.report(&dead, 4, Duration::from_secs(1));
-        assert_eq!((r.published, r.handled, r.dead_lettered, r.duplicates, r.lost), (3, 4, 1, 1, 1));
-        assert!(r.result_line().starts_with("RESULT published=3 handled=4 retried=4 dead_lettered=1 duplicates=1 lost=1"));
+        assert_eq!(
+            (
+                r.published,
+                r.handled,
+                r.dead_lettered,
+                r.duplicates,
+                r.lost
+            ),
+            (3, 4, 1, 1, 1)
+        );
+        assert!(r.result_line().starts_with(
+            "RESULT published=3 handled=4 retried=4 dead_lettered=1 duplicates=1 lost=1"
+        ));
     }
 }

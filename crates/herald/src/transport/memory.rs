@@ -139,6 +139,9 @@ impl Ready {
     }
 }
 
+/// How many messages a consumer takes under one lock at most.
+const TAKE_BATCH: usize = 64;
+
 fn registry() -> &'static Mutex<HashMap<String, MemoryTransport>> {
     static REGISTRY: OnceLock<Mutex<HashMap<String, MemoryTransport>>> = OnceLock::new();
     REGISTRY.get_or_init(Default::default)
@@ -206,6 +209,18 @@ impl Broker {
         if let Some(q) = state.queues.get_mut(queue) {
             q.dead.push_back(envelope);
         }
+    }
+
+    /// Take up to `max` live messages.
+    fn take_many(state: &mut State, queue: &str, max: usize) -> Vec<Stored> {
+        let mut out = Vec::new();
+        while out.len() < max {
+            match Broker::take(state, queue) {
+                Some(s) => out.push(s),
+                None => break,
+            }
+        }
+        out
     }
 
     /// Take the next live message, dead-lettering expired ones on the way.
@@ -340,31 +355,60 @@ impl Transport for MemoryTransport {
                 if !connected {
                     break;
                 }
-                let permit = tokio::select! {
+                let mut permits_held = tokio::select! {
                     _ = cancel.cancelled() => break,
                     p = permits.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
                 };
-                let next = loop {
+                // Take as many as the free prefetch allows under one lock: fewer lock round
+                // trips and wake-ups than one message at a time.
+                while permits_held.num_permits() < TAKE_BATCH {
+                    match permits.clone().try_acquire_owned() {
+                        Ok(p) => permits_held.merge(p),
+                        Err(_) => break,
+                    }
+                }
+                let batch = loop {
                     if cancel.is_cancelled() {
-                        break None;
+                        break Vec::new();
                     }
                     let notified = notify.notified();
-                    if let Some(s) = Broker::take(&mut lock(&broker.state), &name) {
-                        break Some(s);
+                    let batch = Broker::take_many(&mut lock(&broker.state), &name, permits_held.num_permits());
+                    if !batch.is_empty() {
+                        break batch;
                     }
                     tokio::select! {
                         biased;
-                        _ = cancel.cancelled() => break None,
+                        _ = cancel.cancelled() => break Vec::new(),
                         _ = notified => {}
                     }
                 };
-                let Some(stored) = next else { break };
-                let tag = broker.next_tag.fetch_add(1, AtomicOrdering::Relaxed);
-                lock(&settler.in_flight).insert(tag, (stored.envelope.clone(), permit));
-                let delivery = Delivery::new(stored.envelope, stored.redelivered, tag, settler.clone());
-                if let Err(mpsc::error::SendError(undelivered)) = tx.send(delivery).await {
-                    // Nobody is listening any more: give the message straight back.
-                    let _ = undelivered.settle(Outcome::Release { delay: Duration::ZERO }).await;
+                if batch.is_empty() {
+                    break;
+                }
+                let mut deliveries = Vec::with_capacity(batch.len());
+                {
+                    let mut in_flight = lock(&settler.in_flight);
+                    for stored in batch {
+                        let Some(permit) = permits_held.split(1) else { break };
+                        let tag = broker.next_tag.fetch_add(1, AtomicOrdering::Relaxed);
+                        in_flight.insert(tag, (stored.envelope.clone(), permit));
+                        deliveries.push(Delivery::new(stored.envelope, stored.redelivered, tag, settler.clone()));
+                    }
+                }
+                drop(permits_held);
+                let mut closed = false;
+                for delivery in deliveries {
+                    if closed {
+                        let _ = delivery.settle(Outcome::Release { delay: Duration::ZERO }).await;
+                        continue;
+                    }
+                    if let Err(mpsc::error::SendError(undelivered)) = tx.send(delivery).await {
+                        // Nobody is listening any more: give the messages straight back.
+                        let _ = undelivered.settle(Outcome::Release { delay: Duration::ZERO }).await;
+                        closed = true;
+                    }
+                }
+                if closed {
                     break;
                 }
             }
