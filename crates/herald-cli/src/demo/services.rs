@@ -156,7 +156,7 @@ impl Publishers {
                         user_id,
                         course_id,
                         rating: (i % 5 + 1) as u8,
-                        has_comment: i % 3 == 0,
+                        has_comment: i.is_multiple_of(3),
                         created_at: now,
                     })
                     .await?
