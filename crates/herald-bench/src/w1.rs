@@ -149,3 +149,39 @@ pub async fn run_in_process(
         cpu_us_per_event: cpu.as_secs_f64() * 1e6 / events as f64,
     })
 }
+
+/// The floor for `memory://`: the same events encoded to JSON, sent through a bounded tokio
+/// channel to another task and decoded there, with no bus, envelope or acknowledgement.
+pub async fn run_raw_in_process(events: u64) -> W1Figures {
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<u8>>(PUBLISH_WINDOW);
+    let cpu_before = process_cpu();
+    let started = Instant::now();
+    let consumer = tokio::spawn(async move {
+        let mut n = 0u64;
+        while let Some(body) = rx.recv().await {
+            if serde_json::from_slice::<OrderPlaced>(&body).is_ok() {
+                n += 1;
+            }
+            if n == events {
+                break;
+            }
+        }
+        n
+    });
+    for i in 0..events {
+        let body = serde_json::to_vec(&OrderPlaced::sample(i)).unwrap_or_default();
+        if tx.send(body).await.is_err() {
+            break;
+        }
+    }
+    let publish_time = started.elapsed();
+    let _ = consumer.await;
+    let e2e = started.elapsed();
+    let cpu = process_cpu() - cpu_before;
+    W1Figures {
+        events,
+        publish_eps: events as f64 / publish_time.as_secs_f64(),
+        end_to_end_eps: events as f64 / e2e.as_secs_f64(),
+        cpu_us_per_event: cpu.as_secs_f64() * 1e6 / events as f64,
+    }
+}

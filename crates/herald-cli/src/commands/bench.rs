@@ -44,10 +44,16 @@ pub async fn run(mut config: Config, args: Args) -> CliResult<()> {
     let transport = transport_name(&config)?;
     // A fresh exchange per run, so earlier runs' leftovers do not count.
     config.exchange = format!("bench.w1.{:08x}", rand::random::<u32>());
-    let figures = if transport == "memory" {
-        w1::run_in_process(&config.broker, &config.exchange, args.events).await?
+    let (figures, raw) = if transport == "memory" {
+        // The in-process floor runs first, in the same process: JSON encode, channel, decode.
+        let raw = w1::run_raw_in_process(args.events).await;
+        eprintln!(
+            "raw in-process (serde_json + tokio mpsc): end to end {:.0}/s, {:.1} µs CPU per event",
+            raw.end_to_end_eps, raw.cpu_us_per_event
+        );
+        (w1::run_in_process(&config.broker, &config.exchange, args.events).await?, Some(raw.end_to_end_eps))
     } else {
-        split_run(&config, args.events).await?
+        (split_run(&config, args.events).await?, None)
     };
     eprintln!(
         "W1 on {transport}: {} events, published {:.0}/s, end to end {:.0}/s, {:.1} µs CPU per event",
@@ -60,7 +66,7 @@ pub async fn run(mut config: Config, args: Args) -> CliResult<()> {
             transport,
             figures.events,
             figures.end_to_end_eps,
-            None,
+            raw,
             Some(figures.cpu_us_per_event)
         )
     );
