@@ -42,6 +42,40 @@ ensure_rabbitmq() {
   wait_for_port 5672 RabbitMQ 90
 }
 
+ensure_postgres() {
+  if port_open 5432; then return 0; fi
+  if ! ls /etc/postgresql >/dev/null 2>&1 || [ -z "$(ls /etc/postgresql 2>/dev/null)" ]; then
+    echo "services: installing postgresql" >&2
+    apt_install postgresql
+  fi
+  local version
+  version=$(ls /etc/postgresql | sort -V | tail -n 1)
+  local conf="/etc/postgresql/$version/main"
+  # Local trust auth over TCP for the test databases, as on the project's machines.
+  if ! grep -q "herald-tests" "$conf/pg_hba.conf" 2>/dev/null; then
+    sed -i '1i host all all 127.0.0.1/32 trust # herald-tests' "$conf/pg_hba.conf"
+    sed -i '1i local all all trust # herald-tests' "$conf/pg_hba.conf"
+  fi
+  echo "services: starting PostgreSQL $version" >&2
+  pg_ctlcluster --skip-systemctl-redirect "$version" main start
+  wait_for_port 5432 PostgreSQL 60
+  psql -h 127.0.0.1 -U postgres -tc "SELECT 1 FROM pg_database WHERE datname = 'test'" | grep -q 1 \
+    || psql -h 127.0.0.1 -U postgres -c "CREATE DATABASE test" >/dev/null
+}
+
+ensure_redis() {
+  if port_open 6379; then return 0; fi
+  if ! command -v redis-server >/dev/null 2>&1; then
+    echo "services: installing redis-server" >&2
+    apt_install redis-server
+  fi
+  echo "services: starting Redis" >&2
+  mkdir -p /var/lib/redis /var/log/redis
+  redis-server --daemonize yes --bind 127.0.0.1 -::1 --port 6379 --save "" --appendonly no \
+    --dir /var/lib/redis --logfile /var/log/redis/ci.log
+  wait_for_port 6379 Redis 30
+}
+
 ensure_python_pika() {
   if ! command -v python3 >/dev/null 2>&1; then
     apt_install python3 python3-pip
@@ -53,4 +87,6 @@ ensure_python_pika() {
 }
 
 ensure_rabbitmq
+ensure_postgres
+ensure_redis
 ensure_python_pika
