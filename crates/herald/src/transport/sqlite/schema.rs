@@ -161,7 +161,7 @@ pub(crate) fn open(path: &Path, options: &SqliteOptions) -> Result<Connection> {
         ));
     }
     conn.execute_batch(&format!(
-        "PRAGMA synchronous = {synchronous}; PRAGMA foreign_keys = OFF; PRAGMA temp_store = MEMORY;"
+        "PRAGMA synchronous = {synchronous}; PRAGMA foreign_keys = OFF; PRAGMA temp_store = MEMORY; PRAGMA cache_size = -16384;"
     ))
     .map_err(|e| sql_error("setting pragmas", path, e))?;
     conn.set_prepared_statement_cache_capacity(64);

@@ -101,21 +101,20 @@ impl Store {
     }
 
     pub(crate) fn begin(&mut self) -> Result<()> {
-        self.conn
-            .execute_batch("BEGIN IMMEDIATE")
+        self.run("BEGIN IMMEDIATE")
             .map_err(|e| self.err("starting a write transaction (another process may hold the lock longer than busy_timeout)", e))?;
         if let Err(e) = self.refresh_routes() {
-            let _ = self.conn.execute_batch("ROLLBACK");
+            let _ = self.run("ROLLBACK");
             return Err(e);
         }
         Ok(())
     }
 
     pub(crate) fn commit(&mut self) -> Result<()> {
-        match self.conn.execute_batch("COMMIT") {
+        match self.run("COMMIT") {
             Ok(()) => Ok(()),
             Err(e) => {
-                let _ = self.conn.execute_batch("ROLLBACK");
+                let _ = self.run("ROLLBACK");
                 // The cache may hold uncommitted topology: force a reload.
                 self.routes.version = None;
                 Err(self.err("committing", e))
@@ -123,26 +122,44 @@ impl Store {
         }
     }
 
+    /// Run a one-statement command through the statement cache (no re-parsing per call).
+    fn run(&self, sql: &str) -> rusqlite::Result<()> {
+        self.conn.prepare_cached(sql)?.execute([]).map(|_| ())
+    }
+
     /// Run `f` under a savepoint: on error, undo just its changes.
     pub(crate) fn atomically<T>(&mut self, f: impl FnOnce(&mut Self) -> Result<T>) -> Result<T> {
-        self.conn
-            .execute_batch("SAVEPOINT herald_cmd")
+        self.run("SAVEPOINT herald_cmd")
             .map_err(|e| self.err("opening a savepoint", e))?;
         match f(self) {
             Ok(v) => {
-                self.conn
-                    .execute_batch("RELEASE herald_cmd")
+                self.run("RELEASE herald_cmd")
                     .map_err(|e| self.err("releasing a savepoint", e))?;
                 Ok(v)
             }
             Err(e) => {
-                let _ = self
-                    .conn
-                    .execute_batch("ROLLBACK TO herald_cmd; RELEASE herald_cmd");
+                let _ = self.run("ROLLBACK TO herald_cmd");
+                let _ = self.run("RELEASE herald_cmd");
                 self.routes.version = None;
                 Err(e)
             }
         }
+    }
+
+    /// Delete acknowledged rows still leased by `owner`, many per statement; returns how many
+    /// were no longer leased to it (expired and possibly redelivered).
+    pub(crate) fn ack_many(&mut self, owner: &str, ids: &[i64]) -> Result<usize> {
+        let list = serde_json::to_string(ids)
+            .map_err(|e| Error::transport("sqlite", format!("cannot encode ack ids: {e}")))?;
+        let n = self
+            .conn
+            .prepare_cached(
+                "DELETE FROM herald_messages WHERE id IN (SELECT value FROM json_each(?2))
+                 AND lease_owner = ?1",
+            )
+            .and_then(|mut s| s.execute(params![owner, list]))
+            .map_err(|e| self.err("acknowledging", e))?;
+        Ok(ids.len().saturating_sub(n))
     }
 
     fn topology_version(&self) -> Result<i64> {

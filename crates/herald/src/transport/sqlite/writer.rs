@@ -8,6 +8,7 @@
 //! therefore share one commit, and acks (which are not awaited) pile up while a transaction runs
 //! and go out together in the next one.
 
+use std::collections::HashMap;
 use std::sync::mpsc::Receiver;
 use std::sync::Arc;
 
@@ -229,7 +230,20 @@ fn run_writes(store: &mut Store, writes: Vec<Cmd>) -> bool {
     let now = super::now_ms();
     let mut pending = Vec::with_capacity(writes.len());
     let mut wake = false;
+    // Acks are gathered and deleted many per statement; they are flushed before any other
+    // command so that, e.g., a consumer's release never overtakes its earlier acks.
+    let mut acks: HashMap<Arc<str>, Vec<i64>> = HashMap::new();
     for cmd in writes {
+        if !matches!(
+            cmd,
+            Cmd::Settle {
+                op: SettleOp::Ack,
+                reply: None,
+                ..
+            }
+        ) {
+            flush_acks(store, &mut acks);
+        }
         match cmd {
             Cmd::Topology(topology, reply) => {
                 pending.push(Pending::Unit(
@@ -261,9 +275,19 @@ fn run_writes(store: &mut Store, writes: Vec<Cmd>) -> bool {
             Cmd::Settle {
                 id,
                 owner,
+                op: SettleOp::Ack,
+                reply: None,
+            } => {
+                acks.entry(owner).or_default().push(id);
+                continue;
+            }
+            Cmd::Settle {
+                id,
+                owner,
                 op,
                 reply,
             } => {
+                flush_acks(store, &mut acks);
                 wake |= matches!(op, SettleOp::Reschedule { delay_ms: 0, .. });
                 let r = store.atomically(|s| s.settle(id, &owner, op, now));
                 match reply {
@@ -323,6 +347,7 @@ fn run_writes(store: &mut Store, writes: Vec<Cmd>) -> bool {
             Cmd::Flush(reply) => drop(reply.send(Ok(()))),
         }
     }
+    flush_acks(store, &mut acks);
     if let Err(e) = store.commit() {
         let message = e.to_string();
         tracing::error!(error = %message, "sqlite: commit failed; the whole group was rolled back");
@@ -335,6 +360,20 @@ fn run_writes(store: &mut Store, writes: Vec<Cmd>) -> bool {
         p.send();
     }
     wake
+}
+
+fn flush_acks(store: &mut Store, acks: &mut HashMap<Arc<str>, Vec<i64>>) {
+    for (owner, ids) in acks.drain() {
+        match store.ack_many(&owner, &ids) {
+            Ok(0) => {}
+            Ok(lost) => tracing::warn!(
+                lost,
+                "sqlite: deliveries were acked after their lease expired; they have been or will be redelivered \
+                 (raise SqliteOptions::lease if the process stalls for that long)"
+            ),
+            Err(e) => tracing::warn!(error = %e, "sqlite: could not record acks; those messages will be redelivered"),
+        }
+    }
 }
 
 fn fail_unstarted(cmd: Cmd, message: &str) {
