@@ -82,6 +82,42 @@ pub(crate) fn decode(
     envelope
 }
 
+/// A stored message or dead letter as read back.
+struct StoredRow {
+    id: i64,
+    msg_id: String,
+    routing_key: String,
+    headers: String,
+    body: Vec<u8>,
+    priority: i64,
+    ttl_ms: Option<i64>,
+}
+
+impl StoredRow {
+    /// Read `id, msg_id, routing_key, headers, body, priority, ttl_ms`.
+    fn read(r: &rusqlite::Row<'_>) -> rusqlite::Result<Self> {
+        Ok(StoredRow {
+            id: r.get(0)?,
+            msg_id: r.get(1)?,
+            routing_key: r.get(2)?,
+            headers: r.get(3)?,
+            body: r.get(4)?,
+            priority: r.get(5)?,
+            ttl_ms: r.get(6)?,
+        })
+    }
+
+    fn envelope(self) -> Envelope {
+        decode(
+            &self.routing_key,
+            &self.headers,
+            Bytes::from(self.body),
+            self.priority,
+            self.ttl_ms,
+        )
+    }
+}
+
 impl Store {
     pub(crate) fn new(conn: Connection, path: PathBuf, lease: std::time::Duration) -> Self {
         Store {
@@ -373,21 +409,17 @@ impl Store {
 
     /// Dead-letter the visible messages of `queue` whose TTL has passed.
     fn expire(&self, queue: &str, now: i64) -> Result<()> {
-        let expired: Vec<(i64, String, String, Vec<u8>, i64, Option<i64>)> = self
+        let expired: Vec<StoredRow> = self
             .conn
             .prepare_cached(
-                "SELECT id, routing_key, headers, body, priority, ttl_ms FROM herald_messages
+                "SELECT id, '', routing_key, headers, body, priority, ttl_ms FROM herald_messages
                  WHERE queue = ?1 AND expires_at IS NOT NULL AND expires_at <= ?2 AND visible_at <= ?2",
             )
-            .and_then(|mut s| {
-                s.query_map(params![queue, now], |r| {
-                    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?))
-                })?
-                .collect()
-            })
+            .and_then(|mut s| s.query_map(params![queue, now], StoredRow::read)?.collect())
             .map_err(|e| self.err("looking for expired messages", e))?;
-        for (id, routing_key, headers, body, priority, ttl) in expired {
-            let mut envelope = decode(&routing_key, &headers, Bytes::from(body), priority, ttl);
+        for row in expired {
+            let (id, ttl) = (row.id, row.ttl_ms);
+            let mut envelope = row.envelope();
             let failure = Failure::now(
                 &envelope,
                 queue,
@@ -599,11 +631,7 @@ impl Store {
         Ok(())
     }
 
-    fn dead_rows(
-        &self,
-        queue: &str,
-        limit: Option<usize>,
-    ) -> Result<Vec<(i64, String, String, String, Vec<u8>, i64, Option<i64>)>> {
+    fn dead_rows(&self, queue: &str, limit: Option<usize>) -> Result<Vec<StoredRow>> {
         let limit = limit
             .map(|l| i64::try_from(l).unwrap_or(i64::MAX))
             .unwrap_or(-1);
@@ -612,12 +640,7 @@ impl Store {
                 "SELECT id, msg_id, routing_key, headers, body, priority, ttl_ms FROM herald_dead_letters
                  WHERE queue = ?1 ORDER BY id LIMIT ?2",
             )
-            .and_then(|mut s| {
-                s.query_map(params![queue, limit], |r| {
-                    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?))
-                })?
-                .collect()
-            })
+            .and_then(|mut s| s.query_map(params![queue, limit], StoredRow::read)?.collect())
             .map_err(|e| self.err("reading dead letters", e))
     }
 
@@ -625,9 +648,9 @@ impl Store {
         Ok(self
             .dead_rows(queue, Some(limit))?
             .into_iter()
-            .map(|(_, _, rk, headers, body, priority, ttl)| DeadLetter {
+            .map(|row| DeadLetter {
                 queue: queue.to_string(),
-                envelope: decode(&rk, &headers, Bytes::from(body), priority, ttl),
+                envelope: row.envelope(),
             })
             .collect())
     }
@@ -636,11 +659,17 @@ impl Store {
         let meta = self.routes.queues.get(queue).cloned();
         let Some(meta) = meta else { return Ok(0) };
         let mut n = 0;
-        for (row, msg_id, rk, headers, body, priority, ttl) in self.dead_rows(queue, None)? {
-            if ids.is_some_and(|ids| !ids.contains(&msg_id)) {
+        for stored in self.dead_rows(queue, None)? {
+            if ids.is_some_and(|ids| !ids.contains(&stored.msg_id)) {
                 continue;
             }
-            let mut envelope = decode(&rk, &headers, Bytes::from(body), priority, ttl);
+            let (row, priority, ttl, rk) = (
+                stored.id,
+                stored.priority,
+                stored.ttl_ms,
+                stored.routing_key.clone(),
+            );
+            let mut envelope = stored.envelope();
             reset_for_replay(&mut envelope);
             let headers = encode_headers(&envelope)?;
             let p = u8::try_from(priority.clamp(0, 255)).unwrap_or(0);
