@@ -217,3 +217,44 @@ async fn url_opens_and_creates_parent_directories() {
     assert!(path.exists(), "the database file was created");
     t.close().await.expect("close");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropping_the_receiver_gives_messages_back_at_once() {
+    let dir = tempfile::tempdir().expect("dir");
+    // A lease far longer than the test: only the drop can bring the messages back.
+    let t = open_with_lease(&dir.path().join("h.db"), Duration::from_secs(300)).await;
+    let q = QueueSpec::new("drop.q", "d.#");
+    declare(&t, "ex", std::slice::from_ref(&q)).await;
+    let batch: Vec<Envelope> = (0..4).map(|i| msg("d.x", i)).collect();
+    t.publish("ex", &batch, PublishOptions::default())
+        .await
+        .expect("publish");
+    let keep_running = CancellationToken::new();
+    let mut rx = t
+        .consume(&q, ConsumeOptions { prefetch: 4 }, keep_running.clone())
+        .await
+        .expect("consume");
+    let first = tokio::time::timeout(Duration::from_secs(5), rx.recv())
+        .await
+        .expect("delivery")
+        .expect("open");
+    drop(first); // dropped unsettled
+    drop(rx); // with three more buffered, and never cancelled
+    let cancel = CancellationToken::new();
+    let mut rx = t
+        .consume(&q, ConsumeOptions::default(), cancel.clone())
+        .await
+        .expect("consume");
+    let mut got = std::collections::HashSet::new();
+    while got.len() < 4 {
+        let d = tokio::time::timeout(Duration::from_secs(5), rx.recv())
+            .await
+            .expect("messages come back without waiting for the lease")
+            .expect("open");
+        assert!(d.redelivered);
+        got.insert(d.envelope.body.clone());
+        d.ack().await.expect("ack");
+    }
+    cancel.cancel();
+    t.close().await.expect("close");
+}

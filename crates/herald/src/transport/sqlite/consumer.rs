@@ -40,6 +40,8 @@ pub(crate) async fn run(
             biased;
             _ = cancel.cancelled() => break,
             _ = inner.shutdown.cancelled() => break,
+            // The receiver is gone: stop, so what its dropped deliveries held goes back.
+            _ = tx.closed() => break,
             p = permits.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
         };
         let mut held = vec![first];
@@ -74,6 +76,7 @@ pub(crate) async fn run(
                 biased;
                 _ = cancel.cancelled() => break,
                 _ = inner.shutdown.cancelled() => break,
+                _ = tx.closed() => break,
                 _ = &mut notified => backoff = poll_min,
                 _ = tokio::time::sleep(backoff) => backoff = (backoff * 2).min(poll_max),
             }

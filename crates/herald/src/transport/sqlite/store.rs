@@ -586,6 +586,11 @@ impl Store {
                 format!("queue `{queue}` is not declared; apply the topology first"),
             ));
         }
+        // Forget consumers of crashed processes whose heartbeat ended long ago.
+        self.conn
+            .prepare_cached("DELETE FROM herald_consumers WHERE expires_at < ?1")
+            .and_then(|mut s| s.execute([now.saturating_sub(self.lease_ms.saturating_mul(10))]))
+            .map_err(|e| self.err("removing stale consumers", e))?;
         self.renew(owner, queue, now)
     }
 

@@ -309,7 +309,10 @@ fn run_writes(store: &mut Store, writes: Vec<Cmd>) -> bool {
                 queue,
                 reply,
             } => {
-                pending.push(Pending::Unit(reply, store.register(&owner, &queue, now)));
+                pending.push(Pending::Unit(
+                    reply,
+                    store.atomically(|s| s.register(&owner, &queue, now)),
+                ));
             }
             Cmd::ConsumerGone {
                 owner,
