@@ -258,3 +258,33 @@ async fn dropping_the_receiver_gives_messages_back_at_once() {
     cancel.cancel();
     t.close().await.expect("close");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn power_loss_durability_opens_and_works() {
+    use herald::transport::sqlite::Durability;
+    let dir = tempfile::tempdir().expect("dir");
+    let options = SqliteOptions {
+        durability: Durability::PowerLoss,
+        ..SqliteOptions::default()
+    };
+    let t = SqliteTransport::open_with(&dir.path().join("h.db"), options)
+        .await
+        .expect("open");
+    let q = QueueSpec::new("full.q", "f.#");
+    declare(&t, "ex", std::slice::from_ref(&q)).await;
+    t.publish("ex", &[msg("f.x", 1)], PublishOptions::default())
+        .await
+        .expect("publish");
+    let cancel = CancellationToken::new();
+    let mut rx = t
+        .consume(&q, ConsumeOptions::default(), cancel.clone())
+        .await
+        .expect("consume");
+    let d = tokio::time::timeout(Duration::from_secs(5), rx.recv())
+        .await
+        .expect("delivery")
+        .expect("open");
+    d.ack().await.expect("ack");
+    cancel.cancel();
+    t.close().await.expect("close");
+}
