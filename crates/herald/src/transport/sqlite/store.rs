@@ -507,6 +507,7 @@ impl Store {
                     .prepare_cached(
                         "UPDATE herald_messages
                          SET headers = ?3, visible_at = ?4, lease_owner = NULL,
+                             id = (SELECT max(id) FROM herald_messages) + 1,
                              expires_at = CASE
                                  WHEN ttl_ms IS NULL AND ?5 IS NULL THEN NULL
                                  ELSE ?4 + min(coalesce(ttl_ms, ?5), coalesce(?5, ttl_ms)) END
