@@ -62,8 +62,13 @@ fn body(i: usize) -> Bytes {
 async fn consumer(path: &Path, events: usize) -> herald::Result<()> {
     let t = SqliteTransport::open(path).await?;
     let cancel = CancellationToken::new();
+    // Prefetch 512 by default; HERALD_W1_PREFETCH overrides it (the bus default is 64).
+    let prefetch = std::env::var("HERALD_W1_PREFETCH")
+        .ok()
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(512);
     let mut rx = t
-        .consume(&queue(), ConsumeOptions { prefetch: 512 }, cancel.clone())
+        .consume(&queue(), ConsumeOptions { prefetch }, cancel.clone())
         .await?;
     println!("READY");
     let _ = std::io::stdout().flush();

@@ -108,8 +108,8 @@ fn busy_handler(attempt: i32) -> bool {
         return false;
     }
     let pause = match attempt {
-        0..=9 => Duration::from_micros(50),
-        10..=99 => Duration::from_micros(200),
+        0..=199 => Duration::from_micros(50),
+        200..=999 => Duration::from_micros(200),
         _ => Duration::from_millis(1),
     };
     std::thread::sleep(pause);

@@ -23,6 +23,11 @@ use crate::transport::{DeadLetter, QueueStats};
 /// The most commands one transaction takes.
 pub(crate) const MAX_GROUP: usize = 1024;
 
+/// A group at least this big means the thread is busy (see [`LOCK_GAP`]).
+const BUSY_GROUP: usize = 16;
+/// The pause between busy groups that lets other processes take the write lock.
+const LOCK_GAP: std::time::Duration = std::time::Duration::from_micros(100);
+
 /// Where a command's answer goes.
 pub(crate) type Reply<T> = oneshot::Sender<Result<T>>;
 
@@ -165,9 +170,16 @@ pub(crate) fn run(mut store: Store, rx: Receiver<Cmd>, notify: Arc<Notify>) {
                 Err(_) => break,
             }
         }
+        let size = group.len();
         let wake = run_group(&mut store, &mut group);
         if wake {
             notify.notify_waiters();
+        }
+        if size >= BUSY_GROUP {
+            // Under load, leave the write lock free for a moment before the next group so a
+            // process waiting for it (polling every 50 µs) gets its turn; the next group just
+            // grows a little.
+            std::thread::sleep(LOCK_GAP);
         }
     }
     tracing::debug!(path = %store.path().display(), "sqlite connection thread stopped");
