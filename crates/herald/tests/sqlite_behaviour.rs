@@ -288,3 +288,56 @@ async fn power_loss_durability_opens_and_works() {
     cancel.cancel();
     t.close().await.expect("close");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retried_message_goes_to_the_back() {
+    let dir = tempfile::tempdir().expect("dir");
+    let t = SqliteTransport::open(&dir.path().join("h.db"))
+        .await
+        .expect("open");
+    let q = QueueSpec::new("order.q", "o.#");
+    declare(&t, "ex", std::slice::from_ref(&q)).await;
+    let batch: Vec<Envelope> = (1..=3).map(|i| msg("o.x", i)).collect();
+    t.publish("ex", &batch, PublishOptions::default())
+        .await
+        .expect("publish");
+    let cancel = CancellationToken::new();
+    let mut rx = t
+        .consume(&q, ConsumeOptions { prefetch: 1 }, cancel.clone())
+        .await
+        .expect("consume");
+    let mut order = Vec::new();
+    for i in 0..4 {
+        let d = tokio::time::timeout(Duration::from_secs(5), rx.recv())
+            .await
+            .expect("delivery")
+            .expect("open");
+        order.push((
+            String::from_utf8_lossy(&d.envelope.body).to_string(),
+            d.envelope.attempt,
+        ));
+        if i == 0 {
+            let failure = herald::transport::Failure::now(&d.envelope, &q.name, "handler", "again");
+            d.settle(Outcome::Retry {
+                delay: Duration::ZERO,
+                failure,
+            })
+            .await
+            .expect("retry");
+        } else {
+            d.ack().await.expect("ack");
+        }
+    }
+    let bodies: Vec<(&str, u32)> = order.iter().map(|(b, a)| (b.as_str(), *a)).collect();
+    assert_eq!(
+        bodies,
+        vec![
+            ("{\"n\":1}", 1),
+            ("{\"n\":2}", 1),
+            ("{\"n\":3}", 1),
+            ("{\"n\":1}", 2)
+        ]
+    );
+    cancel.cancel();
+    t.close().await.expect("close");
+}

@@ -503,17 +503,28 @@ impl Store {
                     .and_then(|q| self.routes.queues.get(&q).cloned())
                     .unwrap_or_default()
                     .message_ttl_ms;
+                // A fresh id from the AUTOINCREMENT sequence: to the back of the queue, and the
+                // old id (a delivery tag) is never reused.
+                let fresh: i64 = self
+                    .conn
+                    .prepare_cached(
+                        "UPDATE sqlite_sequence SET seq = seq + 1 WHERE name = 'herald_messages'
+                         RETURNING seq",
+                    )
+                    .and_then(|mut s| s.query_row([], |r| r.get(0)).optional())
+                    .map_err(|e| self.err("allocating a message id", e))?
+                    .unwrap_or(id);
                 self.conn
                     .prepare_cached(
                         "UPDATE herald_messages
                          SET headers = ?3, visible_at = ?4, lease_owner = NULL,
-                             id = (SELECT max(id) FROM herald_messages) + 1,
+                             id = ?6,
                              expires_at = CASE
                                  WHEN ttl_ms IS NULL AND ?5 IS NULL THEN NULL
                                  ELSE ?4 + min(coalesce(ttl_ms, ?5), coalesce(?5, ttl_ms)) END
                          WHERE id = ?1 AND lease_owner = ?2",
                     )
-                    .and_then(|mut s| s.execute(params![id, owner, headers, at, queue_ttl]))
+                    .and_then(|mut s| s.execute(params![id, owner, headers, at, queue_ttl, fresh]))
                     .map_err(|e| self.err("rescheduling a delivery", e))?
             }
             SettleOp::DeadLetter {
