@@ -22,6 +22,8 @@ use crate::transport::{DeadLetter, QueueStats};
 
 /// The most commands one transaction takes.
 pub(crate) const MAX_GROUP: usize = 1024;
+/// The most rows (roughly) one transaction writes, see [`Cmd::weight`].
+const MAX_WEIGHT: usize = 2048;
 
 /// A group at least this big means the thread is busy (see [`LOCK_GAP`]).
 const BUSY_GROUP: usize = 16;
@@ -124,6 +126,16 @@ pub(crate) enum Cmd {
 }
 
 impl Cmd {
+    /// Roughly how many rows the command writes: groups are cut at [`MAX_WEIGHT`] so one
+    /// transaction never holds the write lock long enough to starve another process.
+    fn weight(&self) -> usize {
+        match self {
+            Cmd::Publish { batch, .. } => batch.len().max(1),
+            Cmd::Claim { max, .. } => (*max).max(1),
+            _ => 1,
+        }
+    }
+
     fn is_read(&self) -> bool {
         matches!(
             self,
@@ -163,10 +175,14 @@ impl Pending {
 pub(crate) fn run(mut store: Store, rx: Receiver<Cmd>, notify: Arc<Notify>) {
     let mut group: Vec<Cmd> = Vec::with_capacity(MAX_GROUP);
     while let Ok(first) = rx.recv() {
+        let mut weight = first.weight();
         group.push(first);
-        while group.len() < MAX_GROUP {
+        while group.len() < MAX_GROUP && weight < MAX_WEIGHT {
             match rx.try_recv() {
-                Ok(cmd) => group.push(cmd),
+                Ok(cmd) => {
+                    weight += cmd.weight();
+                    group.push(cmd);
+                }
                 Err(_) => break,
             }
         }
