@@ -341,3 +341,40 @@ async fn a_retried_message_goes_to_the_back() {
     cancel.cancel();
     t.close().await.expect("close");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queue_message_ttl_dead_letters_as_expired() {
+    let dir = tempfile::tempdir().expect("dir");
+    let t = SqliteTransport::open(&dir.path().join("h.db"))
+        .await
+        .expect("open");
+    let mut q = QueueSpec::new("ttl.q", "ttl.#");
+    q.message_ttl = Some(Duration::from_millis(100));
+    declare(&t, "ex", std::slice::from_ref(&q)).await;
+    t.publish("ex", &[msg("ttl.x", 1)], PublishOptions::default())
+        .await
+        .expect("publish");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let cancel = CancellationToken::new();
+    let mut rx = t
+        .consume(&q, ConsumeOptions::default(), cancel.clone())
+        .await
+        .expect("consume");
+    assert!(
+        tokio::time::timeout(Duration::from_millis(500), rx.recv())
+            .await
+            .is_err(),
+        "an expired message was delivered"
+    );
+    let dead = t.dead_letters(&q.name, 10).await.expect("dead letters");
+    assert_eq!(dead.len(), 1);
+    let h = &dead[0].envelope.headers;
+    assert_eq!(
+        h.get(herald::envelope::header::ERROR_KIND)
+            .map(String::as_str),
+        Some("expired")
+    );
+    assert!(h.contains_key(herald::envelope::header::DEAD_LETTERED_AT));
+    cancel.cancel();
+    t.close().await.expect("close");
+}
