@@ -24,6 +24,10 @@ use crate::transport::{DeadLetter, QueueStats};
 pub(crate) const MAX_GROUP: usize = 1024;
 /// The most rows (roughly) one transaction writes, see [`Cmd::weight`].
 const MAX_WEIGHT: usize = 2048;
+/// How long a group of only acks waits for company, see [`linger_for_acks`].
+const ACK_LINGER: std::time::Duration = std::time::Duration::from_millis(1);
+/// How many acks end that wait early.
+const ACK_BATCH: usize = 256;
 
 /// A group at least this big means the thread is busy (see [`LOCK_GAP`]).
 const BUSY_GROUP: usize = 16;
@@ -136,6 +140,17 @@ impl Cmd {
         }
     }
 
+    fn is_ack(&self) -> bool {
+        matches!(
+            self,
+            Cmd::Settle {
+                op: SettleOp::Ack,
+                reply: None,
+                ..
+            }
+        )
+    }
+
     fn is_read(&self) -> bool {
         matches!(
             self,
@@ -186,6 +201,7 @@ pub(crate) fn run(mut store: Store, rx: Receiver<Cmd>, notify: Arc<Notify>) {
                 Err(_) => break,
             }
         }
+        linger_for_acks(&rx, &mut group, &mut weight);
         let size = group.len();
         let wake = run_group(&mut store, &mut group);
         if wake {
@@ -199,6 +215,41 @@ pub(crate) fn run(mut store: Store, rx: Receiver<Cmd>, notify: Arc<Notify>) {
         }
     }
     tracing::debug!(path = %store.path().display(), "sqlite connection thread stopped");
+}
+
+/// A group of nothing but acks is not urgent (nobody awaits them): wait up to [`ACK_LINGER`]
+/// for more acks, or for any other command, so one transaction carries many acks and the next
+/// claim rides along instead of queueing behind another round for the write lock.
+fn linger_for_acks(rx: &Receiver<Cmd>, group: &mut Vec<Cmd>, weight: &mut usize) {
+    let only_acks = |g: &[Cmd]| g.iter().all(Cmd::is_ack);
+    if !only_acks(group) {
+        return;
+    }
+    let deadline = std::time::Instant::now() + ACK_LINGER;
+    while group.len() < ACK_BATCH && *weight < MAX_WEIGHT {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(cmd) => {
+                let urgent = !cmd.is_ack();
+                *weight += cmd.weight();
+                group.push(cmd);
+                if urgent {
+                    // Take whatever else is queued and go.
+                    while group.len() < MAX_GROUP && *weight < MAX_WEIGHT {
+                        match rx.try_recv() {
+                            Ok(cmd) => {
+                                *weight += cmd.weight();
+                                group.push(cmd);
+                            }
+                            Err(_) => break,
+                        }
+                    }
+                    return;
+                }
+            }
+            Err(_) => return,
+        }
+    }
 }
 
 /// Run one group; true when consumers should look for new messages.
