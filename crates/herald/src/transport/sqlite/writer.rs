@@ -2,11 +2,17 @@
 //! runs here, so the async runtime never blocks on SQLite.
 //!
 //! Group commit: the thread takes the first queued command, then every command queued behind it
-//! (up to [`MAX_GROUP`]), and runs all the writes in ONE `BEGIN IMMEDIATE` transaction, each
-//! under its own savepoint so one failing publish (unroutable, queue full) does not affect the
-//! others. Callers are answered only after `COMMIT`. Concurrent publishes, claims and settlements
-//! therefore share one commit, and acks (which are not awaited) pile up while a transaction runs
-//! and go out together in the next one.
+//! (up to [`MAX_GROUP`] commands or about [`MAX_WEIGHT`] rows), and runs all the writes in ONE
+//! `BEGIN IMMEDIATE` transaction, each under its own savepoint so one failing publish
+//! (unroutable, queue full) does not affect the others. Callers are answered only after
+//! `COMMIT`. Concurrent publishes, claims and settlements therefore share one commit. Acks are
+//! not awaited: they pile up while a transaction runs, a group of nothing but acks waits up to
+//! [`ACK_LINGER`] for more (or for a claim to ride along), and each group deletes its acks with
+//! one statement per consumer.
+//!
+//! Fairness between processes: SQLite's write lock is not queued, so after a busy group the
+//! thread pauses [`LOCK_GAP`] before taking the lock again, while a waiting process polls for it
+//! every 50 µs (see the busy handler in `schema`).
 
 use std::collections::HashMap;
 use std::sync::mpsc::Receiver;
