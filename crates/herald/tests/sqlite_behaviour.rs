@@ -378,3 +378,37 @@ async fn queue_message_ttl_dead_letters_as_expired() {
     cancel.cancel();
     t.close().await.expect("close");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bindings_declared_later_by_another_connection_route_publishes() {
+    let dir = tempfile::tempdir().expect("dir");
+    let path = dir.path().join("h.db");
+    let publisher = SqliteTransport::open(&path).await.expect("open publisher");
+    let err = publisher
+        .publish("ex", &[msg("late.x", 1)], PublishOptions::default())
+        .await
+        .expect_err("nothing bound yet");
+    assert!(matches!(err, Error::Unroutable { .. }), "got {err}");
+    // Another connection (as another process would) declares the queue afterwards.
+    let consumer = SqliteTransport::open(&path).await.expect("open consumer");
+    let q = QueueSpec::new("late.q", "late.#");
+    declare(&consumer, "ex", std::slice::from_ref(&q)).await;
+    publisher
+        .publish("ex", &[msg("late.x", 2)], PublishOptions::default())
+        .await
+        .expect("the publisher sees the new binding");
+    let cancel = CancellationToken::new();
+    let mut rx = consumer
+        .consume(&q, ConsumeOptions::default(), cancel.clone())
+        .await
+        .expect("consume");
+    let d = tokio::time::timeout(Duration::from_secs(5), rx.recv())
+        .await
+        .expect("delivery")
+        .expect("open");
+    assert_eq!(&d.envelope.body[..], b"{\"n\":2}");
+    d.ack().await.expect("ack");
+    cancel.cancel();
+    publisher.close().await.expect("close");
+    consumer.close().await.expect("close");
+}
