@@ -4,7 +4,8 @@
 //! (many concurrent `publish` calls, as a busy service makes) while a consumer in a separate
 //! process (this binary re-executed with `--consumer`) acks them. Throughput is measured end to
 //! end, from the first publish to the commit of the last ack, and CPU time is summed over both
-//! processes.
+//! processes. `HERALD_W1_PREFETCH` sets the consumer's prefetch (default 512) and
+//! `HERALD_W1_DURABILITY=power-loss` switches to `synchronous = FULL`.
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -12,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures::StreamExt;
-use herald::transport::sqlite::SqliteTransport;
+use herald::transport::sqlite::{Durability, SqliteOptions, SqliteTransport};
 use herald::transport::{ConsumeOptions, PublishOptions};
 use herald::{Envelope, QueueSpec, Topology, Transport};
 use tokio_util::sync::CancellationToken;
@@ -22,6 +23,18 @@ const CONCURRENCY: usize = 256;
 
 fn queue() -> QueueSpec {
     QueueSpec::new("w1.consumer.order-placed", "order.#")
+}
+
+/// Default options; `HERALD_W1_DURABILITY=power-loss` measures `synchronous = FULL`.
+fn options() -> SqliteOptions {
+    let durability = match std::env::var("HERALD_W1_DURABILITY").as_deref() {
+        Ok("power-loss") => Durability::PowerLoss,
+        _ => Durability::ProcessCrash,
+    };
+    SqliteOptions {
+        durability,
+        ..SqliteOptions::default()
+    }
 }
 
 fn micros_since_epoch() -> i64 {
@@ -60,10 +73,15 @@ fn body(i: usize) -> Bytes {
 }
 
 async fn consumer(path: &Path, events: usize) -> herald::Result<()> {
-    let t = SqliteTransport::open(path).await?;
+    let t = SqliteTransport::open_with(path, options()).await?;
     let cancel = CancellationToken::new();
+    // Prefetch 512 by default; HERALD_W1_PREFETCH overrides it (the bus default is 64).
+    let prefetch = std::env::var("HERALD_W1_PREFETCH")
+        .ok()
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(512);
     let mut rx = t
-        .consume(&queue(), ConsumeOptions { prefetch: 512 }, cancel.clone())
+        .consume(&queue(), ConsumeOptions { prefetch }, cancel.clone())
         .await?;
     println!("READY");
     let _ = std::io::stdout().flush();
@@ -86,7 +104,7 @@ async fn consumer(path: &Path, events: usize) -> herald::Result<()> {
 async fn publisher(events: usize) -> Result<(), Box<dyn std::error::Error>> {
     let dir = tempfile::tempdir()?;
     let path: PathBuf = dir.path().join("herald.db");
-    let t = SqliteTransport::open(&path).await?;
+    let t = SqliteTransport::open_with(&path, options()).await?;
     let mut topology = Topology::new(EXCHANGE);
     topology.add_queue(queue());
     t.apply_topology(&topology).await?;

@@ -217,3 +217,198 @@ async fn url_opens_and_creates_parent_directories() {
     assert!(path.exists(), "the database file was created");
     t.close().await.expect("close");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropping_the_receiver_gives_messages_back_at_once() {
+    let dir = tempfile::tempdir().expect("dir");
+    // A lease far longer than the test: only the drop can bring the messages back.
+    let t = open_with_lease(&dir.path().join("h.db"), Duration::from_secs(300)).await;
+    let q = QueueSpec::new("drop.q", "d.#");
+    declare(&t, "ex", std::slice::from_ref(&q)).await;
+    let batch: Vec<Envelope> = (0..4).map(|i| msg("d.x", i)).collect();
+    t.publish("ex", &batch, PublishOptions::default())
+        .await
+        .expect("publish");
+    let keep_running = CancellationToken::new();
+    let mut rx = t
+        .consume(&q, ConsumeOptions { prefetch: 4 }, keep_running.clone())
+        .await
+        .expect("consume");
+    let first = tokio::time::timeout(Duration::from_secs(5), rx.recv())
+        .await
+        .expect("delivery")
+        .expect("open");
+    drop(first); // dropped unsettled
+    drop(rx); // with three more buffered, and never cancelled
+    let cancel = CancellationToken::new();
+    let mut rx = t
+        .consume(&q, ConsumeOptions::default(), cancel.clone())
+        .await
+        .expect("consume");
+    let mut got = std::collections::HashSet::new();
+    while got.len() < 4 {
+        let d = tokio::time::timeout(Duration::from_secs(5), rx.recv())
+            .await
+            .expect("messages come back without waiting for the lease")
+            .expect("open");
+        assert!(d.redelivered);
+        got.insert(d.envelope.body.clone());
+        d.ack().await.expect("ack");
+    }
+    cancel.cancel();
+    t.close().await.expect("close");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn power_loss_durability_opens_and_works() {
+    use herald::transport::sqlite::Durability;
+    let dir = tempfile::tempdir().expect("dir");
+    let options = SqliteOptions {
+        durability: Durability::PowerLoss,
+        ..SqliteOptions::default()
+    };
+    let t = SqliteTransport::open_with(&dir.path().join("h.db"), options)
+        .await
+        .expect("open");
+    let q = QueueSpec::new("full.q", "f.#");
+    declare(&t, "ex", std::slice::from_ref(&q)).await;
+    t.publish("ex", &[msg("f.x", 1)], PublishOptions::default())
+        .await
+        .expect("publish");
+    let cancel = CancellationToken::new();
+    let mut rx = t
+        .consume(&q, ConsumeOptions::default(), cancel.clone())
+        .await
+        .expect("consume");
+    let d = tokio::time::timeout(Duration::from_secs(5), rx.recv())
+        .await
+        .expect("delivery")
+        .expect("open");
+    d.ack().await.expect("ack");
+    cancel.cancel();
+    t.close().await.expect("close");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retried_message_goes_to_the_back() {
+    let dir = tempfile::tempdir().expect("dir");
+    let t = SqliteTransport::open(&dir.path().join("h.db"))
+        .await
+        .expect("open");
+    let q = QueueSpec::new("order.q", "o.#");
+    declare(&t, "ex", std::slice::from_ref(&q)).await;
+    let batch: Vec<Envelope> = (1..=3).map(|i| msg("o.x", i)).collect();
+    t.publish("ex", &batch, PublishOptions::default())
+        .await
+        .expect("publish");
+    let cancel = CancellationToken::new();
+    let mut rx = t
+        .consume(&q, ConsumeOptions { prefetch: 1 }, cancel.clone())
+        .await
+        .expect("consume");
+    let mut order = Vec::new();
+    for i in 0..4 {
+        let d = tokio::time::timeout(Duration::from_secs(5), rx.recv())
+            .await
+            .expect("delivery")
+            .expect("open");
+        order.push((
+            String::from_utf8_lossy(&d.envelope.body).to_string(),
+            d.envelope.attempt,
+        ));
+        if i == 0 {
+            let failure = herald::transport::Failure::now(&d.envelope, &q.name, "handler", "again");
+            d.settle(Outcome::Retry {
+                delay: Duration::ZERO,
+                failure,
+            })
+            .await
+            .expect("retry");
+        } else {
+            d.ack().await.expect("ack");
+        }
+    }
+    let bodies: Vec<(&str, u32)> = order.iter().map(|(b, a)| (b.as_str(), *a)).collect();
+    assert_eq!(
+        bodies,
+        vec![
+            ("{\"n\":1}", 1),
+            ("{\"n\":2}", 1),
+            ("{\"n\":3}", 1),
+            ("{\"n\":1}", 2)
+        ]
+    );
+    cancel.cancel();
+    t.close().await.expect("close");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queue_message_ttl_dead_letters_as_expired() {
+    let dir = tempfile::tempdir().expect("dir");
+    let t = SqliteTransport::open(&dir.path().join("h.db"))
+        .await
+        .expect("open");
+    let mut q = QueueSpec::new("ttl.q", "ttl.#");
+    q.message_ttl = Some(Duration::from_millis(100));
+    declare(&t, "ex", std::slice::from_ref(&q)).await;
+    t.publish("ex", &[msg("ttl.x", 1)], PublishOptions::default())
+        .await
+        .expect("publish");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let cancel = CancellationToken::new();
+    let mut rx = t
+        .consume(&q, ConsumeOptions::default(), cancel.clone())
+        .await
+        .expect("consume");
+    assert!(
+        tokio::time::timeout(Duration::from_millis(500), rx.recv())
+            .await
+            .is_err(),
+        "an expired message was delivered"
+    );
+    let dead = t.dead_letters(&q.name, 10).await.expect("dead letters");
+    assert_eq!(dead.len(), 1);
+    let h = &dead[0].envelope.headers;
+    assert_eq!(
+        h.get(herald::envelope::header::ERROR_KIND)
+            .map(String::as_str),
+        Some("expired")
+    );
+    assert!(h.contains_key(herald::envelope::header::DEAD_LETTERED_AT));
+    cancel.cancel();
+    t.close().await.expect("close");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bindings_declared_later_by_another_connection_route_publishes() {
+    let dir = tempfile::tempdir().expect("dir");
+    let path = dir.path().join("h.db");
+    let publisher = SqliteTransport::open(&path).await.expect("open publisher");
+    let err = publisher
+        .publish("ex", &[msg("late.x", 1)], PublishOptions::default())
+        .await
+        .expect_err("nothing bound yet");
+    assert!(matches!(err, Error::Unroutable { .. }), "got {err}");
+    // Another connection (as another process would) declares the queue afterwards.
+    let consumer = SqliteTransport::open(&path).await.expect("open consumer");
+    let q = QueueSpec::new("late.q", "late.#");
+    declare(&consumer, "ex", std::slice::from_ref(&q)).await;
+    publisher
+        .publish("ex", &[msg("late.x", 2)], PublishOptions::default())
+        .await
+        .expect("the publisher sees the new binding");
+    let cancel = CancellationToken::new();
+    let mut rx = consumer
+        .consume(&q, ConsumeOptions::default(), cancel.clone())
+        .await
+        .expect("consume");
+    let d = tokio::time::timeout(Duration::from_secs(5), rx.recv())
+        .await
+        .expect("delivery")
+        .expect("open");
+    assert_eq!(&d.envelope.body[..], b"{\"n\":2}");
+    d.ack().await.expect("ack");
+    cancel.cancel();
+    publisher.close().await.expect("close");
+    consumer.close().await.expect("close");
+}

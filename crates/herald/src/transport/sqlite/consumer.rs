@@ -35,18 +35,36 @@ pub(crate) async fn run(
         inner.options.poll_max.max(inner.options.poll_min),
     );
     let mut backoff = poll_min;
-    loop {
+    // While more than this many deliveries wait in the channel, the handler has work: let
+    // freed permits accumulate so one claim takes many rows instead of one row per ack.
+    let low_water = prefetch / 2;
+    'consume: loop {
         let first = tokio::select! {
             biased;
             _ = cancel.cancelled() => break,
             _ = inner.shutdown.cancelled() => break,
+            // The receiver is gone: stop, so what its dropped deliveries held goes back.
+            _ = tx.closed() => break,
             p = permits.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
         };
         let mut held = vec![first];
-        while held.len() < prefetch {
-            match permits.clone().try_acquire_owned() {
-                Ok(p) => held.push(p),
-                Err(_) => break,
+        loop {
+            while held.len() < prefetch {
+                match permits.clone().try_acquire_owned() {
+                    Ok(p) => held.push(p),
+                    Err(_) => break,
+                }
+            }
+            let buffered = tx.max_capacity() - tx.capacity();
+            if held.len() >= prefetch || buffered <= low_water {
+                break;
+            }
+            tokio::select! {
+                biased;
+                _ = cancel.cancelled() => break 'consume,
+                _ = inner.shutdown.cancelled() => break 'consume,
+                _ = tx.closed() => break 'consume,
+                p = permits.clone().acquire_owned() => match p { Ok(p) => held.push(p), Err(_) => break 'consume },
             }
         }
         let notified = inner.notify.notified();
@@ -74,6 +92,7 @@ pub(crate) async fn run(
                 biased;
                 _ = cancel.cancelled() => break,
                 _ = inner.shutdown.cancelled() => break,
+                _ = tx.closed() => break,
                 _ = &mut notified => backoff = poll_min,
                 _ = tokio::time::sleep(backoff) => backoff = (backoff * 2).min(poll_max),
             }

@@ -8,7 +8,9 @@
 //! - `herald_bindings(exchange, pattern, queue)`: evaluated at publish time with `topic_matches`.
 //! - `herald_messages(id, queue, rank, priority, ttl_ms, visible_at, expires_at, lease_owner,
 //!   deliveries, routing_key, headers, body)`: one row per message per queue. `id` is the arrival
-//!   order; `rank` the effective priority (0 on queues without `max_priority`). A row may be
+//!   order and the delivery tag (`AUTOINCREMENT`: never reused, so a stale settle cannot hit a
+//!   newer message); a rescheduled row takes a fresh id, going to the back as it would on a
+//!   broker; `rank` the effective priority (0 on queues without `max_priority`). A row may be
 //!   claimed when `visible_at <= now`; claiming sets `lease_owner` and moves `visible_at` to the
 //!   lease end, so a vanished consumer's rows become claimable again by themselves. A delayed row
 //!   (retry, release) has no owner and a future `visible_at`.
@@ -50,7 +52,7 @@ CREATE TABLE IF NOT EXISTS herald_bindings (
     PRIMARY KEY (exchange, pattern, queue)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS herald_messages (
-    id          INTEGER PRIMARY KEY,
+    id          INTEGER PRIMARY KEY AUTOINCREMENT,
     queue       TEXT NOT NULL,
     rank        INTEGER NOT NULL DEFAULT 0,
     priority    INTEGER NOT NULL DEFAULT 0,
@@ -108,8 +110,8 @@ fn busy_handler(attempt: i32) -> bool {
         return false;
     }
     let pause = match attempt {
-        0..=9 => Duration::from_micros(50),
-        10..=99 => Duration::from_micros(200),
+        0..=199 => Duration::from_micros(50),
+        200..=999 => Duration::from_micros(200),
         _ => Duration::from_millis(1),
     };
     std::thread::sleep(pause);
@@ -161,7 +163,7 @@ pub(crate) fn open(path: &Path, options: &SqliteOptions) -> Result<Connection> {
         ));
     }
     conn.execute_batch(&format!(
-        "PRAGMA synchronous = {synchronous}; PRAGMA foreign_keys = OFF; PRAGMA temp_store = MEMORY;"
+        "PRAGMA synchronous = {synchronous}; PRAGMA foreign_keys = OFF; PRAGMA temp_store = MEMORY; PRAGMA cache_size = -16384;"
     ))
     .map_err(|e| sql_error("setting pragmas", path, e))?;
     conn.set_prepared_statement_cache_capacity(64);

@@ -82,6 +82,42 @@ pub(crate) fn decode(
     envelope
 }
 
+/// A stored message or dead letter as read back.
+struct StoredRow {
+    id: i64,
+    msg_id: String,
+    routing_key: String,
+    headers: String,
+    body: Vec<u8>,
+    priority: i64,
+    ttl_ms: Option<i64>,
+}
+
+impl StoredRow {
+    /// Read `id, msg_id, routing_key, headers, body, priority, ttl_ms`.
+    fn read(r: &rusqlite::Row<'_>) -> rusqlite::Result<Self> {
+        Ok(StoredRow {
+            id: r.get(0)?,
+            msg_id: r.get(1)?,
+            routing_key: r.get(2)?,
+            headers: r.get(3)?,
+            body: r.get(4)?,
+            priority: r.get(5)?,
+            ttl_ms: r.get(6)?,
+        })
+    }
+
+    fn envelope(self) -> Envelope {
+        decode(
+            &self.routing_key,
+            &self.headers,
+            Bytes::from(self.body),
+            self.priority,
+            self.ttl_ms,
+        )
+    }
+}
+
 impl Store {
     pub(crate) fn new(conn: Connection, path: PathBuf, lease: std::time::Duration) -> Self {
         Store {
@@ -101,21 +137,20 @@ impl Store {
     }
 
     pub(crate) fn begin(&mut self) -> Result<()> {
-        self.conn
-            .execute_batch("BEGIN IMMEDIATE")
+        self.run("BEGIN IMMEDIATE")
             .map_err(|e| self.err("starting a write transaction (another process may hold the lock longer than busy_timeout)", e))?;
         if let Err(e) = self.refresh_routes() {
-            let _ = self.conn.execute_batch("ROLLBACK");
+            let _ = self.run("ROLLBACK");
             return Err(e);
         }
         Ok(())
     }
 
     pub(crate) fn commit(&mut self) -> Result<()> {
-        match self.conn.execute_batch("COMMIT") {
+        match self.run("COMMIT") {
             Ok(()) => Ok(()),
             Err(e) => {
-                let _ = self.conn.execute_batch("ROLLBACK");
+                let _ = self.run("ROLLBACK");
                 // The cache may hold uncommitted topology: force a reload.
                 self.routes.version = None;
                 Err(self.err("committing", e))
@@ -123,26 +158,44 @@ impl Store {
         }
     }
 
+    /// Run a one-statement command through the statement cache (no re-parsing per call).
+    fn run(&self, sql: &str) -> rusqlite::Result<()> {
+        self.conn.prepare_cached(sql)?.execute([]).map(|_| ())
+    }
+
     /// Run `f` under a savepoint: on error, undo just its changes.
     pub(crate) fn atomically<T>(&mut self, f: impl FnOnce(&mut Self) -> Result<T>) -> Result<T> {
-        self.conn
-            .execute_batch("SAVEPOINT herald_cmd")
+        self.run("SAVEPOINT herald_cmd")
             .map_err(|e| self.err("opening a savepoint", e))?;
         match f(self) {
             Ok(v) => {
-                self.conn
-                    .execute_batch("RELEASE herald_cmd")
+                self.run("RELEASE herald_cmd")
                     .map_err(|e| self.err("releasing a savepoint", e))?;
                 Ok(v)
             }
             Err(e) => {
-                let _ = self
-                    .conn
-                    .execute_batch("ROLLBACK TO herald_cmd; RELEASE herald_cmd");
+                let _ = self.run("ROLLBACK TO herald_cmd");
+                let _ = self.run("RELEASE herald_cmd");
                 self.routes.version = None;
                 Err(e)
             }
         }
+    }
+
+    /// Delete acknowledged rows still leased by `owner`, many per statement; returns how many
+    /// were no longer leased to it (expired and possibly redelivered).
+    pub(crate) fn ack_many(&mut self, owner: &str, ids: &[i64]) -> Result<usize> {
+        let list = serde_json::to_string(ids)
+            .map_err(|e| Error::transport("sqlite", format!("cannot encode ack ids: {e}")))?;
+        let n = self
+            .conn
+            .prepare_cached(
+                "DELETE FROM herald_messages WHERE id IN (SELECT value FROM json_each(?2))
+                 AND lease_owner = ?1",
+            )
+            .and_then(|mut s| s.execute(params![owner, list]))
+            .map_err(|e| self.err("acknowledging", e))?;
+        Ok(ids.len().saturating_sub(n))
     }
 
     fn topology_version(&self) -> Result<i64> {
@@ -356,21 +409,17 @@ impl Store {
 
     /// Dead-letter the visible messages of `queue` whose TTL has passed.
     fn expire(&self, queue: &str, now: i64) -> Result<()> {
-        let expired: Vec<(i64, String, String, Vec<u8>, i64, Option<i64>)> = self
+        let expired: Vec<StoredRow> = self
             .conn
             .prepare_cached(
-                "SELECT id, routing_key, headers, body, priority, ttl_ms FROM herald_messages
+                "SELECT id, '', routing_key, headers, body, priority, ttl_ms FROM herald_messages
                  WHERE queue = ?1 AND expires_at IS NOT NULL AND expires_at <= ?2 AND visible_at <= ?2",
             )
-            .and_then(|mut s| {
-                s.query_map(params![queue, now], |r| {
-                    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?))
-                })?
-                .collect()
-            })
+            .and_then(|mut s| s.query_map(params![queue, now], StoredRow::read)?.collect())
             .map_err(|e| self.err("looking for expired messages", e))?;
-        for (id, routing_key, headers, body, priority, ttl) in expired {
-            let mut envelope = decode(&routing_key, &headers, Bytes::from(body), priority, ttl);
+        for row in expired {
+            let (id, ttl) = (row.id, row.ttl_ms);
+            let mut envelope = row.envelope();
             let failure = Failure::now(
                 &envelope,
                 queue,
@@ -454,16 +503,28 @@ impl Store {
                     .and_then(|q| self.routes.queues.get(&q).cloned())
                     .unwrap_or_default()
                     .message_ttl_ms;
+                // A fresh id from the AUTOINCREMENT sequence: to the back of the queue, and the
+                // old id (a delivery tag) is never reused.
+                let fresh: i64 = self
+                    .conn
+                    .prepare_cached(
+                        "UPDATE sqlite_sequence SET seq = seq + 1 WHERE name = 'herald_messages'
+                         RETURNING seq",
+                    )
+                    .and_then(|mut s| s.query_row([], |r| r.get(0)).optional())
+                    .map_err(|e| self.err("allocating a message id", e))?
+                    .unwrap_or(id);
                 self.conn
                     .prepare_cached(
                         "UPDATE herald_messages
                          SET headers = ?3, visible_at = ?4, lease_owner = NULL,
+                             id = ?6,
                              expires_at = CASE
                                  WHEN ttl_ms IS NULL AND ?5 IS NULL THEN NULL
                                  ELSE ?4 + min(coalesce(ttl_ms, ?5), coalesce(?5, ttl_ms)) END
                          WHERE id = ?1 AND lease_owner = ?2",
                     )
-                    .and_then(|mut s| s.execute(params![id, owner, headers, at, queue_ttl]))
+                    .and_then(|mut s| s.execute(params![id, owner, headers, at, queue_ttl, fresh]))
                     .map_err(|e| self.err("rescheduling a delivery", e))?
             }
             SettleOp::DeadLetter {
@@ -537,6 +598,11 @@ impl Store {
                 format!("queue `{queue}` is not declared; apply the topology first"),
             ));
         }
+        // Forget consumers of crashed processes whose heartbeat ended long ago.
+        self.conn
+            .prepare_cached("DELETE FROM herald_consumers WHERE expires_at < ?1")
+            .and_then(|mut s| s.execute([now.saturating_sub(self.lease_ms.saturating_mul(10))]))
+            .map_err(|e| self.err("removing stale consumers", e))?;
         self.renew(owner, queue, now)
     }
 
@@ -582,11 +648,7 @@ impl Store {
         Ok(())
     }
 
-    fn dead_rows(
-        &self,
-        queue: &str,
-        limit: Option<usize>,
-    ) -> Result<Vec<(i64, String, String, String, Vec<u8>, i64, Option<i64>)>> {
+    fn dead_rows(&self, queue: &str, limit: Option<usize>) -> Result<Vec<StoredRow>> {
         let limit = limit
             .map(|l| i64::try_from(l).unwrap_or(i64::MAX))
             .unwrap_or(-1);
@@ -595,12 +657,7 @@ impl Store {
                 "SELECT id, msg_id, routing_key, headers, body, priority, ttl_ms FROM herald_dead_letters
                  WHERE queue = ?1 ORDER BY id LIMIT ?2",
             )
-            .and_then(|mut s| {
-                s.query_map(params![queue, limit], |r| {
-                    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?))
-                })?
-                .collect()
-            })
+            .and_then(|mut s| s.query_map(params![queue, limit], StoredRow::read)?.collect())
             .map_err(|e| self.err("reading dead letters", e))
     }
 
@@ -608,9 +665,9 @@ impl Store {
         Ok(self
             .dead_rows(queue, Some(limit))?
             .into_iter()
-            .map(|(_, _, rk, headers, body, priority, ttl)| DeadLetter {
+            .map(|row| DeadLetter {
                 queue: queue.to_string(),
-                envelope: decode(&rk, &headers, Bytes::from(body), priority, ttl),
+                envelope: row.envelope(),
             })
             .collect())
     }
@@ -619,11 +676,17 @@ impl Store {
         let meta = self.routes.queues.get(queue).cloned();
         let Some(meta) = meta else { return Ok(0) };
         let mut n = 0;
-        for (row, msg_id, rk, headers, body, priority, ttl) in self.dead_rows(queue, None)? {
-            if ids.is_some_and(|ids| !ids.contains(&msg_id)) {
+        for stored in self.dead_rows(queue, None)? {
+            if ids.is_some_and(|ids| !ids.contains(&stored.msg_id)) {
                 continue;
             }
-            let mut envelope = decode(&rk, &headers, Bytes::from(body), priority, ttl);
+            let (row, priority, ttl, rk) = (
+                stored.id,
+                stored.priority,
+                stored.ttl_ms,
+                stored.routing_key.clone(),
+            );
+            let mut envelope = stored.envelope();
             reset_for_replay(&mut envelope);
             let headers = encode_headers(&envelope)?;
             let p = u8::try_from(priority.clamp(0, 255)).unwrap_or(0);

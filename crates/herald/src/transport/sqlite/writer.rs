@@ -2,12 +2,19 @@
 //! runs here, so the async runtime never blocks on SQLite.
 //!
 //! Group commit: the thread takes the first queued command, then every command queued behind it
-//! (up to [`MAX_GROUP`]), and runs all the writes in ONE `BEGIN IMMEDIATE` transaction, each
-//! under its own savepoint so one failing publish (unroutable, queue full) does not affect the
-//! others. Callers are answered only after `COMMIT`. Concurrent publishes, claims and settlements
-//! therefore share one commit, and acks (which are not awaited) pile up while a transaction runs
-//! and go out together in the next one.
+//! (up to [`MAX_GROUP`] commands or about [`MAX_WEIGHT`] rows), and runs all the writes in ONE
+//! `BEGIN IMMEDIATE` transaction, each under its own savepoint so one failing publish
+//! (unroutable, queue full) does not affect the others. Callers are answered only after
+//! `COMMIT`. Concurrent publishes, claims and settlements therefore share one commit. Acks are
+//! not awaited: they pile up while a transaction runs, a group of nothing but acks waits up to
+//! [`ACK_LINGER`] for more (or for a claim to ride along), and each group deletes its acks with
+//! one statement per consumer.
+//!
+//! Fairness between processes: SQLite's write lock is not queued, so after a busy group the
+//! thread pauses [`LOCK_GAP`] before taking the lock again, while a waiting process polls for it
+//! every 50 µs (see the busy handler in `schema`).
 
+use std::collections::HashMap;
 use std::sync::mpsc::Receiver;
 use std::sync::Arc;
 
@@ -21,6 +28,17 @@ use crate::transport::{DeadLetter, QueueStats};
 
 /// The most commands one transaction takes.
 pub(crate) const MAX_GROUP: usize = 1024;
+/// The most rows (roughly) one transaction writes, see [`Cmd::weight`].
+const MAX_WEIGHT: usize = 2048;
+/// How long a group of only acks waits for company, see [`linger_for_acks`].
+const ACK_LINGER: std::time::Duration = std::time::Duration::from_millis(1);
+/// How many acks end that wait early.
+const ACK_BATCH: usize = 256;
+
+/// A group at least this big means the thread is busy (see [`LOCK_GAP`]).
+const BUSY_GROUP: usize = 16;
+/// The pause between busy groups that lets other processes take the write lock.
+const LOCK_GAP: std::time::Duration = std::time::Duration::from_micros(100);
 
 /// Where a command's answer goes.
 pub(crate) type Reply<T> = oneshot::Sender<Result<T>>;
@@ -118,6 +136,27 @@ pub(crate) enum Cmd {
 }
 
 impl Cmd {
+    /// Roughly how many rows the command writes: groups are cut at [`MAX_WEIGHT`] so one
+    /// transaction never holds the write lock long enough to starve another process.
+    fn weight(&self) -> usize {
+        match self {
+            Cmd::Publish { batch, .. } => batch.len().max(1),
+            Cmd::Claim { max, .. } => (*max).max(1),
+            _ => 1,
+        }
+    }
+
+    fn is_ack(&self) -> bool {
+        matches!(
+            self,
+            Cmd::Settle {
+                op: SettleOp::Ack,
+                reply: None,
+                ..
+            }
+        )
+    }
+
     fn is_read(&self) -> bool {
         matches!(
             self,
@@ -157,19 +196,66 @@ impl Pending {
 pub(crate) fn run(mut store: Store, rx: Receiver<Cmd>, notify: Arc<Notify>) {
     let mut group: Vec<Cmd> = Vec::with_capacity(MAX_GROUP);
     while let Ok(first) = rx.recv() {
+        let mut weight = first.weight();
         group.push(first);
-        while group.len() < MAX_GROUP {
+        while group.len() < MAX_GROUP && weight < MAX_WEIGHT {
             match rx.try_recv() {
-                Ok(cmd) => group.push(cmd),
+                Ok(cmd) => {
+                    weight += cmd.weight();
+                    group.push(cmd);
+                }
                 Err(_) => break,
             }
         }
+        linger_for_acks(&rx, &mut group, &mut weight);
+        let size = group.len();
         let wake = run_group(&mut store, &mut group);
         if wake {
             notify.notify_waiters();
         }
+        if size >= BUSY_GROUP {
+            // Under load, leave the write lock free for a moment before the next group so a
+            // process waiting for it (polling every 50 µs) gets its turn; the next group just
+            // grows a little.
+            std::thread::sleep(LOCK_GAP);
+        }
     }
     tracing::debug!(path = %store.path().display(), "sqlite connection thread stopped");
+}
+
+/// A group of nothing but acks is not urgent (nobody awaits them): wait up to [`ACK_LINGER`]
+/// for more acks, or for any other command, so one transaction carries many acks and the next
+/// claim rides along instead of queueing behind another round for the write lock.
+fn linger_for_acks(rx: &Receiver<Cmd>, group: &mut Vec<Cmd>, weight: &mut usize) {
+    let only_acks = |g: &[Cmd]| g.iter().all(Cmd::is_ack);
+    if !only_acks(group) {
+        return;
+    }
+    let deadline = std::time::Instant::now() + ACK_LINGER;
+    while group.len() < ACK_BATCH && *weight < MAX_WEIGHT {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(cmd) => {
+                let urgent = !cmd.is_ack();
+                *weight += cmd.weight();
+                group.push(cmd);
+                if urgent {
+                    // Take whatever else is queued and go.
+                    while group.len() < MAX_GROUP && *weight < MAX_WEIGHT {
+                        match rx.try_recv() {
+                            Ok(cmd) => {
+                                *weight += cmd.weight();
+                                group.push(cmd);
+                            }
+                            Err(_) => break,
+                        }
+                    }
+                    return;
+                }
+            }
+            Err(_) => return,
+        }
+    }
 }
 
 /// Run one group; true when consumers should look for new messages.
@@ -229,7 +315,20 @@ fn run_writes(store: &mut Store, writes: Vec<Cmd>) -> bool {
     let now = super::now_ms();
     let mut pending = Vec::with_capacity(writes.len());
     let mut wake = false;
+    // Acks are gathered and deleted many per statement; they are flushed before any other
+    // command so that, e.g., a consumer's release never overtakes its earlier acks.
+    let mut acks: HashMap<Arc<str>, Vec<i64>> = HashMap::new();
     for cmd in writes {
+        if !matches!(
+            cmd,
+            Cmd::Settle {
+                op: SettleOp::Ack,
+                reply: None,
+                ..
+            }
+        ) {
+            flush_acks(store, &mut acks);
+        }
         match cmd {
             Cmd::Topology(topology, reply) => {
                 pending.push(Pending::Unit(
@@ -261,9 +360,19 @@ fn run_writes(store: &mut Store, writes: Vec<Cmd>) -> bool {
             Cmd::Settle {
                 id,
                 owner,
+                op: SettleOp::Ack,
+                reply: None,
+            } => {
+                acks.entry(owner).or_default().push(id);
+                continue;
+            }
+            Cmd::Settle {
+                id,
+                owner,
                 op,
                 reply,
             } => {
+                flush_acks(store, &mut acks);
                 wake |= matches!(op, SettleOp::Reschedule { delay_ms: 0, .. });
                 let r = store.atomically(|s| s.settle(id, &owner, op, now));
                 match reply {
@@ -285,7 +394,10 @@ fn run_writes(store: &mut Store, writes: Vec<Cmd>) -> bool {
                 queue,
                 reply,
             } => {
-                pending.push(Pending::Unit(reply, store.register(&owner, &queue, now)));
+                pending.push(Pending::Unit(
+                    reply,
+                    store.atomically(|s| s.register(&owner, &queue, now)),
+                ));
             }
             Cmd::ConsumerGone {
                 owner,
@@ -323,6 +435,7 @@ fn run_writes(store: &mut Store, writes: Vec<Cmd>) -> bool {
             Cmd::Flush(reply) => drop(reply.send(Ok(()))),
         }
     }
+    flush_acks(store, &mut acks);
     if let Err(e) = store.commit() {
         let message = e.to_string();
         tracing::error!(error = %message, "sqlite: commit failed; the whole group was rolled back");
@@ -335,6 +448,20 @@ fn run_writes(store: &mut Store, writes: Vec<Cmd>) -> bool {
         p.send();
     }
     wake
+}
+
+fn flush_acks(store: &mut Store, acks: &mut HashMap<Arc<str>, Vec<i64>>) {
+    for (owner, ids) in acks.drain() {
+        match store.ack_many(&owner, &ids) {
+            Ok(0) => {}
+            Ok(lost) => tracing::warn!(
+                lost,
+                "sqlite: deliveries were acked after their lease expired; they have been or will be redelivered \
+                 (raise SqliteOptions::lease if the process stalls for that long)"
+            ),
+            Err(e) => tracing::warn!(error = %e, "sqlite: could not record acks; those messages will be redelivered"),
+        }
+    }
 }
 
 fn fail_unstarted(cmd: Cmd, message: &str) {
