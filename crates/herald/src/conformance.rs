@@ -45,6 +45,7 @@ pub struct Names {
     /// The exchange.
     pub exchange: String,
     prefix: String,
+    id: String,
 }
 
 impl Names {
@@ -54,7 +55,14 @@ impl Names {
         Names {
             exchange: format!("conf.{case}.{}", &id[..8]),
             prefix: format!("conf-{case}-{}", &id[..8]),
+            id: id[..8].to_string(),
         }
+    }
+
+    /// A service name unique to this case: on a real broker queues are global, and a bus
+    /// names its queues `<service>.<event>`.
+    pub fn service(&self, name: &str) -> String {
+        format!("{name}-{}", self.id)
     }
     /// A queue name in this case's namespace.
     pub fn queue(&self, name: &str) -> String {
@@ -601,7 +609,7 @@ async fn bus(h: &dyn Harness, n: &Names, service: &str) -> Bus {
     Bus::builder()
         .transport(h.open().await)
         .exchange(&n.exchange)
-        .service(service)
+        .service(n.service(service))
         .build()
         .await
         .expect("build bus")
@@ -689,7 +697,7 @@ pub async fn bus_retries_then_dead_letters(h: &dyn Harness) {
     .unwrap();
     b.start().await.unwrap();
     b.publish(&Ping { n: 1 }).await.unwrap();
-    let queue = format!("svc.{}", Ping::ROUTING_KEY);
+    let queue = format!("{}.{}", n.service("svc"), Ping::ROUTING_KEY);
     let dead = dead_letters_of(&**b.transport(), &queue, 1).await;
     assert_eq!(dead.len(), 1, "dead-lettered once");
     assert_eq!(calls.load(Ordering::SeqCst), 6, "3 deliveries x (1 call + 1 immediate retry)");
@@ -722,7 +730,7 @@ pub async fn bus_poison_message_is_dead_lettered_without_retries(h: &dyn Harness
     let garbage = Envelope::new(Ping::NAME, 1, Ping::ROUTING_KEY, "evil", Bytes::from_static(b"\xff\xfe not json"));
     b.publisher().publish_envelopes(vec![poison, garbage], false).await.unwrap();
     b.publish(&Ping { n: 2 }).await.unwrap();
-    let queue = format!("svc.{}", Ping::ROUTING_KEY);
+    let queue = format!("{}.{}", n.service("svc"), Ping::ROUTING_KEY);
     let dead = dead_letters_of(&**b.transport(), &queue, 2).await;
     assert_eq!(dead.len(), 2);
     for d in &dead {
@@ -813,7 +821,7 @@ pub async fn bus_follow_ups_carry_correlation_and_causation(h: &dyn Harness) {
     let (corr, cause, source) = seen.lock().unwrap().clone().unwrap();
     assert_eq!(corr.as_deref(), Some(ping_id.as_str()), "the flow is correlated by the first event's id");
     assert_eq!(cause.as_deref(), Some(ping_id.as_str()), "caused by the ping");
-    assert_eq!(source, "svc");
+    assert_eq!(source, n.service("svc"));
     b.shutdown().await.unwrap();
 }
 
