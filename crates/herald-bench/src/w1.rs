@@ -185,3 +185,81 @@ pub async fn run_raw_in_process(events: u64) -> W1Figures {
         cpu_us_per_event: cpu.as_secs_f64() * 1e6 / events as f64,
     }
 }
+
+/// Publish-to-handler latency through the bus at a fixed rate.
+#[derive(Debug, Clone, Copy)]
+pub struct LatencyFigures {
+    pub events: u64,
+    pub rate: u64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub max_ms: f64,
+}
+
+/// Publish `events` W1 events at `rate` per second and measure, in the handler, how long
+/// after `publish` was called each one arrived (the envelope's time is set at publish).
+pub async fn latency(broker: &str, exchange: &str, events: u64, rate: u64) -> herald::Result<LatencyFigures> {
+    let consumer = Bus::builder().broker(broker).exchange(exchange).service("bench-latency").build().await?;
+    let samples = Arc::new(std::sync::Mutex::new(Vec::with_capacity(events as usize)));
+    let done = Arc::new(Notify::new());
+    let (s, d) = (samples.clone(), done.clone());
+    consumer.subscribe_with(
+        move |_e: OrderPlaced, ctx: herald::Context| {
+            let micros = (chrono_now_micros() - ctx.time().timestamp_micros()).max(0);
+            let mut v = s.lock().unwrap_or_else(|e| e.into_inner());
+            v.push(micros as f64 / 1000.0);
+            if v.len() as u64 == events {
+                d.notify_one();
+            }
+            std::future::ready(())
+        },
+        consumer_options().queue("bench-latency.w1"),
+    )?;
+    consumer.start().await?;
+    let publisher = Bus::builder().broker(broker).exchange(exchange).service("bench-publisher").build().await?;
+    let notified = done.notified();
+    let interval = Duration::from_secs_f64(1.0 / rate.max(1) as f64);
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let mut pending = futures::stream::FuturesUnordered::new();
+    for i in 0..events {
+        ticker.tick().await;
+        let bus = publisher.clone();
+        pending.push(async move { bus.publish(&OrderPlaced::sample(i)).await });
+        // Keep confirms flowing without waiting for each one.
+        while let Some(Some(r)) = futures::FutureExt::now_or_never(pending.next()) {
+            r?;
+        }
+    }
+    while let Some(r) = pending.next().await {
+        r?;
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(60), notified).await;
+    publisher.shutdown().await?;
+    consumer.shutdown().await?;
+    let mut v = samples.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    v.sort_by(|a, b| a.total_cmp(b));
+    let pct = |p: f64| v.get(((v.len().saturating_sub(1)) as f64 * p).round() as usize).copied().unwrap_or(0.0);
+    Ok(LatencyFigures {
+        events: v.len() as u64,
+        rate,
+        p50_ms: pct(0.50),
+        p99_ms: pct(0.99),
+        max_ms: v.last().copied().unwrap_or(0.0),
+    })
+}
+
+fn chrono_now_micros() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as i64)
+        .unwrap_or(0)
+}
+
+/// The latency result line.
+pub fn latency_line(transport: &str, l: &LatencyFigures) -> String {
+    format!(
+        "RESULT workload=latency transport={transport} events={} rate={} p50_ms={:.2} p99_ms={:.2} max_ms={:.2}",
+        l.events, l.rate, l.p50_ms, l.p99_ms, l.max_ms
+    )
+}

@@ -20,6 +20,12 @@ pub struct Args {
     /// Number of events
     #[arg(long, default_value_t = 50_000)]
     events: u64,
+    /// Measure publish-to-handler latency at a fixed rate instead of throughput
+    #[arg(long)]
+    latency: bool,
+    /// Events per second for --latency
+    #[arg(long, default_value_t = 1000)]
+    rate: u64,
     /// Internal: run one side of a split run
     #[arg(long, hide = true, value_parser = ["consumer"])]
     role: Option<String>,
@@ -44,6 +50,15 @@ pub async fn run(mut config: Config, args: Args) -> CliResult<()> {
     let transport = transport_name(&config)?;
     // A fresh exchange per run, so earlier runs' leftovers do not count.
     config.exchange = format!("bench.w1.{:08x}", rand::random::<u32>());
+    if args.latency {
+        let l = w1::latency(&config.broker, &config.exchange, args.events, args.rate).await?;
+        eprintln!(
+            "latency on {transport}: {} events at {}/s, p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+            l.events, l.rate, l.p50_ms, l.p99_ms, l.max_ms
+        );
+        println!("{}", w1::latency_line(transport, &l));
+        return Ok(());
+    }
     let (figures, raw) = if transport == "memory" {
         // The in-process floor runs first, in the same process: JSON encode, channel, decode.
         let raw = w1::run_raw_in_process(args.events).await;
