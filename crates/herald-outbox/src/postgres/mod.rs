@@ -47,12 +47,14 @@ use crate::row::{envelope_of, ClaimedEvent, StagedEvent};
 use crate::status::{FailedEvent, OutboxStatus, Status};
 use crate::store::Retention;
 
-mod schema;
+mod conn;
+pub(crate) mod schema;
 mod store;
 mod trigger;
 
 pub use store::PgStore;
-pub use trigger::{TriggerSpec, TriggerEvents};
+pub use trigger::{TriggerEvents, TriggerSpec};
+pub(crate) use conn::PgConn;
 
 /// An outbox table in PostgreSQL: where it is, and the service its events are published as.
 /// Holds no connection; every call takes the client or transaction to use.

@@ -6,9 +6,11 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use futures::StreamExt;
-use tokio::sync::{Mutex, Notify};
+use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tokio_postgres::{AsyncMessage, Client, NoTls};
+
+use super::conn::PgConn;
 
 use crate::error::{pg, Result};
 use crate::postgres::PgOutbox;
@@ -20,8 +22,7 @@ use crate::store::{OutboxStore, Retention};
 /// or URL form). Cheap to share behind an `Arc`; one per relay.
 pub struct PgStore {
     outbox: PgOutbox,
-    conninfo: String,
-    client: Mutex<Option<Arc<Client>>>,
+    conn: PgConn,
     wake: Arc<Notify>,
     listener: std::sync::Mutex<Option<JoinHandle<()>>>,
 }
@@ -31,8 +32,7 @@ impl PgStore {
     pub async fn connect(conninfo: &str, outbox: PgOutbox) -> Result<Self> {
         let store = PgStore {
             outbox,
-            conninfo: conninfo.to_string(),
-            client: Mutex::new(None),
+            conn: PgConn::new(conninfo),
             wake: Arc::new(Notify::new()),
             listener: std::sync::Mutex::new(None),
         };
@@ -47,38 +47,15 @@ impl PgStore {
 
     /// A live client, reconnecting when the last one closed.
     pub async fn client(&self) -> Result<Arc<Client>> {
-        let mut slot = self.client.lock().await;
-        if let Some(c) = slot.as_ref().filter(|c| !c.is_closed()) {
-            return Ok(c.clone());
-        }
-        let (client, conn) = tokio_postgres::connect(&self.conninfo, NoTls)
-            .await
-            .map_err(pg("connecting to PostgreSQL"))?;
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(error = %e, "outbox connection ended");
-            }
-        });
-        let client = Arc::new(client);
-        *slot = Some(client.clone());
-        Ok(client)
+        self.conn.client().await
     }
 
-    /// Run a call, dropping the client when the connection turned out to be gone.
     async fn with<T, F, Fut>(&self, f: F) -> Result<T>
     where
         F: FnOnce(Arc<Client>) -> Fut,
         Fut: std::future::Future<Output = Result<T>>,
     {
-        let client = self.client().await?;
-        let result = f(client.clone()).await;
-        if result.is_err() && client.is_closed() {
-            let mut slot = self.client.lock().await;
-            if slot.as_ref().is_some_and(|c| Arc::ptr_eq(c, &client)) {
-                *slot = None;
-            }
-        }
-        result
+        self.conn.with(f).await
     }
 
     fn ensure_listener(&self) {
@@ -86,7 +63,7 @@ impl PgStore {
         if slot.as_ref().is_some_and(|h| !h.is_finished()) {
             return;
         }
-        let conninfo = self.conninfo.clone();
+        let conninfo = self.conn.conninfo().to_string();
         let channel = self.outbox.channel();
         let wake = self.wake.clone();
         *slot = Some(tokio::spawn(async move {
