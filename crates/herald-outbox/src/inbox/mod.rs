@@ -66,6 +66,16 @@ pub enum Claim {
     InProgress,
 }
 
+/// What recording an id inside the handler's own transaction found
+/// ([`postgres::PgInbox::record`], [`sqlite::SqliteInbox::record`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Recorded {
+    /// First time: apply the effects in this transaction.
+    New,
+    /// Already processed by this consumer: skip.
+    Duplicate,
+}
+
 /// Where processed ids are kept. Implemented for PostgreSQL, SQLite, Redis and memory.
 #[async_trait]
 pub trait InboxStore: Send + Sync + 'static {

@@ -21,18 +21,11 @@ use std::time::Duration;
 use async_trait::async_trait;
 use tokio_postgres::{Client, GenericClient};
 
+pub use super::Recorded;
 use super::{Claim, InboxStore};
 use crate::error::{ident, pg, Result};
 use crate::postgres::{schema, PgConn};
 
-/// What [`PgInbox::record`] found.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Recorded {
-    /// First time: apply the effects in this transaction.
-    New,
-    /// Already processed by this consumer: skip.
-    Duplicate,
-}
 
 /// The inbox table `<schema>.herald_inbox`.
 #[derive(Debug, Clone, PartialEq, Eq)]
