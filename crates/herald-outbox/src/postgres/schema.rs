@@ -31,6 +31,9 @@ pub(crate) async fn migrate(
     migrations: &[(&str, &str)],
 ) -> Result<usize> {
     let tx = client.transaction().await.map_err(pg("starting the migration"))?;
+    tx.batch_execute("SET LOCAL client_min_messages = warning")
+        .await
+        .map_err(pg("starting the migration"))?;
     tx.execute("SELECT pg_advisory_xact_lock(hashtext('herald_migrations'))", &[])
         .await
         .map_err(pg("taking the migration lock"))?;
