@@ -68,8 +68,11 @@ async fn only_committed_stages_are_published() {
 #[tokio::test]
 async fn two_relays_share_the_work_and_keep_order_per_aggregate() {
     let (schema, outbox, client) = setup("ob_order").await;
-    let aggs = ["a", "b", "c", "d", "e", "f"];
-    let per = 100u64;
+    // Many aggregates and small claims, so the two relays can work side by side (a relay never
+    // takes an aggregate whose earlier rows the other one holds).
+    let aggs: Vec<String> = (0..30).map(|i| format!("agg{i}")).collect();
+    let aggs: Vec<&str> = aggs.iter().map(String::as_str).collect();
+    let per = 20u64;
     // Interleaved, in small transactions, so aggregates mix within every claim.
     for chunk in 0..(per / 10) {
         let rows: Vec<_> = (0..10)
@@ -88,7 +91,7 @@ async fn two_relays_share_the_work_and_keep_order_per_aggregate() {
     for _ in 0..2 {
         let store = Arc::new(PgStore::connect(PG, outbox.clone()).await.unwrap());
         let config = RelayConfig {
-            batch_size: 37,
+            batch_size: 5,
             poll_interval: Duration::from_millis(50),
             ..RelayConfig::default()
         };
@@ -105,8 +108,8 @@ async fn two_relays_share_the_work_and_keep_order_per_aggregate() {
     }
     let got = seen.lock().unwrap().clone();
     assert_eq!(got.len(), total, "each event exactly once without faults");
-    for a in aggs {
-        let ns: Vec<u64> = got.iter().filter(|g| g.1.as_deref() == Some(a)).map(|g| g.2["n"].as_u64().unwrap()).collect();
+    for a in &aggs {
+        let ns: Vec<u64> = got.iter().filter(|g| g.1.as_deref() == Some(*a)).map(|g| g.2["n"].as_u64().unwrap()).collect();
         assert_eq!(ns, (0..per).collect::<Vec<_>>(), "aggregate {a} in staging order");
     }
     let m: Vec<u64> = metrics.iter().map(|m| m.published.load(std::sync::atomic::Ordering::Relaxed)).collect();
