@@ -35,7 +35,10 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 const PG: &str = "host=127.0.0.1 port=5432 user=postgres dbname=test";
 
 fn env_usize(name: &str, default: usize) -> usize {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 async fn connect() -> Result<tokio_postgres::Client, BoxError> {
@@ -78,7 +81,11 @@ async fn run_relays(
     Ok(tasks)
 }
 
-async fn wait_sent(c: &tokio_postgres::Client, outbox: &PgOutbox, total: u64) -> Result<(), BoxError> {
+async fn wait_sent(
+    c: &tokio_postgres::Client,
+    outbox: &PgOutbox,
+    total: u64,
+) -> Result<(), BoxError> {
     let start = Instant::now();
     loop {
         let sent = outbox.status(c).await?.count(herald_outbox::Status::Sent);
@@ -99,18 +106,39 @@ async fn main() -> Result<(), BoxError> {
     let writers = env_usize("OUTBOX_BENCH_WRITERS", 8);
     let relays = env_usize("OUTBOX_BENCH_RELAYS", 2);
     let dir = tempfile::tempdir()?;
-    let broker = std::env::var("HERALD_BROKER").unwrap_or_else(|_| format!("sqlite://{}", dir.path().join("broker.db").display()));
-    let transport_name = broker.split("://").next().unwrap_or("?").replace("amqp", "rabbitmq");
+    let broker = std::env::var("HERALD_BROKER")
+        .unwrap_or_else(|_| format!("sqlite://{}", dir.path().join("broker.db").display()));
+    let transport_name = broker
+        .split("://")
+        .next()
+        .unwrap_or("?")
+        .replace("amqp", "rabbitmq");
     let schema = format!("outbox_bench_{}", std::process::id());
     let outbox = PgOutbox::new("bench")?.schema(&schema)?;
     let mut admin = connect().await?;
-    admin.batch_execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE")).await?;
-    outbox.migrate(&mut admin).await?;
     admin
-        .batch_execute(&format!("CREATE TABLE {schema}.orders (id bigserial PRIMARY KEY, customer text, amount bigint)"))
+        .batch_execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))
+        .await?;
+    outbox.migrate(&mut admin).await?;
+    if std::env::var("OUTBOX_BENCH_NO_NOTIFY").is_ok() {
+        admin
+            .batch_execute(&format!(
+                "ALTER TABLE {} DISABLE TRIGGER herald_outbox_notify",
+                outbox.qualified()
+            ))
+            .await?;
+    }
+    admin
+        .batch_execute(&format!(
+            "CREATE TABLE {schema}.orders (id bigserial PRIMARY KEY, customer text, amount bigint)"
+        ))
         .await?;
 
-    let bus = Bus::builder().service("bench").broker(&broker).build().await?;
+    let bus = Bus::builder()
+        .service("bench")
+        .broker(&broker)
+        .build()
+        .await?;
     let mut topology = Topology::new(&bus.config().exchange);
     topology.add_queue(QueueSpec::new("bench.orders", "bench.#"));
     bus.transport().apply_topology(&topology).await?;
@@ -127,8 +155,11 @@ async fn main() -> Result<(), BoxError> {
                 let id = (w * per + i) as i64;
                 let (e, o) = event(id);
                 let tx = c.transaction().await?;
-                tx.execute(&format!("INSERT INTO {schema}.orders (customer, amount) VALUES ($1, $2)"), &[&e.customer, &e.amount_cents])
-                    .await?;
+                tx.execute(
+                    &format!("INSERT INTO {schema}.orders (customer, amount) VALUES ($1, $2)"),
+                    &[&e.customer, &e.amount_cents],
+                )
+                .await?;
                 tx.commit().await?;
                 bus.publish_with(&e, o).await?;
             }
@@ -157,8 +188,11 @@ async fn main() -> Result<(), BoxError> {
                 let id = (1_000_000 + w * per + i) as i64;
                 let (e, o) = event(id);
                 let tx = c.transaction().await?;
-                tx.execute(&format!("INSERT INTO {schema}.orders (customer, amount) VALUES ($1, $2)"), &[&e.customer, &e.amount_cents])
-                    .await?;
+                tx.execute(
+                    &format!("INSERT INTO {schema}.orders (customer, amount) VALUES ($1, $2)"),
+                    &[&e.customer, &e.amount_cents],
+                )
+                .await?;
                 outbox.stage_with(&tx, &e, &o).await?;
                 tx.commit().await?;
             }
@@ -169,10 +203,14 @@ async fn main() -> Result<(), BoxError> {
     for t in tasks {
         load_done += t.await?? as u64;
     }
+    let write_secs = start.elapsed().as_secs_f64();
     wait_sent(&admin, &outbox, load_done).await?;
     let load_eps = load_done as f64 / start.elapsed().as_secs_f64();
-    let (p50, p99) = outbox.send_latency(&admin, since).await?.unwrap_or((f64::NAN, f64::NAN));
-    eprintln!("outbox under load: {load_done} events, {load_eps:.0}/s, commit->publish p50 {:.1} ms p99 {:.1} ms", p50 * 1e3, p99 * 1e3);
+    let (p50, p99) = outbox
+        .send_latency(&admin, since)
+        .await?
+        .unwrap_or((f64::NAN, f64::NAN));
+    eprintln!("outbox under load: writers {:.0}/s; {load_done} events, {load_eps:.0}/s, commit->publish p50 {:.1} ms p99 {:.1} ms", load_done as f64 / write_secs, p50 * 1e3, p99 * 1e3);
     cancel.cancel();
     for t in relay_tasks {
         t.await?;
@@ -202,7 +240,9 @@ async fn main() -> Result<(), BoxError> {
         t.await?;
     }
     bus.shutdown().await?;
-    admin.batch_execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE")).await?;
+    admin
+        .batch_execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))
+        .await?;
     println!(
         "RESULT workload=outbox transport={transport_name} events={events} herald_eps={drain_eps:.0} raw_eps={raw_eps:.0} ratio={:.2} cpu_us_per_event=- load_eps={load_eps:.0} p50_ms={:.1} p99_ms={:.1}",
         drain_eps / raw_eps,

@@ -243,7 +243,12 @@ impl<S: OutboxStore> Relay<S> {
         Ok(round)
     }
 
-    async fn one_by_one(&self, rows: &[ClaimedEvent], token: &str, round: &mut Round) -> Result<()> {
+    async fn one_by_one(
+        &self,
+        rows: &[ClaimedEvent],
+        token: &str,
+        round: &mut Round,
+    ) -> Result<()> {
         let mut blocked: HashSet<&str> = HashSet::new();
         let mut sent = Vec::new();
         let mut released = Vec::new();
@@ -279,7 +284,9 @@ impl<S: OutboxStore> Relay<S> {
         if let Some(hook) = &self.config.after_publish {
             hook(n);
         }
-        self.metrics.published.fetch_add(n as u64, Ordering::Relaxed);
+        self.metrics
+            .published
+            .fetch_add(n as u64, Ordering::Relaxed);
     }
 
     async fn fail(&self, row: &ClaimedEvent, token: &str, error: &str) -> Result<()> {
@@ -301,9 +308,15 @@ mod tests {
             max: Duration::from_secs(1),
         };
         let d1 = b.delay(1);
-        assert!(d1 >= Duration::from_millis(80) && d1 <= Duration::from_millis(120), "{d1:?}");
+        assert!(
+            d1 >= Duration::from_millis(80) && d1 <= Duration::from_millis(120),
+            "{d1:?}"
+        );
         let d3 = b.delay(3);
-        assert!(d3 >= Duration::from_millis(320) && d3 <= Duration::from_millis(480), "{d3:?}");
+        assert!(
+            d3 >= Duration::from_millis(320) && d3 <= Duration::from_millis(480),
+            "{d3:?}"
+        );
         assert!(b.delay(30) <= Duration::from_secs(1));
     }
 }

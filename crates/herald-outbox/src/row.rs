@@ -31,7 +31,11 @@ impl StagedEvent {
     ///
     /// The aggregate is the CloudEvents subject when set (`MessageOptions::subject`), otherwise
     /// the event type: events without a subject keep their order per event type.
-    pub fn from_event<E: Event>(event: &E, service: &str, options: &MessageOptions) -> Result<Self> {
+    pub fn from_event<E: Event>(
+        event: &E,
+        service: &str,
+        options: &MessageOptions,
+    ) -> Result<Self> {
         let mut envelope = Envelope::for_event(event, service)?;
         envelope.priority = options.priority;
         envelope.ttl = options.ttl;
@@ -48,7 +52,12 @@ impl StagedEvent {
     /// Encode a ready-made envelope.
     pub fn from_envelope(envelope: &Envelope) -> Result<Self> {
         let body = std::str::from_utf8(&envelope.body)
-            .map_err(|_| Error::Data(format!("event {} has a body that is not UTF-8 JSON", envelope.id)))?
+            .map_err(|_| {
+                Error::Data(format!(
+                    "event {} has a body that is not UTF-8 JSON",
+                    envelope.id
+                ))
+            })?
             .to_string();
         let headers = serde_json::to_string(&envelope.header_map())
             .map_err(|e| Error::Data(format!("headers of event {}: {e}", envelope.id)))?;
@@ -93,7 +102,8 @@ pub(crate) fn envelope_of(
     created_at: DateTime<Utc>,
     service: &str,
 ) -> Envelope {
-    let mut map: BTreeMap<String, String> = match serde_json::from_str::<serde_json::Value>(headers) {
+    let mut map: BTreeMap<String, String> = match serde_json::from_str::<serde_json::Value>(headers)
+    {
         Ok(serde_json::Value::Object(m)) => m
             .into_iter()
             .map(|(k, v)| match v {
@@ -126,14 +136,32 @@ mod tests {
         e.correlation_id = Some("c1".into());
         let s = StagedEvent::from_envelope(&e).unwrap();
         assert_eq!(s.aggregate, "order-7");
-        let back = envelope_of(s.event_id, &s.aggregate, &s.routing_key, s.event_type, &s.headers, s.body, Utc::now(), "relay");
+        let back = envelope_of(
+            s.event_id,
+            &s.aggregate,
+            &s.routing_key,
+            s.event_type,
+            &s.headers,
+            s.body,
+            Utc::now(),
+            "relay",
+        );
         assert_eq!(back.id, e.id);
         assert_eq!(back.source, "svc");
         assert_eq!(back.correlation_id.as_deref(), Some("c1"));
         assert_eq!(back.event_version, 2);
         assert_eq!(back.body, e.body);
 
-        let t = envelope_of("id-1".into(), "listings:4", "listing.insert", "listing.insert".into(), "{}", "{}".into(), Utc::now(), "db");
+        let t = envelope_of(
+            "id-1".into(),
+            "listings:4",
+            "listing.insert",
+            "listing.insert".into(),
+            "{}",
+            "{}".into(),
+            Utc::now(),
+            "db",
+        );
         assert_eq!(t.id, "id-1");
         assert_eq!(t.source, "db");
         assert_eq!(t.event_type, "listing.insert");

@@ -98,14 +98,22 @@ impl OutboxStatus {
     pub fn metrics(&self) -> Vec<(String, f64)> {
         let mut out: Vec<(String, f64)> = Status::ALL
             .iter()
-            .map(|s| (format!("herald_outbox_rows{{status=\"{s}\"}}"), self.count(*s) as f64))
+            .map(|s| {
+                (
+                    format!("herald_outbox_rows{{status=\"{s}\"}}"),
+                    self.count(*s) as f64,
+                )
+            })
             .collect();
         out.push((
             "herald_outbox_oldest_pending_age_seconds".into(),
             self.oldest_pending_age_secs.unwrap_or(0.0),
         ));
         for (s, v) in &self.avg_processing_secs {
-            out.push((format!("herald_outbox_avg_processing_seconds{{status=\"{s}\"}}"), *v));
+            out.push((
+                format!("herald_outbox_avg_processing_seconds{{status=\"{s}\"}}"),
+                *v,
+            ));
         }
         out
     }
@@ -127,7 +135,11 @@ impl fmt::Display for OutboxStatus {
             None => writeln!(f, "oldest pending: none")?,
         }
         for e in &self.failures {
-            writeln!(f, "failed {} ({}) after {} attempts: {}", e.event_id, e.routing_key, e.attempts, e.error)?;
+            writeln!(
+                f,
+                "failed {} ({}) after {} attempts: {}",
+                e.event_id, e.routing_key, e.attempts, e.error
+            )?;
         }
         Ok(())
     }

@@ -39,7 +39,13 @@ pub trait OutboxStore: Send + Sync + 'static {
     async fn mark_sent(&self, seqs: &[i64], token: &str) -> Result<u64>;
 
     /// Mark a claimed row `failed` with `error`, due again after `retry_in`.
-    async fn mark_failed(&self, seq: i64, token: &str, error: &str, retry_in: Duration) -> Result<()>;
+    async fn mark_failed(
+        &self,
+        seq: i64,
+        token: &str,
+        error: &str,
+        retry_in: Duration,
+    ) -> Result<()>;
 
     /// Give claimed rows back as `pending` without counting the attempt.
     async fn release(&self, seqs: &[i64], token: &str) -> Result<()>;

@@ -4,9 +4,9 @@
 //! terminated twice. The index must match the table afterwards, every job be `completed`, and the
 //! status consumer have seen exactly the status changes.
 
-mod common;
 #[path = "../examples/listing-sync/app.rs"]
 mod app;
+mod common;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -35,7 +35,12 @@ async fn listing_sync_index_matches_the_table_after_faults() {
     app.setup().await.unwrap();
     let db = app::connect(PG).await.unwrap();
 
-    let bus = Bus::builder().service("listing-sync").broker(format!("memory://{schema}")).build().await.unwrap();
+    let bus = Bus::builder()
+        .service("listing-sync")
+        .broker(format!("memory://{schema}"))
+        .build()
+        .await
+        .unwrap();
     app.subscribe(&bus).await.unwrap();
     bus.start().await.unwrap();
     let cancel = CancellationToken::new();
@@ -64,7 +69,15 @@ async fn listing_sync_index_matches_the_table_after_faults() {
     let mut ids = Vec::new();
     for i in 0..40 {
         let word = if i == 13 { "zeppelin" } else { "bicycle" };
-        ids.push(app.create(&db, &format!("listing {i} {word}"), &format!("description of {i}")).await.unwrap());
+        ids.push(
+            app.create(
+                &db,
+                &format!("listing {i} {word}"),
+                &format!("description of {i}"),
+            )
+            .await
+            .unwrap(),
+        );
     }
     assert!(task_a.await.unwrap_err().is_panic(), "relay A crashed");
 
@@ -74,7 +87,9 @@ async fn listing_sync_index_matches_the_table_after_faults() {
     let mut status_changes = 0;
     for (i, id) in ids.iter().enumerate() {
         if i % 3 == 0 {
-            app.rename(&db, *id, &format!("renamed {i} bicycle")).await.unwrap();
+            app.rename(&db, *id, &format!("renamed {i} bicycle"))
+                .await
+                .unwrap();
         }
         if i % 2 == 0 {
             app.set_status(&db, *id, "active").await.unwrap();
@@ -88,7 +103,10 @@ async fn listing_sync_index_matches_the_table_after_faults() {
             // The relay (re)connected by now; close its connections under it.
             let start = std::time::Instant::now();
             while terminate_relay_connections(&db).await == 0 {
-                assert!(start.elapsed() < Duration::from_secs(10), "the relay never reconnected");
+                assert!(
+                    start.elapsed() < Duration::from_secs(10),
+                    "the relay never reconnected"
+                );
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
         }
@@ -96,29 +114,55 @@ async fn listing_sync_index_matches_the_table_after_faults() {
             app.delete(&db, *id).await.unwrap();
         }
     }
-    app.wait_in_sync(&db, Duration::from_secs(40)).await.unwrap();
+    app.wait_in_sync(&db, Duration::from_secs(40))
+        .await
+        .unwrap();
 
     assert_eq!(app.search(&db, "zeppelin").await.unwrap(), vec![ids[13]]);
     let bikes = app.search(&db, "bicycles").await.unwrap();
-    let live: i64 = db.query_one(&format!("SELECT count(*) FROM {schema}.listings"), &[]).await.unwrap().get(0);
-    assert_eq!(bikes.len() as i64, live - 1, "stemmed full-text search finds every bicycle");
+    let live: i64 = db
+        .query_one(&format!("SELECT count(*) FROM {schema}.listings"), &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        bikes.len() as i64,
+        live - 1,
+        "stemmed full-text search finds every bicycle"
+    );
 
     let logged = db
         .query(&format!("SELECT routing_key FROM {schema}.status_log"), &[])
         .await
         .unwrap();
-    assert_eq!(logged.len(), status_changes, "the status consumer saw each status change once");
-    assert!(logged.iter().all(|r| r.get::<_, String>(0).starts_with("listing.status.")));
+    assert_eq!(
+        logged.len(),
+        status_changes,
+        "the status consumer saw each status change once"
+    );
+    assert!(logged
+        .iter()
+        .all(|r| r.get::<_, String>(0).starts_with("listing.status.")));
 
     let status = app.outbox.status(&db).await.unwrap();
     let total: u64 = status.counts.values().sum();
-    assert_eq!(status.count(Status::Completed), total, "every job completed by the search sync: {status}");
+    assert_eq!(
+        status.count(Status::Completed),
+        total,
+        "every job completed by the search sync: {status}"
+    );
     let inbox: i64 = db
-        .query_one(&format!("SELECT count(*) FROM {schema}.herald_inbox WHERE consumer = 'search-sync'"), &[])
+        .query_one(
+            &format!("SELECT count(*) FROM {schema}.herald_inbox WHERE consumer = 'search-sync'"),
+            &[],
+        )
         .await
         .unwrap()
         .get(0);
-    assert_eq!(inbox as u64, total, "one inbox record per event, duplicates absorbed");
+    assert_eq!(
+        inbox as u64, total,
+        "one inbox record per event, duplicates absorbed"
+    );
 
     cancel.cancel();
     task_b.await.unwrap();

@@ -31,7 +31,12 @@ async fn child_relay() {
     let hang_at: usize = var("OB_HANG_AT").parse().unwrap_or(0);
     let marker = var("OB_MARKER");
     let outbox = PgOutbox::new("relay-svc").unwrap().schema(&schema).unwrap();
-    let bus = Bus::builder().service("relay-svc").broker(var("OB_BROKER")).build().await.unwrap();
+    let bus = Bus::builder()
+        .service("relay-svc")
+        .broker(var("OB_BROKER"))
+        .build()
+        .await
+        .unwrap();
     let store = Arc::new(PgStore::connect(PG, outbox).await.unwrap());
     let batches = Arc::new(AtomicUsize::new(0));
     let config = RelayConfig {
@@ -84,7 +89,13 @@ fn spawn_relay(schema: &str, broker: &str, hang_at: usize, marker: &str) -> Kill
 
 async fn count(client: &tokio_postgres::Client, outbox: &PgOutbox, status: &str) -> i64 {
     client
-        .query_one(&format!("SELECT count(*) FROM {} WHERE status = $1", outbox.qualified()), &[&status])
+        .query_one(
+            &format!(
+                "SELECT count(*) FROM {} WHERE status = $1",
+                outbox.qualified()
+            ),
+            &[&status],
+        )
         .await
         .unwrap()
         .get(0)
@@ -109,8 +120,12 @@ async fn relay_killed_at_any_point_loses_nothing() {
     let rows: Vec<StagedEvent> = (0..total)
         .map(|i| {
             let agg = format!("agg{}", i % aggs);
-            let e = Numbered { agg: agg.clone(), n: i / aggs };
-            StagedEvent::from_event(&e, "relay-svc", &MessageOptions::default().subject(agg)).unwrap()
+            let e = Numbered {
+                agg: agg.clone(),
+                n: i / aggs,
+            };
+            StagedEvent::from_event(&e, "relay-svc", &MessageOptions::default().subject(agg))
+                .unwrap()
         })
         .collect();
     for chunk in rows.chunks(500) {
@@ -123,11 +138,18 @@ async fn relay_killed_at_any_point_loses_nothing() {
     let mut relay = spawn_relay(&schema, &broker, 3, &marker);
     let start = Instant::now();
     while !std::path::Path::new(&marker).exists() {
-        assert!(start.elapsed() < Duration::from_secs(30), "the child relay never reached its 3rd batch");
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "the child relay never reached its 3rd batch"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     relay.kill9();
-    assert_eq!(count(&client, &outbox, "processing").await, BATCH as i64, "the published batch is still `processing`");
+    assert_eq!(
+        count(&client, &outbox, "processing").await,
+        BATCH as i64,
+        "the published batch is still `processing`"
+    );
     let sent_before = count(&client, &outbox, "sent").await;
     assert_eq!(sent_before, 2 * BATCH as i64);
 
@@ -135,7 +157,10 @@ async fn relay_killed_at_any_point_loses_nothing() {
     let mut relay = spawn_relay(&schema, &broker, 0, &marker);
     let start = Instant::now();
     while count(&client, &outbox, "sent").await < (total / 2) as i64 {
-        assert!(start.elapsed() < Duration::from_secs(30), "the restarted relay made no progress");
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "the restarted relay made no progress"
+        );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     relay.kill9();
@@ -149,7 +174,10 @@ async fn relay_killed_at_any_point_loses_nothing() {
             assert_eq!(status.backlog(), 0);
             break;
         }
-        assert!(start.elapsed() < Duration::from_secs(30), "relay did not finish: {status}");
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "relay did not finish: {status}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let ids: HashSet<String> = rows.iter().map(|r| r.event_id.clone()).collect();
@@ -163,8 +191,15 @@ async fn relay_killed_at_any_point_loses_nothing() {
     let distinct: HashSet<&String> = got.iter().map(|g| &g.0).collect();
     assert!(distinct.iter().all(|id| ids.contains(*id)));
     let duplicates = got.len() - distinct.len();
-    println!("outbox kill test: {total} staged, {} delivered, {} distinct, {duplicates} duplicates", got.len(), distinct.len());
-    assert!(duplicates >= BATCH, "the batch published before the kill is published again ({duplicates})");
+    println!(
+        "outbox kill test: {total} staged, {} delivered, {} distinct, {duplicates} duplicates",
+        got.len(),
+        distinct.len()
+    );
+    assert!(
+        duplicates >= BATCH,
+        "the batch published before the kill is published again ({duplicates})"
+    );
 
     // First deliveries keep staging order within each aggregate.
     let mut first: HashSet<&String> = HashSet::new();

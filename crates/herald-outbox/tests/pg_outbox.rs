@@ -17,12 +17,19 @@ async fn setup(name: &str) -> (String, PgOutbox, tokio_postgres::Client) {
     let outbox = PgOutbox::new("test-svc").unwrap().schema(&schema).unwrap();
     let mut client = pg().await;
     assert_eq!(outbox.migrate(&mut client).await.unwrap(), 1);
-    assert_eq!(outbox.migrate(&mut client).await.unwrap(), 0, "migrations apply once");
+    assert_eq!(
+        outbox.migrate(&mut client).await.unwrap(),
+        0,
+        "migrations apply once"
+    );
     (schema, outbox, client)
 }
 
 fn ev(agg: &str, n: u64) -> (Numbered, MessageOptions) {
-    (Numbered { agg: agg.into(), n }, MessageOptions::default().subject(agg))
+    (
+        Numbered { agg: agg.into(), n },
+        MessageOptions::default().subject(agg),
+    )
 }
 
 #[tokio::test]
@@ -46,7 +53,10 @@ async fn only_committed_stages_are_published() {
     let relay = Relay::new(store, bus.publisher().clone(), RelayConfig::default());
     let round = relay.run_once().await.unwrap();
     assert_eq!((round.claimed, round.published), (1, 1));
-    eventually(Duration::from_secs(5), "delivery", || !seen.lock().unwrap().is_empty()).await;
+    eventually(Duration::from_secs(5), "delivery", || {
+        !seen.lock().unwrap().is_empty()
+    })
+    .await;
     let got = seen.lock().unwrap().clone();
     assert_eq!(got.len(), 1);
     assert_eq!(got[0].0, kept, "the event id survives the outbox");
@@ -59,8 +69,18 @@ async fn only_committed_stages_are_published() {
     assert!(status.oldest_pending_age_secs.is_none());
     assert!(status.avg_processing_secs.contains_key(&Status::Sent));
     assert!(outbox.complete(&client, &kept).await.unwrap());
-    assert!(!outbox.complete(&client, &kept).await.unwrap(), "completing twice is a no-op");
-    assert_eq!(outbox.status(&client).await.unwrap().count(Status::Completed), 1);
+    assert!(
+        !outbox.complete(&client, &kept).await.unwrap(),
+        "completing twice is a no-op"
+    );
+    assert_eq!(
+        outbox
+            .status(&client)
+            .await
+            .unwrap()
+            .count(Status::Completed),
+        1
+    );
     bus.shutdown().await.unwrap();
     drop_schema(&schema).await;
 }
@@ -101,7 +121,10 @@ async fn two_relays_share_the_work_and_keep_order_per_aggregate() {
         tasks.push(tokio::spawn(async move { relay.run(c).await }));
     }
     let total = per as usize * aggs.len();
-    eventually(Duration::from_secs(20), "all deliveries", || seen.lock().unwrap().len() >= total).await;
+    eventually(Duration::from_secs(20), "all deliveries", || {
+        seen.lock().unwrap().len() >= total
+    })
+    .await;
     cancel.cancel();
     for t in tasks {
         t.await.unwrap();
@@ -109,13 +132,27 @@ async fn two_relays_share_the_work_and_keep_order_per_aggregate() {
     let got = seen.lock().unwrap().clone();
     assert_eq!(got.len(), total, "each event exactly once without faults");
     for a in &aggs {
-        let ns: Vec<u64> = got.iter().filter(|g| g.1.as_deref() == Some(*a)).map(|g| g.2["n"].as_u64().unwrap()).collect();
-        assert_eq!(ns, (0..per).collect::<Vec<_>>(), "aggregate {a} in staging order");
+        let ns: Vec<u64> = got
+            .iter()
+            .filter(|g| g.1.as_deref() == Some(*a))
+            .map(|g| g.2["n"].as_u64().unwrap())
+            .collect();
+        assert_eq!(
+            ns,
+            (0..per).collect::<Vec<_>>(),
+            "aggregate {a} in staging order"
+        );
     }
-    let m: Vec<u64> = metrics.iter().map(|m| m.published.load(std::sync::atomic::Ordering::Relaxed)).collect();
+    let m: Vec<u64> = metrics
+        .iter()
+        .map(|m| m.published.load(std::sync::atomic::Ordering::Relaxed))
+        .collect();
     assert_eq!(m.iter().sum::<u64>(), total as u64);
     assert!(m.iter().all(|&n| n > 0), "both relays published: {m:?}");
-    assert_eq!(outbox.status(&client).await.unwrap().count(Status::Sent), total as u64);
+    assert_eq!(
+        outbox.status(&client).await.unwrap().count(Status::Sent),
+        total as u64
+    );
     bus.shutdown().await.unwrap();
     drop_schema(&schema).await;
 }
@@ -125,7 +162,13 @@ async fn a_failed_row_is_retried_with_backoff_and_holds_back_its_aggregate() {
     let (schema, outbox, client) = setup("ob_fail").await;
     let (bus, seen) = recording_bus(&format!("memory://{schema}"), "c", "test.#").await;
     // x1 goes to a routing key nobody is bound to yet: unroutable, so it fails.
-    let mut x1 = herald::Envelope::new("orphan.event", 1, "orphan.event", "test-svc", bytes::Bytes::from_static(b"{\"n\":1}"));
+    let mut x1 = herald::Envelope::new(
+        "orphan.event",
+        1,
+        "orphan.event",
+        "test-svc",
+        bytes::Bytes::from_static(b"{\"n\":1}"),
+    );
     x1.subject = Some("x".into());
     outbox.stage_envelope(&client, &x1).await.unwrap();
     let (e, o) = ev("x", 2);
@@ -143,17 +186,34 @@ async fn a_failed_row_is_retried_with_backoff_and_holds_back_its_aggregate() {
     };
     let relay = Relay::new(store.clone(), bus.publisher().clone(), config);
     let round = relay.run_once().await.unwrap();
-    assert_eq!((round.claimed, round.published, round.failed, round.released), (3, 1, 1, 1));
+    assert_eq!(
+        (round.claimed, round.published, round.failed, round.released),
+        (3, 1, 1, 1)
+    );
     let status = store.status().await.unwrap();
-    assert_eq!((status.count(Status::Failed), status.count(Status::Pending), status.count(Status::Sent)), (1, 1, 1));
+    assert_eq!(
+        (
+            status.count(Status::Failed),
+            status.count(Status::Pending),
+            status.count(Status::Sent)
+        ),
+        (1, 1, 1)
+    );
     assert_eq!(status.failures.len(), 1);
     assert_eq!(status.failures[0].event_id, x1.id);
     assert_eq!(status.failures[0].attempts, 1);
-    assert!(status.failures[0].error.contains("orphan.event"), "{}", status.failures[0].error);
+    assert!(
+        status.failures[0].error.contains("orphan.event"),
+        "{}",
+        status.failures[0].error
+    );
 
     // Not due yet, and x2 waits behind x1.
     assert_eq!(relay.run_once().await.unwrap().claimed, 0);
-    eventually(Duration::from_secs(5), "y1", || seen.lock().unwrap().len() == 1).await;
+    eventually(Duration::from_secs(5), "y1", || {
+        seen.lock().unwrap().len() == 1
+    })
+    .await;
     assert_eq!(seen.lock().unwrap()[0].0, y1);
 
     // Someone binds the key; after the backoff both x rows go, in order.
@@ -161,10 +221,19 @@ async fn a_failed_row_is_retried_with_backoff_and_holds_back_its_aggregate() {
     tokio::time::sleep(Duration::from_millis(450)).await;
     let round = relay.run_once().await.unwrap();
     assert_eq!((round.claimed, round.published), (2, 2));
-    eventually(Duration::from_secs(5), "x1 and x2", || seen.lock().unwrap().len() == 2 && seen2.lock().unwrap().len() == 1).await;
+    eventually(Duration::from_secs(5), "x1 and x2", || {
+        seen.lock().unwrap().len() == 2 && seen2.lock().unwrap().len() == 1
+    })
+    .await;
     assert_eq!(seen.lock().unwrap()[1].0, x2);
     let row = client
-        .query_one(&format!("SELECT status, attempts, last_error FROM {} WHERE event_id = $1", outbox.qualified()), &[&x1.id])
+        .query_one(
+            &format!(
+                "SELECT status, attempts, last_error FROM {} WHERE event_id = $1",
+                outbox.qualified()
+            ),
+            &[&x1.id],
+        )
         .await
         .unwrap();
     assert_eq!(row.get::<_, String>(0), "sent");
@@ -192,7 +261,10 @@ async fn notify_wakes_an_idle_relay_before_its_poll() {
     for n in 0..3 {
         let (e, o) = ev("n", n);
         outbox.stage_with(&client, &e, &o).await.unwrap();
-        eventually(Duration::from_secs(5), "a NOTIFY-driven publish", || seen.lock().unwrap().len() == n as usize + 1).await;
+        eventually(Duration::from_secs(5), "a NOTIFY-driven publish", || {
+            seen.lock().unwrap().len() == n as usize + 1
+        })
+        .await;
     }
     cancel.cancel();
     task.await.unwrap();
@@ -209,23 +281,49 @@ async fn retention_deletes_or_archives_published_rows() {
         outbox.stage_with(&client, &e, &o).await.unwrap();
     }
     let store = Arc::new(PgStore::connect(PG, outbox.clone()).await.unwrap());
-    let relay = Relay::new(store.clone(), bus.publisher().clone(), RelayConfig::default());
+    let relay = Relay::new(
+        store.clone(),
+        bus.publisher().clone(),
+        RelayConfig::default(),
+    );
     assert_eq!(relay.run_once().await.unwrap().published, 4);
     let (e, o) = ev("r", 9);
     outbox.stage_with(&client, &e, &o).await.unwrap(); // pending: never pruned
-    assert_eq!(store.prune(Retention::Delete(Duration::from_secs(3600))).await.unwrap(), 0, "too young");
+    assert_eq!(
+        store
+            .prune(Retention::Delete(Duration::from_secs(3600)))
+            .await
+            .unwrap(),
+        0,
+        "too young"
+    );
     assert_eq!(store.prune(Retention::Keep).await.unwrap(), 0);
     tokio::time::sleep(Duration::from_millis(30)).await;
-    assert_eq!(store.prune(Retention::Archive(Duration::from_millis(10))).await.unwrap(), 4);
+    assert_eq!(
+        store
+            .prune(Retention::Archive(Duration::from_millis(10)))
+            .await
+            .unwrap(),
+        4
+    );
     let archived: i64 = client
-        .query_one(&format!("SELECT count(*) FROM {}_archive", outbox.qualified()), &[])
+        .query_one(
+            &format!("SELECT count(*) FROM {}_archive", outbox.qualified()),
+            &[],
+        )
         .await
         .unwrap()
         .get(0);
     assert_eq!(archived, 4);
     assert_eq!(relay.run_once().await.unwrap().published, 1);
     tokio::time::sleep(Duration::from_millis(30)).await;
-    assert_eq!(store.prune(Retention::Delete(Duration::from_millis(10))).await.unwrap(), 1);
+    assert_eq!(
+        store
+            .prune(Retention::Delete(Duration::from_millis(10)))
+            .await
+            .unwrap(),
+        1
+    );
     let status = store.status().await.unwrap();
     assert_eq!(status.counts.values().sum::<u64>(), 0);
     bus.shutdown().await.unwrap();

@@ -22,7 +22,9 @@ fn record(bus: &Bus, suffix: &str, pattern: &str) -> Keys {
         move |v: serde_json::Value, ctx: Context| {
             let k = k.clone();
             async move {
-                k.lock().unwrap().push((ctx.envelope().routing_key.clone(), v));
+                k.lock()
+                    .unwrap()
+                    .push((ctx.envelope().routing_key.clone(), v));
                 Ok::<(), HandlerError>(())
             }
         },
@@ -35,7 +37,10 @@ fn record(bus: &Bus, suffix: &str, pattern: &str) -> Keys {
 #[tokio::test]
 async fn trigger_stages_insert_update_delete_and_status_changes() {
     let schema = unique("tr");
-    let outbox = PgOutbox::new("listings-db").unwrap().schema(&schema).unwrap();
+    let outbox = PgOutbox::new("listings-db")
+        .unwrap()
+        .schema(&schema)
+        .unwrap();
     let mut c = pg().await;
     outbox.migrate(&mut c).await.unwrap();
     c.batch_execute(&format!(
@@ -43,7 +48,14 @@ async fn trigger_stages_insert_update_delete_and_status_changes() {
     ))
     .await
     .unwrap();
-    let spec = TriggerSpec::new("listings").unwrap().schema(&schema).unwrap().prefix("listing").unwrap().status_column("status").unwrap();
+    let spec = TriggerSpec::new("listings")
+        .unwrap()
+        .schema(&schema)
+        .unwrap()
+        .prefix("listing")
+        .unwrap()
+        .status_column("status")
+        .unwrap();
     spec.install(&c, &outbox).await.unwrap();
     spec.install(&c, &outbox).await.unwrap(); // replacing is fine
 
@@ -57,20 +69,42 @@ async fn trigger_stages_insert_update_delete_and_status_changes() {
     .unwrap();
     // A rolled-back change stages nothing.
     let tx = c.transaction().await.unwrap();
-    tx.execute(&format!("INSERT INTO {schema}.listings (title) VALUES ('ghost')"), &[]).await.unwrap();
+    tx.execute(
+        &format!("INSERT INTO {schema}.listings (title) VALUES ('ghost')"),
+        &[],
+    )
+    .await
+    .unwrap();
     tx.rollback().await.unwrap();
 
-    let bus = Bus::builder().service("sync").broker(format!("memory://{schema}")).build().await.unwrap();
+    let bus = Bus::builder()
+        .service("sync")
+        .broker(format!("memory://{schema}"))
+        .build()
+        .await
+        .unwrap();
     let all = record(&bus, "search", "listing.#");
     let status = record(&bus, "status", "listing.status.#");
     bus.start().await.unwrap();
     let store = Arc::new(PgStore::connect(PG, outbox.clone()).await.unwrap());
     let relay = Relay::new(store, bus.publisher().clone(), RelayConfig::default());
     assert_eq!(relay.run_once().await.unwrap().published, 5);
-    eventually(Duration::from_secs(5), "deliveries", || all.lock().unwrap().len() == 5 && status.lock().unwrap().len() == 1).await;
+    eventually(Duration::from_secs(5), "deliveries", || {
+        all.lock().unwrap().len() == 5 && status.lock().unwrap().len() == 1
+    })
+    .await;
 
     let keys: Vec<String> = all.lock().unwrap().iter().map(|k| k.0.clone()).collect();
-    assert_eq!(keys, ["listing.insert", "listing.update", "listing.update", "listing.status.active_now", "listing.delete"]);
+    assert_eq!(
+        keys,
+        [
+            "listing.insert",
+            "listing.update",
+            "listing.update",
+            "listing.status.active_now",
+            "listing.delete"
+        ]
+    );
     let all = all.lock().unwrap().clone();
     assert_eq!(all[0].1["operation"], "insert");
     assert_eq!(all[0].1["new"]["title"], "bike");
@@ -83,7 +117,11 @@ async fn trigger_stages_insert_update_delete_and_status_changes() {
     assert_eq!(s[0].0, "listing.status.active_now");
 
     // Only some operations; and uninstall.
-    let only_inserts = spec.clone().events(TriggerEvents { insert: true, update: false, delete: false });
+    let only_inserts = spec.clone().events(TriggerEvents {
+        insert: true,
+        update: false,
+        delete: false,
+    });
     only_inserts.install(&c, &outbox).await.unwrap();
     c.batch_execute(&format!(
         "INSERT INTO {schema}.listings (title) VALUES ('x'); UPDATE {schema}.listings SET title = 'y'; DELETE FROM {schema}.listings;"
@@ -92,8 +130,16 @@ async fn trigger_stages_insert_update_delete_and_status_changes() {
     .unwrap();
     assert_eq!(outbox.status(&c).await.unwrap().backlog(), 1);
     spec.uninstall(&c).await.unwrap();
-    c.batch_execute(&format!("INSERT INTO {schema}.listings (title) VALUES ('z')")).await.unwrap();
-    assert_eq!(outbox.status(&c).await.unwrap().backlog(), 1, "no trigger, no rows");
+    c.batch_execute(&format!(
+        "INSERT INTO {schema}.listings (title) VALUES ('z')"
+    ))
+    .await
+    .unwrap();
+    assert_eq!(
+        outbox.status(&c).await.unwrap().backlog(),
+        1,
+        "no trigger, no rows"
+    );
     bus.shutdown().await.unwrap();
     drop_schema(&schema).await;
 }

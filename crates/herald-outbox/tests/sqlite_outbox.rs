@@ -23,7 +23,8 @@ async fn sqlite_outbox_relays_in_order_retries_and_prunes() {
     let mut db = rusqlite::Connection::open(&app_db).unwrap();
     assert!(outbox.migrate(&db).unwrap());
     assert!(!outbox.migrate(&db).unwrap(), "applies once");
-    db.execute_batch("CREATE TABLE orders (id INTEGER PRIMARY KEY, agg TEXT)").unwrap();
+    db.execute_batch("CREATE TABLE orders (id INTEGER PRIMARY KEY, agg TEXT)")
+        .unwrap();
 
     // Committed and rolled-back application transactions.
     let aggs = ["a", "b", "c"];
@@ -31,13 +32,28 @@ async fn sqlite_outbox_relays_in_order_retries_and_prunes() {
     for n in 0..per {
         let tx = db.transaction().unwrap();
         for a in aggs {
-            tx.execute("INSERT INTO orders (agg) VALUES (?1)", [a]).unwrap();
-            outbox.stage_with(&tx, &Numbered { agg: a.into(), n }, &MessageOptions::default().subject(a)).unwrap();
+            tx.execute("INSERT INTO orders (agg) VALUES (?1)", [a])
+                .unwrap();
+            outbox
+                .stage_with(
+                    &tx,
+                    &Numbered { agg: a.into(), n },
+                    &MessageOptions::default().subject(a),
+                )
+                .unwrap();
         }
         tx.commit().unwrap();
     }
     let tx = db.transaction().unwrap();
-    outbox.stage(&tx, &Numbered { agg: "z".into(), n: 0 }).unwrap();
+    outbox
+        .stage(
+            &tx,
+            &Numbered {
+                agg: "z".into(),
+                n: 0,
+            },
+        )
+        .unwrap();
     drop(tx); // rolled back
     assert_eq!(outbox.status(&db).unwrap().count(Status::Pending), per * 3);
 
@@ -56,7 +72,10 @@ async fn sqlite_outbox_relays_in_order_retries_and_prunes() {
         tasks.push(tokio::spawn(async move { relay.run(c).await }));
     }
     let total = (per * 3) as usize;
-    eventually(Duration::from_secs(20), "all deliveries", || seen.lock().unwrap().len() >= total).await;
+    eventually(Duration::from_secs(20), "all deliveries", || {
+        seen.lock().unwrap().len() >= total
+    })
+    .await;
     cancel.cancel();
     for t in tasks {
         t.await.unwrap();
@@ -64,23 +83,48 @@ async fn sqlite_outbox_relays_in_order_retries_and_prunes() {
     let got = seen.lock().unwrap().clone();
     assert_eq!(got.len(), total);
     for a in aggs {
-        let ns: Vec<u64> = got.iter().filter(|g| g.1.as_deref() == Some(a)).map(|g| g.2["n"].as_u64().unwrap()).collect();
+        let ns: Vec<u64> = got
+            .iter()
+            .filter(|g| g.1.as_deref() == Some(a))
+            .map(|g| g.2["n"].as_u64().unwrap())
+            .collect();
         assert_eq!(ns, (0..per).collect::<Vec<_>>(), "aggregate {a} in order");
     }
     let status = outbox.status(&db).unwrap();
     assert_eq!(status.count(Status::Sent), total as u64);
     assert!(status.avg_processing_secs.contains_key(&Status::Sent));
     assert!(outbox.complete(&db, &got[0].0).unwrap());
-    assert!(outbox.send_latency(&db, chrono::Utc::now() - chrono::Duration::hours(1)).unwrap().is_some());
+    assert!(outbox
+        .send_latency(&db, chrono::Utc::now() - chrono::Duration::hours(1))
+        .unwrap()
+        .is_some());
 
     // An unroutable event fails, is retried after its backoff, and holds back its aggregate.
-    let mut orphan = herald::Envelope::new("orphan.event", 1, "orphan.event", "app", bytes::Bytes::from_static(b"{}"));
+    let mut orphan = herald::Envelope::new(
+        "orphan.event",
+        1,
+        "orphan.event",
+        "app",
+        bytes::Bytes::from_static(b"{}"),
+    );
     orphan.subject = Some("o".into());
     outbox.stage_envelope(&db, &orphan).unwrap();
-    outbox.stage_with(&db, &Numbered { agg: "o".into(), n: 1 }, &MessageOptions::default().subject("o")).unwrap();
+    outbox
+        .stage_with(
+            &db,
+            &Numbered {
+                agg: "o".into(),
+                n: 1,
+            },
+            &MessageOptions::default().subject("o"),
+        )
+        .unwrap();
     let store = Arc::new(SqliteStore::open(&app_db, outbox.clone()).unwrap());
     let config = RelayConfig {
-        retry: RetryBackoff { base: Duration::from_millis(200), max: Duration::from_secs(1) },
+        retry: RetryBackoff {
+            base: Duration::from_millis(200),
+            max: Duration::from_secs(1),
+        },
         ..RelayConfig::default()
     };
     let relay = Relay::new(store.clone(), bus.publisher().clone(), config);
@@ -96,11 +140,21 @@ async fn sqlite_outbox_relays_in_order_retries_and_prunes() {
 
     // Retention.
     tokio::time::sleep(Duration::from_millis(20)).await;
-    let archived = store.prune(Retention::Archive(Duration::from_millis(5))).await.unwrap();
+    let archived = store
+        .prune(Retention::Archive(Duration::from_millis(5)))
+        .await
+        .unwrap();
     assert_eq!(archived, total as u64 + 2);
-    let in_archive: i64 = db.query_row("SELECT count(*) FROM herald_outbox_archive", [], |r| r.get(0)).unwrap();
+    let in_archive: i64 = db
+        .query_row("SELECT count(*) FROM herald_outbox_archive", [], |r| {
+            r.get(0)
+        })
+        .unwrap();
     assert_eq!(in_archive, archived as i64);
-    assert_eq!(store.status().await.unwrap().counts.values().sum::<u64>(), 0);
+    assert_eq!(
+        store.status().await.unwrap().counts.values().sum::<u64>(),
+        0
+    );
     bus.shutdown().await.unwrap();
     bus2.shutdown().await.unwrap();
 }
@@ -111,14 +165,22 @@ async fn sqlite_inbox_store_and_same_transaction_record() {
     let path = dir.path().join("inbox.db");
     let store = SqliteInboxStore::open(&path, SqliteInbox::new()).unwrap();
     check_store(&store, "c").await;
-    herald_outbox::inbox::InboxStore::begin(&store, "c", "short", Duration::from_millis(1)).await.unwrap();
+    herald_outbox::inbox::InboxStore::begin(&store, "c", "short", Duration::from_millis(1))
+        .await
+        .unwrap();
     tokio::time::sleep(Duration::from_millis(10)).await;
-    assert!(herald_outbox::inbox::InboxStore::purge_expired(&store).await.unwrap() >= 1);
+    assert!(
+        herald_outbox::inbox::InboxStore::purge_expired(&store)
+            .await
+            .unwrap()
+            >= 1
+    );
 
     let mut db = rusqlite::Connection::open(&path).unwrap();
     let inbox = SqliteInbox::new().keep_for(Duration::from_millis(100));
     inbox.migrate(&db).unwrap();
-    db.execute_batch("CREATE TABLE applied (n INTEGER)").unwrap();
+    db.execute_batch("CREATE TABLE applied (n INTEGER)")
+        .unwrap();
     for _ in 0..3 {
         let tx = db.transaction().unwrap();
         if inbox.record(&tx, "sync", "e1").unwrap() == Recorded::New {
@@ -126,12 +188,22 @@ async fn sqlite_inbox_store_and_same_transaction_record() {
         }
         tx.commit().unwrap();
     }
-    let n: i64 = db.query_row("SELECT count(*) FROM applied", [], |r| r.get(0)).unwrap();
+    let n: i64 = db
+        .query_row("SELECT count(*) FROM applied", [], |r| r.get(0))
+        .unwrap();
     assert_eq!(n, 1, "applied once");
     let tx = db.transaction().unwrap();
     assert_eq!(inbox.record(&tx, "sync", "e2").unwrap(), Recorded::New);
     drop(tx);
-    assert_eq!(inbox.record(&db, "sync", "e2").unwrap(), Recorded::New, "a rolled-back record is not kept");
+    assert_eq!(
+        inbox.record(&db, "sync", "e2").unwrap(),
+        Recorded::New,
+        "a rolled-back record is not kept"
+    );
     tokio::time::sleep(Duration::from_millis(150)).await;
-    assert_eq!(inbox.record(&db, "sync", "e1").unwrap(), Recorded::New, "expired");
+    assert_eq!(
+        inbox.record(&db, "sync", "e1").unwrap(),
+        Recorded::New,
+        "expired"
+    );
 }

@@ -83,10 +83,18 @@ impl App {
 
     // ---- admin operations: plain SQL, the trigger stages the events ----
 
-    pub async fn create(&self, c: &Client, title: &str, description: &str) -> Result<i64, BoxError> {
+    pub async fn create(
+        &self,
+        c: &Client,
+        title: &str,
+        description: &str,
+    ) -> Result<i64, BoxError> {
         let row = c
             .query_one(
-                &format!("INSERT INTO {}.listings (title, description) VALUES ($1, $2) RETURNING id", self.schema),
+                &format!(
+                    "INSERT INTO {}.listings (title, description) VALUES ($1, $2) RETURNING id",
+                    self.schema
+                ),
                 &[&title, &description],
             )
             .await?;
@@ -95,7 +103,10 @@ impl App {
 
     pub async fn rename(&self, c: &Client, id: i64, title: &str) -> Result<(), BoxError> {
         c.execute(
-            &format!("UPDATE {}.listings SET title = $2, version = version + 1 WHERE id = $1", self.schema),
+            &format!(
+                "UPDATE {}.listings SET title = $2, version = version + 1 WHERE id = $1",
+                self.schema
+            ),
             &[&id, &title],
         )
         .await?;
@@ -104,7 +115,10 @@ impl App {
 
     pub async fn set_status(&self, c: &Client, id: i64, status: &str) -> Result<(), BoxError> {
         c.execute(
-            &format!("UPDATE {}.listings SET status = $2, version = version + 1 WHERE id = $1", self.schema),
+            &format!(
+                "UPDATE {}.listings SET status = $2, version = version + 1 WHERE id = $1",
+                self.schema
+            ),
             &[&id, &status],
         )
         .await?;
@@ -112,8 +126,11 @@ impl App {
     }
 
     pub async fn delete(&self, c: &Client, id: i64) -> Result<(), BoxError> {
-        c.execute(&format!("DELETE FROM {}.listings WHERE id = $1", self.schema), &[&id])
-            .await?;
+        c.execute(
+            &format!("DELETE FROM {}.listings WHERE id = $1", self.schema),
+            &[&id],
+        )
+        .await?;
         Ok(())
     }
 
@@ -156,20 +173,39 @@ impl App {
         Ok(())
     }
 
-    async fn search_sync(&self, db: &tokio::sync::Mutex<Client>, event: Value, ctx: &Context) -> Result<(), HandlerError> {
+    async fn search_sync(
+        &self,
+        db: &tokio::sync::Mutex<Client>,
+        event: Value,
+        ctx: &Context,
+    ) -> Result<(), HandlerError> {
         let s = &self.schema;
         let mut c = db.lock().await;
         if c.is_closed() {
-            *c = connect(&self.conninfo).await.map_err(HandlerError::transient)?;
+            *c = connect(&self.conninfo)
+                .await
+                .map_err(HandlerError::transient)?;
         }
         let tx = c.transaction().await?;
-        if self.inbox.record(&tx, "search-sync", ctx.id()).await.map_err(HandlerError::transient)? == Recorded::Duplicate {
+        if self
+            .inbox
+            .record(&tx, "search-sync", ctx.id())
+            .await
+            .map_err(HandlerError::transient)?
+            == Recorded::Duplicate
+        {
             return Ok(());
         }
         let op = event["operation"].as_str().unwrap_or("");
-        let id = event["id"].as_i64().ok_or_else(|| HandlerError::permanent("listing event without an id"))?;
+        let id = event["id"]
+            .as_i64()
+            .ok_or_else(|| HandlerError::permanent("listing event without an id"))?;
         if op == "delete" {
-            tx.execute(&format!("DELETE FROM {s}.search_index WHERE listing_id = $1"), &[&id]).await?;
+            tx.execute(
+                &format!("DELETE FROM {s}.search_index WHERE listing_id = $1"),
+                &[&id],
+            )
+            .await?;
         } else {
             let new = &event["new"];
             let (title, description, status) = (
@@ -191,15 +227,25 @@ impl App {
             .await?;
         }
         // Reference 001's last status: the consumer confirms, in the same transaction.
-        self.outbox.complete(&tx, ctx.id()).await.map_err(HandlerError::transient)?;
+        self.outbox
+            .complete(&tx, ctx.id())
+            .await
+            .map_err(HandlerError::transient)?;
         tx.commit().await?;
         Ok(())
     }
 
-    async fn status_changed(&self, db: &tokio::sync::Mutex<Client>, event: Value, ctx: &Context) -> Result<(), HandlerError> {
+    async fn status_changed(
+        &self,
+        db: &tokio::sync::Mutex<Client>,
+        event: Value,
+        ctx: &Context,
+    ) -> Result<(), HandlerError> {
         let mut c = db.lock().await;
         if c.is_closed() {
-            *c = connect(&self.conninfo).await.map_err(HandlerError::transient)?;
+            *c = connect(&self.conninfo)
+                .await
+                .map_err(HandlerError::transient)?;
         }
         let id = event["id"].as_i64().unwrap_or(0);
         let status = event["status"].as_str().unwrap_or("").to_string();

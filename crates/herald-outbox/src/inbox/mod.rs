@@ -161,7 +161,8 @@ impl Handle for Inbox {
                     return Ok(());
                 }
                 Ok(Claim::InProgress) => {
-                    let wait = (c.lease / 4).clamp(Duration::from_millis(100), Duration::from_secs(30));
+                    let wait =
+                        (c.lease / 4).clamp(Duration::from_millis(100), Duration::from_secs(30));
                     return Err(HandlerError::transient(format!(
                         "event {id} is being processed by another worker of {consumer}"
                     ))
@@ -200,7 +201,11 @@ impl InboxStore for MemoryInbox {
         let key = (consumer.to_string(), event_id.to_string());
         let now = Instant::now();
         match m.get(&key) {
-            Some((done, until)) if *until > now => Ok(if *done { Claim::Duplicate } else { Claim::InProgress }),
+            Some((done, until)) if *until > now => Ok(if *done {
+                Claim::Duplicate
+            } else {
+                Claim::InProgress
+            }),
             _ => {
                 m.insert(key, (false, now + lease));
                 Ok(Claim::New)
@@ -210,7 +215,10 @@ impl InboxStore for MemoryInbox {
 
     async fn finish(&self, consumer: &str, event_id: &str, keep: Duration) -> Result<()> {
         let mut m = self.entries.lock().unwrap_or_else(|e| e.into_inner());
-        m.insert((consumer.to_string(), event_id.to_string()), (true, Instant::now() + keep));
+        m.insert(
+            (consumer.to_string(), event_id.to_string()),
+            (true, Instant::now() + keep),
+        );
         Ok(())
     }
 
@@ -238,21 +246,56 @@ pub async fn check_store(store: &dyn InboxStore, consumer: &str) {
     let id = uuid::Uuid::now_v7().to_string();
     let lease = Duration::from_millis(400);
     assert_eq!(store.begin(consumer, &id, lease).await.unwrap(), Claim::New);
-    assert_eq!(store.begin(consumer, &id, lease).await.unwrap(), Claim::InProgress);
-    assert_eq!(store.begin("other-consumer", &id, lease).await.unwrap(), Claim::New, "per consumer");
+    assert_eq!(
+        store.begin(consumer, &id, lease).await.unwrap(),
+        Claim::InProgress
+    );
+    assert_eq!(
+        store.begin("other-consumer", &id, lease).await.unwrap(),
+        Claim::New,
+        "per consumer"
+    );
     store.abandon(consumer, &id).await.unwrap();
-    assert_eq!(store.begin(consumer, &id, lease).await.unwrap(), Claim::New, "abandoned claims free the id");
-    store.finish(consumer, &id, Duration::from_millis(600)).await.unwrap();
-    assert_eq!(store.begin(consumer, &id, lease).await.unwrap(), Claim::Duplicate);
+    assert_eq!(
+        store.begin(consumer, &id, lease).await.unwrap(),
+        Claim::New,
+        "abandoned claims free the id"
+    );
+    store
+        .finish(consumer, &id, Duration::from_millis(600))
+        .await
+        .unwrap();
+    assert_eq!(
+        store.begin(consumer, &id, lease).await.unwrap(),
+        Claim::Duplicate
+    );
     store.abandon(consumer, &id).await.unwrap();
-    assert_eq!(store.begin(consumer, &id, lease).await.unwrap(), Claim::Duplicate, "abandon never drops a done id");
+    assert_eq!(
+        store.begin(consumer, &id, lease).await.unwrap(),
+        Claim::Duplicate,
+        "abandon never drops a done id"
+    );
     // A crashed worker's claim expires after the lease.
     let stale = uuid::Uuid::now_v7().to_string();
-    assert_eq!(store.begin(consumer, &stale, Duration::from_millis(200)).await.unwrap(), Claim::New);
+    assert_eq!(
+        store
+            .begin(consumer, &stale, Duration::from_millis(200))
+            .await
+            .unwrap(),
+        Claim::New
+    );
     tokio::time::sleep(Duration::from_millis(700)).await;
-    assert_eq!(store.begin(consumer, &stale, lease).await.unwrap(), Claim::New, "expired claim taken over");
+    assert_eq!(
+        store.begin(consumer, &stale, lease).await.unwrap(),
+        Claim::New,
+        "expired claim taken over"
+    );
     // Done records expire too.
-    assert_eq!(store.begin(consumer, &id, lease).await.unwrap(), Claim::New, "expired record");
+    assert_eq!(
+        store.begin(consumer, &id, lease).await.unwrap(),
+        Claim::New,
+        "expired record"
+    );
     store.purge_expired().await.unwrap();
 }
 
@@ -295,11 +338,21 @@ mod tests {
         assert!(h.call(msg("e1")).await.is_err());
         h.call(msg("e1")).await.unwrap();
         h.call(msg("e1")).await.unwrap();
-        assert_eq!(calls.load(Ordering::SeqCst), 2, "the failure ran again, the duplicate did not");
+        assert_eq!(
+            calls.load(Ordering::SeqCst),
+            2,
+            "the failure ran again, the duplicate did not"
+        );
 
-        store.begin("svc.a.b", "e2", Duration::from_secs(60)).await.unwrap();
+        store
+            .begin("svc.a.b", "e2", Duration::from_secs(60))
+            .await
+            .unwrap();
         let err = h.call(msg("e2")).await.unwrap_err();
-        assert!(matches!(err.disposition, Some(Disposition::Release(_))), "{err:?}");
+        assert!(
+            matches!(err.disposition, Some(Disposition::Release(_))),
+            "{err:?}"
+        );
         assert_eq!(calls.load(Ordering::SeqCst), 2);
     }
 }

@@ -26,7 +26,6 @@ use super::{Claim, InboxStore};
 use crate::error::{ident, pg, Result};
 use crate::postgres::{schema, PgConn};
 
-
 /// The inbox table `<schema>.herald_inbox`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PgInbox {
@@ -63,7 +62,12 @@ impl PgInbox {
     /// Record `event_id` as processed by `consumer` inside the caller's transaction. A concurrent
     /// duplicate blocks on the row until this transaction ends, then sees `Duplicate`; if the
     /// transaction rolls back, nothing was recorded and the redelivery runs again.
-    pub async fn record<C: GenericClient + Sync>(&self, tx: &C, consumer: &str, event_id: &str) -> Result<Recorded> {
+    pub async fn record<C: GenericClient + Sync>(
+        &self,
+        tx: &C,
+        consumer: &str,
+        event_id: &str,
+    ) -> Result<Recorded> {
         let row = tx
             .query_opt(
                 &format!(
@@ -79,13 +83,20 @@ impl PgInbox {
             )
             .await
             .map_err(pg("recording an inbox id"))?;
-        Ok(if row.is_some() { Recorded::New } else { Recorded::Duplicate })
+        Ok(if row.is_some() {
+            Recorded::New
+        } else {
+            Recorded::Duplicate
+        })
     }
 
     /// Delete expired records.
     pub async fn purge_expired<C: GenericClient + Sync>(&self, client: &C) -> Result<u64> {
         client
-            .execute(&format!("DELETE FROM {} WHERE expires_at < now()", self.t()), &[])
+            .execute(
+                &format!("DELETE FROM {} WHERE expires_at < now()", self.t()),
+                &[],
+            )
             .await
             .map_err(pg("purging the inbox"))
     }
@@ -189,6 +200,8 @@ impl InboxStore for PgInboxStore {
 
     async fn purge_expired(&self) -> Result<u64> {
         let inbox = &self.inbox;
-        self.conn.with(|c| async move { inbox.purge_expired(&*c).await }).await
+        self.conn
+            .with(|c| async move { inbox.purge_expired(&*c).await })
+            .await
     }
 }

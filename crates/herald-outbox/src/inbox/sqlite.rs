@@ -61,7 +61,11 @@ impl SqliteInbox {
 
     /// Create the table (idempotent).
     pub fn migrate(&self, conn: &Connection) -> Result<bool> {
-        migrate(conn, &format!("{}:0001_inbox", self.table), &INBOX_SQL.replace("{table}", &self.table))
+        migrate(
+            conn,
+            &format!("{}:0001_inbox", self.table),
+            &INBOX_SQL.replace("{table}", &self.table),
+        )
     }
 
     /// Record `event_id` as processed by `consumer` in the caller's transaction.
@@ -79,10 +83,20 @@ impl SqliteInbox {
                 params![consumer, event_id, now + self.keep.as_millis() as i64, now],
             )
             .map_err(sql("recording an inbox id"))?;
-        Ok(if n > 0 { Recorded::New } else { Recorded::Duplicate })
+        Ok(if n > 0 {
+            Recorded::New
+        } else {
+            Recorded::Duplicate
+        })
     }
 
-    fn begin(&self, conn: &Connection, consumer: &str, event_id: &str, lease: Duration) -> Result<Claim> {
+    fn begin(
+        &self,
+        conn: &Connection,
+        consumer: &str,
+        event_id: &str,
+        lease: Duration,
+    ) -> Result<Claim> {
         let now = now_ms();
         let t = &self.table;
         let n = conn
@@ -116,7 +130,10 @@ impl SqliteInbox {
     /// Delete expired records.
     pub fn purge_expired(&self, conn: &Connection) -> Result<u64> {
         let n = conn
-            .execute(&format!("DELETE FROM {} WHERE expires_at < ?1", self.table), [now_ms()])
+            .execute(
+                &format!("DELETE FROM {} WHERE expires_at < ?1", self.table),
+                [now_ms()],
+            )
             .map_err(sql("purging the inbox"))?;
         Ok(n as u64)
     }
@@ -143,12 +160,20 @@ impl SqliteInboxStore {
 #[async_trait]
 impl InboxStore for SqliteInboxStore {
     async fn begin(&self, consumer: &str, event_id: &str, lease: Duration) -> Result<Claim> {
-        let (i, c, e) = (self.inbox.clone(), consumer.to_string(), event_id.to_string());
+        let (i, c, e) = (
+            self.inbox.clone(),
+            consumer.to_string(),
+            event_id.to_string(),
+        );
         blocking(&self.conn, move |conn| i.begin(conn, &c, &e, lease)).await
     }
 
     async fn finish(&self, consumer: &str, event_id: &str, keep: Duration) -> Result<()> {
-        let (t, c, e) = (self.inbox.table.clone(), consumer.to_string(), event_id.to_string());
+        let (t, c, e) = (
+            self.inbox.table.clone(),
+            consumer.to_string(),
+            event_id.to_string(),
+        );
         blocking(&self.conn, move |conn| {
             let now = now_ms();
             conn.execute(
@@ -166,7 +191,11 @@ impl InboxStore for SqliteInboxStore {
     }
 
     async fn abandon(&self, consumer: &str, event_id: &str) -> Result<()> {
-        let (t, c, e) = (self.inbox.table.clone(), consumer.to_string(), event_id.to_string());
+        let (t, c, e) = (
+            self.inbox.table.clone(),
+            consumer.to_string(),
+            event_id.to_string(),
+        );
         blocking(&self.conn, move |conn| {
             conn.execute(
                 &format!("DELETE FROM {t} WHERE consumer = ?1 AND event_id = ?2 AND state = 'processing'"),

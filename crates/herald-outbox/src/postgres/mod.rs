@@ -52,9 +52,9 @@ pub(crate) mod schema;
 mod store;
 mod trigger;
 
+pub(crate) use conn::PgConn;
 pub use store::PgStore;
 pub use trigger::{TriggerEvents, TriggerSpec};
-pub(crate) use conn::PgConn;
 
 /// An outbox table in PostgreSQL: where it is, and the service its events are published as.
 /// Holds no connection; every call takes the client or transaction to use.
@@ -141,7 +141,11 @@ impl PgOutbox {
     /// Stage `event` inside the caller's transaction (or on a plain client, autocommit). It is
     /// published by a relay once the transaction commits, and never if it rolls back. Returns
     /// the event id.
-    pub async fn stage<C: GenericClient + Sync, E: Event>(&self, tx: &C, event: &E) -> Result<String> {
+    pub async fn stage<C: GenericClient + Sync, E: Event>(
+        &self,
+        tx: &C,
+        event: &E,
+    ) -> Result<String> {
         self.stage_with(tx, event, &MessageOptions::default()).await
     }
 
@@ -158,15 +162,31 @@ impl PgOutbox {
     }
 
     /// Stage a ready-made envelope.
-    pub async fn stage_envelope<C: GenericClient + Sync>(&self, tx: &C, envelope: &Envelope) -> Result<()> {
-        self.stage_row(tx, &StagedEvent::from_envelope(envelope)?).await
+    pub async fn stage_envelope<C: GenericClient + Sync>(
+        &self,
+        tx: &C,
+        envelope: &Envelope,
+    ) -> Result<()> {
+        self.stage_row(tx, &StagedEvent::from_envelope(envelope)?)
+            .await
     }
 
     /// Stage an encoded row.
-    pub async fn stage_row<C: GenericClient + Sync>(&self, tx: &C, row: &StagedEvent) -> Result<()> {
+    pub async fn stage_row<C: GenericClient + Sync>(
+        &self,
+        tx: &C,
+        row: &StagedEvent,
+    ) -> Result<()> {
         tx.execute(
             &self.insert_sql(),
-            &[&row.event_id, &row.aggregate, &row.routing_key, &row.event_type, &row.headers, &row.body],
+            &[
+                &row.event_id,
+                &row.aggregate,
+                &row.routing_key,
+                &row.event_type,
+                &row.headers,
+                &row.body,
+            ],
         )
         .await
         .map_err(pg("staging an event"))?;
@@ -174,7 +194,11 @@ impl PgOutbox {
     }
 
     /// Stage many rows in one statement (bulk writers, benchmarks).
-    pub async fn stage_rows<C: GenericClient + Sync>(&self, tx: &C, rows: &[StagedEvent]) -> Result<u64> {
+    pub async fn stage_rows<C: GenericClient + Sync>(
+        &self,
+        tx: &C,
+        rows: &[StagedEvent],
+    ) -> Result<u64> {
         let col = |f: fn(&StagedEvent) -> &String| rows.iter().map(f).collect::<Vec<&String>>();
         let (ids, aggs, keys, types, headers, bodies) = (
             col(|r| &r.event_id),
@@ -200,7 +224,11 @@ impl PgOutbox {
     /// A consumer confirms it handled `event_id`: the row becomes `completed` (reference 001's
     /// last status). Optional; returns false when no unconfirmed row has that id (already
     /// completed, or pruned).
-    pub async fn complete<C: GenericClient + Sync>(&self, client: &C, event_id: &str) -> Result<bool> {
+    pub async fn complete<C: GenericClient + Sync>(
+        &self,
+        client: &C,
+        event_id: &str,
+    ) -> Result<bool> {
         let n = client
             .execute(
                 &format!(
@@ -237,7 +265,9 @@ impl PgOutbox {
         }
         for r in rows {
             let name: String = r.get(0);
-            let Some(status) = Status::parse(&name) else { continue };
+            let Some(status) = Status::parse(&name) else {
+                continue;
+            };
             let count: i64 = r.get(1);
             out.counts.insert(status, count.max(0) as u64);
             if matches!(status, Status::Pending | Status::Failed) {
@@ -358,7 +388,12 @@ impl PgOutbox {
             .collect::<Result<Vec<_>, Error>>()
     }
 
-    pub(crate) async fn mark_sent<C: GenericClient + Sync>(&self, client: &C, seqs: &[i64], token: &str) -> Result<u64> {
+    pub(crate) async fn mark_sent<C: GenericClient + Sync>(
+        &self,
+        client: &C,
+        seqs: &[i64],
+        token: &str,
+    ) -> Result<u64> {
         if seqs.is_empty() {
             return Ok(0);
         }
@@ -398,7 +433,12 @@ impl PgOutbox {
         Ok(())
     }
 
-    pub(crate) async fn release<C: GenericClient + Sync>(&self, client: &C, seqs: &[i64], token: &str) -> Result<()> {
+    pub(crate) async fn release<C: GenericClient + Sync>(
+        &self,
+        client: &C,
+        seqs: &[i64],
+        token: &str,
+    ) -> Result<()> {
         if seqs.is_empty() {
             return Ok(());
         }
@@ -417,7 +457,11 @@ impl PgOutbox {
     }
 
     /// Apply a retention policy to `sent` and `completed` rows (at most 10,000 per call).
-    pub async fn prune<C: GenericClient + Sync>(&self, client: &C, retention: Retention) -> Result<u64> {
+    pub async fn prune<C: GenericClient + Sync>(
+        &self,
+        client: &C,
+        retention: Retention,
+    ) -> Result<u64> {
         let t = self.qualified();
         let (age, archive) = match retention {
             Retention::Keep => return Ok(0),

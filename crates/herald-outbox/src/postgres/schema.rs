@@ -6,10 +6,12 @@ use tokio_postgres::Client;
 use crate::error::{pg, Result};
 
 /// The outbox table's migrations: (name, SQL with `{schema}`, `{table}`, `{channel}`).
-pub(crate) const OUTBOX: &[(&str, &str)] = &[("0001_outbox", include_str!("migrations/0001_outbox.sql"))];
+pub(crate) const OUTBOX: &[(&str, &str)] =
+    &[("0001_outbox", include_str!("migrations/0001_outbox.sql"))];
 
 /// The inbox table's migrations.
-pub(crate) const INBOX: &[(&str, &str)] = &[("0001_inbox", include_str!("migrations/0001_inbox.sql"))];
+pub(crate) const INBOX: &[(&str, &str)] =
+    &[("0001_inbox", include_str!("migrations/0001_inbox.sql"))];
 
 /// Render a migration for a schema and table.
 pub(crate) fn render(sql: &str, schema: &str, table: &str) -> String {
@@ -30,13 +32,19 @@ pub(crate) async fn migrate(
     table: &str,
     migrations: &[(&str, &str)],
 ) -> Result<usize> {
-    let tx = client.transaction().await.map_err(pg("starting the migration"))?;
+    let tx = client
+        .transaction()
+        .await
+        .map_err(pg("starting the migration"))?;
     tx.batch_execute("SET LOCAL client_min_messages = warning")
         .await
         .map_err(pg("starting the migration"))?;
-    tx.execute("SELECT pg_advisory_xact_lock(hashtext('herald_migrations'))", &[])
-        .await
-        .map_err(pg("taking the migration lock"))?;
+    tx.execute(
+        "SELECT pg_advisory_xact_lock(hashtext('herald_migrations'))",
+        &[],
+    )
+    .await
+    .map_err(pg("taking the migration lock"))?;
     tx.batch_execute(&format!(
         "CREATE SCHEMA IF NOT EXISTS {schema};
          CREATE TABLE IF NOT EXISTS {schema}.herald_migrations (

@@ -76,7 +76,12 @@ impl PgStore {
 
 impl Drop for PgStore {
     fn drop(&mut self) {
-        if let Some(h) = self.listener.lock().unwrap_or_else(|e| e.into_inner()).take() {
+        if let Some(h) = self
+            .listener
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+        {
             h.abort();
         }
     }
@@ -120,9 +125,19 @@ impl OutboxStore for PgStore {
             .await
     }
 
-    async fn mark_failed(&self, seq: i64, token: &str, error: &str, retry_in: Duration) -> Result<()> {
-        self.with(|c| async move { self.outbox.mark_failed(&*c, seq, token, error, retry_in).await })
-            .await
+    async fn mark_failed(
+        &self,
+        seq: i64,
+        token: &str,
+        error: &str,
+        retry_in: Duration,
+    ) -> Result<()> {
+        self.with(|c| async move {
+            self.outbox
+                .mark_failed(&*c, seq, token, error, retry_in)
+                .await
+        })
+        .await
     }
 
     async fn release(&self, seqs: &[i64], token: &str) -> Result<()> {
@@ -136,7 +151,8 @@ impl OutboxStore for PgStore {
     }
 
     async fn status(&self) -> Result<OutboxStatus> {
-        self.with(|c| async move { self.outbox.status(&*c).await }).await
+        self.with(|c| async move { self.outbox.status(&*c).await })
+            .await
     }
 
     async fn wait_for_work(&self, max: Duration) {

@@ -107,7 +107,13 @@ impl TriggerSpec {
 
     /// The SQL that installs (or replaces) the trigger function and trigger.
     pub fn sql(&self, outbox: &PgOutbox) -> String {
-        let (schema, table, key, prefix, name) = (&self.schema, &self.table, &self.key_column, &self.prefix, self.name());
+        let (schema, table, key, prefix, name) = (
+            &self.schema,
+            &self.table,
+            &self.key_column,
+            &self.prefix,
+            self.name(),
+        );
         let target = outbox.qualified();
         let ops: Vec<&str> = [
             (self.events.insert, "INSERT"),
@@ -117,7 +123,11 @@ impl TriggerSpec {
         .into_iter()
         .filter_map(|(on, op)| on.then_some(op))
         .collect();
-        let ops = if ops.is_empty() { "INSERT".to_string() } else { ops.join(" OR ") };
+        let ops = if ops.is_empty() {
+            "INSERT".to_string()
+        } else {
+            ops.join(" OR ")
+        };
         let (new_status, old_status, status_change) = match &self.status_column {
             Some(col) => (
                 format!("to_jsonb(NEW) -> '{col}'"),
@@ -168,7 +178,11 @@ CREATE TRIGGER {name} AFTER {ops} ON {schema}.{table}
     }
 
     /// Install the trigger (replacing an earlier one). The outbox table must exist.
-    pub async fn install<C: GenericClient + Sync>(&self, client: &C, outbox: &PgOutbox) -> Result<()> {
+    pub async fn install<C: GenericClient + Sync>(
+        &self,
+        client: &C,
+        outbox: &PgOutbox,
+    ) -> Result<()> {
         client
             .batch_execute(&self.sql(outbox))
             .await

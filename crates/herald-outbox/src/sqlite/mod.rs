@@ -57,14 +57,20 @@ pub(crate) fn migrate(conn: &Connection, name: &str, sql_text: &str) -> Result<b
     )
     .map_err(sql("creating the migrations table"))?;
     let done: Option<i64> = conn
-        .query_row("SELECT 1 FROM herald_migrations WHERE name = ?1", [name], |r| r.get(0))
+        .query_row(
+            "SELECT 1 FROM herald_migrations WHERE name = ?1",
+            [name],
+            |r| r.get(0),
+        )
         .optional()
         .map_err(sql("reading applied migrations"))?;
     if done.is_some() {
         return Ok(false);
     }
-    conn.execute_batch(&format!("SAVEPOINT herald_migrate; {sql_text}; RELEASE herald_migrate;"))
-        .map_err(sql("applying a migration"))?;
+    conn.execute_batch(&format!(
+        "SAVEPOINT herald_migrate; {sql_text}; RELEASE herald_migrate;"
+    ))
+    .map_err(sql("applying a migration"))?;
     conn.execute(
         "INSERT OR IGNORE INTO herald_migrations (name, applied_at) VALUES (?1, ?2)",
         params![name, now_ms()],
@@ -97,7 +103,11 @@ impl SqliteOutbox {
 
     /// Create or upgrade the table (idempotent). Returns whether anything was applied.
     pub fn migrate(&self, conn: &Connection) -> Result<bool> {
-        migrate(conn, &format!("{}:0001_outbox", self.table), &OUTBOX_SQL.replace("{table}", &self.table))
+        migrate(
+            conn,
+            &format!("{}:0001_outbox", self.table),
+            &OUTBOX_SQL.replace("{table}", &self.table),
+        )
     }
 
     /// Stage `event` in the caller's transaction. Returns the event id.
@@ -106,7 +116,12 @@ impl SqliteOutbox {
     }
 
     /// Stage with options; `options.subject` is the aggregate the event is ordered within.
-    pub fn stage_with<E: Event>(&self, tx: &Connection, event: &E, options: &MessageOptions) -> Result<String> {
+    pub fn stage_with<E: Event>(
+        &self,
+        tx: &Connection,
+        event: &E,
+        options: &MessageOptions,
+    ) -> Result<String> {
         let row = StagedEvent::from_event(event, &self.service, options)?;
         self.stage_row(tx, &row)?;
         Ok(row.event_id)
@@ -127,8 +142,16 @@ impl SqliteOutbox {
                 self.table
             ))
             .map_err(sql("preparing the outbox insert"))?;
-        stmt.execute(params![row.event_id, row.aggregate, row.routing_key, row.event_type, row.headers, row.body, now])
-            .map_err(sql("staging an event"))?;
+        stmt.execute(params![
+            row.event_id,
+            row.aggregate,
+            row.routing_key,
+            row.event_type,
+            row.headers,
+            row.body,
+            now
+        ])
+        .map_err(sql("staging an event"))?;
         Ok(())
     }
 
@@ -163,16 +186,26 @@ impl SqliteOutbox {
             .map_err(sql("reading the outbox status"))?;
         let rows = stmt
             .query_map([], |r| {
-                Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?, r.get::<_, Option<i64>>(2)?, r.get::<_, Option<f64>>(3)?))
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, i64>(1)?,
+                    r.get::<_, Option<i64>>(2)?,
+                    r.get::<_, Option<f64>>(3)?,
+                ))
             })
             .map_err(sql("reading the outbox status"))?;
         for row in rows {
             let (name, count, oldest, avg) = row.map_err(sql("reading the outbox status"))?;
-            let Some(status) = Status::parse(&name) else { continue };
+            let Some(status) = Status::parse(&name) else {
+                continue;
+            };
             out.counts.insert(status, count.max(0) as u64);
-            if let (true, Some(oldest)) = (matches!(status, Status::Pending | Status::Failed), oldest) {
+            if let (true, Some(oldest)) =
+                (matches!(status, Status::Pending | Status::Failed), oldest)
+            {
                 let age = (now - oldest).max(0) as f64 / 1000.0;
-                out.oldest_pending_age_secs = Some(out.oldest_pending_age_secs.unwrap_or(0.0).max(age));
+                out.oldest_pending_age_secs =
+                    Some(out.oldest_pending_age_secs.unwrap_or(0.0).max(age));
             }
             if let Some(avg) = avg {
                 out.avg_processing_secs.insert(status, avg / 1000.0);
@@ -202,7 +235,11 @@ impl SqliteOutbox {
     }
 
     /// p50 and p99 seconds from staging to `sent`, over rows staged at or after `since`.
-    pub fn send_latency(&self, conn: &Connection, since: DateTime<Utc>) -> Result<Option<(f64, f64)>> {
+    pub fn send_latency(
+        &self,
+        conn: &Connection,
+        since: DateTime<Utc>,
+    ) -> Result<Option<(f64, f64)>> {
         let mut stmt = conn
             .prepare(&format!(
                 "SELECT sent_at - created_at FROM {} WHERE sent_at IS NOT NULL AND created_at >= ?1 ORDER BY 1",
@@ -221,7 +258,13 @@ impl SqliteOutbox {
         Ok(Some((at(0.5), at(0.99))))
     }
 
-    pub(crate) fn claim(&self, conn: &mut Connection, limit: usize, token: &str, lease: Duration) -> Result<Vec<ClaimedEvent>> {
+    pub(crate) fn claim(
+        &self,
+        conn: &mut Connection,
+        limit: usize,
+        token: &str,
+        lease: Duration,
+    ) -> Result<Vec<ClaimedEvent>> {
         let t = &self.table;
         let now = now_ms();
         let tx = conn
@@ -265,10 +308,28 @@ impl SqliteOutbox {
                 })
                 .map_err(sql("claiming outbox rows"))?;
             for row in rows {
-                let (seq, event_id, aggregate, routing_key, event_type, headers, body, attempts, created) =
-                    row.map_err(sql("claiming outbox rows"))?;
+                let (
+                    seq,
+                    event_id,
+                    aggregate,
+                    routing_key,
+                    event_type,
+                    headers,
+                    body,
+                    attempts,
+                    created,
+                ) = row.map_err(sql("claiming outbox rows"))?;
                 let created_at = DateTime::from_timestamp_millis(created).unwrap_or_else(Utc::now);
-                let envelope = envelope_of(event_id, &aggregate, &routing_key, event_type, &headers, body, created_at, &self.service);
+                let envelope = envelope_of(
+                    event_id,
+                    &aggregate,
+                    &routing_key,
+                    event_type,
+                    &headers,
+                    body,
+                    created_at,
+                    &self.service,
+                );
                 out.push(ClaimedEvent {
                     seq,
                     aggregate,
@@ -281,7 +342,12 @@ impl SqliteOutbox {
         Ok(out)
     }
 
-    pub(crate) fn mark_sent(&self, conn: &mut Connection, seqs: &[i64], token: &str) -> Result<u64> {
+    pub(crate) fn mark_sent(
+        &self,
+        conn: &mut Connection,
+        seqs: &[i64],
+        token: &str,
+    ) -> Result<u64> {
         let now = now_ms();
         let tx = conn.transaction().map_err(sql("marking events sent"))?;
         let mut n = 0;
@@ -294,14 +360,23 @@ impl SqliteOutbox {
                 ))
                 .map_err(sql("marking events sent"))?;
             for seq in seqs {
-                n += stmt.execute(params![seq, token, now]).map_err(sql("marking events sent"))? as u64;
+                n += stmt
+                    .execute(params![seq, token, now])
+                    .map_err(sql("marking events sent"))? as u64;
             }
         }
         tx.commit().map_err(sql("marking events sent"))?;
         Ok(n)
     }
 
-    pub(crate) fn mark_failed(&self, conn: &Connection, seq: i64, token: &str, error: &str, retry_in: Duration) -> Result<()> {
+    pub(crate) fn mark_failed(
+        &self,
+        conn: &Connection,
+        seq: i64,
+        token: &str,
+        error: &str,
+        retry_in: Duration,
+    ) -> Result<()> {
         let now = now_ms();
         conn.execute(
             &format!(
@@ -343,10 +418,15 @@ impl SqliteOutbox {
         let doomed = format!(
             "SELECT id FROM {t} WHERE status IN ('sent', 'completed') AND coalesce(completed_at, sent_at) < ?1 LIMIT 10000"
         );
-        let tx = conn.transaction().map_err(sql("pruning published events"))?;
+        let tx = conn
+            .transaction()
+            .map_err(sql("pruning published events"))?;
         if archive {
-            tx.execute(&format!("INSERT INTO {t}_archive SELECT * FROM {t} WHERE id IN ({doomed})"), [cutoff])
-                .map_err(sql("archiving published events"))?;
+            tx.execute(
+                &format!("INSERT INTO {t}_archive SELECT * FROM {t} WHERE id IN ({doomed})"),
+                [cutoff],
+            )
+            .map_err(sql("archiving published events"))?;
         }
         let n = tx
             .execute(&format!("DELETE FROM {t} WHERE id IN ({doomed})"), [cutoff])

@@ -16,7 +16,8 @@ use crate::store::{OutboxStore, Retention};
 /// Open a SQLite file the way Herald uses it: WAL, a busy timeout, `synchronous = NORMAL`.
 pub(crate) fn open(path: &Path) -> Result<Connection> {
     let conn = Connection::open(path).map_err(sql("opening the database"))?;
-    conn.busy_timeout(Duration::from_secs(10)).map_err(sql("setting the busy timeout"))?;
+    conn.busy_timeout(Duration::from_secs(10))
+        .map_err(sql("setting the busy timeout"))?;
     conn.execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL;")
         .map_err(sql("configuring the database"))?;
     Ok(conn)
@@ -71,9 +72,18 @@ impl OutboxStore for SqliteStore {
         blocking(&self.conn, move |c| o.mark_sent(c, &seqs, &token)).await
     }
 
-    async fn mark_failed(&self, seq: i64, token: &str, error: &str, retry_in: Duration) -> Result<()> {
+    async fn mark_failed(
+        &self,
+        seq: i64,
+        token: &str,
+        error: &str,
+        retry_in: Duration,
+    ) -> Result<()> {
         let (o, token, error) = (self.outbox.clone(), token.to_string(), error.to_string());
-        blocking(&self.conn, move |c| o.mark_failed(c, seq, &token, &error, retry_in)).await
+        blocking(&self.conn, move |c| {
+            o.mark_failed(c, seq, &token, &error, retry_in)
+        })
+        .await
     }
 
     async fn release(&self, seqs: &[i64], token: &str) -> Result<()> {

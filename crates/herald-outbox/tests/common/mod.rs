@@ -18,18 +18,30 @@ pub struct Numbered {
 
 /// A fresh schema name, unique across parallel tests and processes.
 pub fn unique(prefix: &str) -> String {
-    format!("{prefix}_{}_{}", std::process::id(), uuid::Uuid::new_v4().simple().to_string().get(..8).unwrap_or("x"))
+    format!(
+        "{prefix}_{}_{}",
+        std::process::id(),
+        uuid::Uuid::new_v4()
+            .simple()
+            .to_string()
+            .get(..8)
+            .unwrap_or("x")
+    )
 }
 
 pub async fn pg() -> tokio_postgres::Client {
-    let (client, conn) = tokio_postgres::connect(PG, tokio_postgres::NoTls).await.expect("PostgreSQL at 127.0.0.1:5432");
+    let (client, conn) = tokio_postgres::connect(PG, tokio_postgres::NoTls)
+        .await
+        .expect("PostgreSQL at 127.0.0.1:5432");
     tokio::spawn(conn);
     client
 }
 
 pub async fn drop_schema(schema: &str) {
     let c = pg().await;
-    let _ = c.batch_execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE")).await;
+    let _ = c
+        .batch_execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))
+        .await;
 }
 
 /// What a recording subscriber saw: (event id, subject, body).
@@ -37,7 +49,12 @@ pub type Seen = Arc<Mutex<Vec<(String, Option<String>, serde_json::Value)>>>;
 
 /// A bus on `broker` with one subscription on `pattern` that records every delivery in order.
 pub async fn recording_bus(broker: &str, service: &str, pattern: &str) -> (Bus, Seen) {
-    let bus = Bus::builder().service(service).broker(broker).build().await.expect("bus");
+    let bus = Bus::builder()
+        .service(service)
+        .broker(broker)
+        .build()
+        .await
+        .expect("bus");
     let seen: Seen = Arc::default();
     let s = seen.clone();
     bus.subscribe_pattern(
@@ -46,7 +63,9 @@ pub async fn recording_bus(broker: &str, service: &str, pattern: &str) -> (Bus, 
         move |v: serde_json::Value, ctx: Context| {
             let s = s.clone();
             async move {
-                s.lock().unwrap().push((ctx.id().to_string(), ctx.envelope().subject.clone(), v));
+                s.lock()
+                    .unwrap()
+                    .push((ctx.id().to_string(), ctx.envelope().subject.clone(), v));
                 Ok::<(), HandlerError>(())
             }
         },
