@@ -104,7 +104,7 @@ async fn main() -> Result<(), BoxError> {
     let events = env_usize("OUTBOX_BENCH_EVENTS", 50_000);
     let raw_events = env_usize("OUTBOX_BENCH_RAW_EVENTS", 10_000);
     let writers = env_usize("OUTBOX_BENCH_WRITERS", 8);
-    let relays = env_usize("OUTBOX_BENCH_RELAYS", 2);
+    let relays = env_usize("OUTBOX_BENCH_RELAYS", 1);
     let dir = tempfile::tempdir()?;
     let broker = std::env::var("HERALD_BROKER")
         .unwrap_or_else(|_| format!("sqlite://{}", dir.path().join("broker.db").display()));
