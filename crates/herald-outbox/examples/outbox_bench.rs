@@ -64,8 +64,9 @@ async fn run_relays(
     outbox: &PgOutbox,
     bus: &Bus,
     cancel: &CancellationToken,
-) -> Result<Vec<tokio::task::JoinHandle<()>>, BoxError> {
+) -> Result<(Vec<tokio::task::JoinHandle<()>>, Vec<Arc<herald_outbox::RelayMetrics>>), BoxError> {
     let mut tasks = Vec::new();
+    let mut metrics = Vec::new();
     for _ in 0..n {
         let store = Arc::new(PgStore::connect(PG, outbox.clone()).await?);
         let config = RelayConfig {
@@ -75,10 +76,23 @@ async fn run_relays(
             ..RelayConfig::default()
         };
         let relay = Relay::new(store, bus.publisher().clone(), config);
+        metrics.push(relay.metrics());
         let c = cancel.clone();
         tasks.push(tokio::spawn(async move { relay.run(c).await }));
     }
-    Ok(tasks)
+    Ok((tasks, metrics))
+}
+
+fn breakdown(metrics: &[Arc<herald_outbox::RelayMetrics>]) -> String {
+    use std::sync::atomic::Ordering::Relaxed;
+    let sum = |f: fn(&herald_outbox::RelayMetrics) -> u64| metrics.iter().map(|m| f(m)).sum::<u64>() as f64 / 1e3;
+    format!(
+        "claim {:.0} ms, publish {:.0} ms, record {:.0} ms, rounds {}",
+        sum(|m| m.claim_micros.load(Relaxed)),
+        sum(|m| m.publish_micros.load(Relaxed)),
+        sum(|m| m.record_micros.load(Relaxed)),
+        sum(|m| m.rounds.load(Relaxed)) * 1e3
+    )
 }
 
 async fn wait_sent(
@@ -175,7 +189,7 @@ async fn main() -> Result<(), BoxError> {
 
     // 2. outbox under load: writers stage, relays publish.
     let cancel = CancellationToken::new();
-    let relay_tasks = run_relays(relays, &outbox, &bus, &cancel).await?;
+    let (relay_tasks, _) = run_relays(relays, &outbox, &bus, &cancel).await?;
     let since = chrono::Utc::now();
     let start = Instant::now();
     let mut tasks = Vec::new();
@@ -231,10 +245,10 @@ async fn main() -> Result<(), BoxError> {
     tx.commit().await?;
     let cancel = CancellationToken::new();
     let start = Instant::now();
-    let relay_tasks = run_relays(relays, &outbox, &bus, &cancel).await?;
+    let (relay_tasks, metrics) = run_relays(relays, &outbox, &bus, &cancel).await?;
     wait_sent(&admin, &outbox, load_done + events as u64).await?;
     let drain_eps = events as f64 / start.elapsed().as_secs_f64();
-    eprintln!("drain: {events} events relayed, {drain_eps:.0}/s with {relays} relays");
+    eprintln!("drain: {events} events relayed, {drain_eps:.0}/s with {relays} relays ({})", breakdown(&metrics));
     cancel.cancel();
     for t in relay_tasks {
         t.await?;

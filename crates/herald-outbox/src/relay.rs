@@ -109,6 +109,16 @@ pub struct RelayMetrics {
     pub rounds: AtomicU64,
     /// Rows deleted or archived by retention.
     pub pruned: AtomicU64,
+    /// Time spent claiming rows, in microseconds.
+    pub claim_micros: AtomicU64,
+    /// Time spent publishing (waiting for the broker's confirms), in microseconds.
+    pub publish_micros: AtomicU64,
+    /// Time spent recording outcomes (sent, failed), in microseconds.
+    pub record_micros: AtomicU64,
+}
+
+fn add_elapsed(counter: &AtomicU64, since: Instant) {
+    counter.fetch_add(since.elapsed().as_micros() as u64, Ordering::Relaxed);
 }
 
 /// What one round did.
@@ -206,10 +216,12 @@ impl<S: OutboxStore> Relay<S> {
     /// One round: claim, publish, record.
     pub async fn run_once(&self) -> Result<Round> {
         let token = uuid::Uuid::new_v4().to_string();
+        let t0 = Instant::now();
         let mut rows = self
             .store
             .claim(self.config.batch_size.max(1), &token, self.config.lease)
             .await?;
+        add_elapsed(&self.metrics.claim_micros, t0);
         if rows.is_empty() {
             return Ok(Round::default());
         }
@@ -220,15 +232,19 @@ impl<S: OutboxStore> Relay<S> {
             ..Round::default()
         };
         let envelopes = rows.iter().map(|r| r.envelope.clone()).collect();
-        match self
+        let t1 = Instant::now();
+        let published = self
             .publisher
             .publish_envelopes(envelopes, self.config.allow_unroutable)
-            .await
-        {
+            .await;
+        add_elapsed(&self.metrics.publish_micros, t1);
+        match published {
             Ok(()) => {
                 self.published(rows.len());
                 let seqs: Vec<i64> = rows.iter().map(|r| r.seq).collect();
+                let t2 = Instant::now();
                 self.store.mark_sent(&seqs, &token).await?;
+                add_elapsed(&self.metrics.record_micros, t2);
                 round.published = rows.len();
             }
             Err(e) if rows.len() == 1 => {

@@ -9,6 +9,11 @@ use herald::{Envelope, Event, MessageOptions};
 
 use crate::error::{Error, Result};
 
+/// Stored header carrying the envelope's priority (not a wire header).
+const PRIORITY: &str = "herald_outbox_priority";
+/// Stored header carrying the envelope's TTL in milliseconds (not a wire header).
+const TTL_MS: &str = "herald_outbox_ttl_ms";
+
 /// One event as it is written into the outbox table.
 #[derive(Debug, Clone, PartialEq)]
 pub struct StagedEvent {
@@ -59,7 +64,15 @@ impl StagedEvent {
                 ))
             })?
             .to_string();
-        let headers = serde_json::to_string(&envelope.header_map())
+        let mut map = envelope.header_map();
+        // Priority and TTL are not wire headers; keep them for the relay.
+        if envelope.priority > 0 {
+            map.insert(PRIORITY.into(), envelope.priority.to_string());
+        }
+        if let Some(ttl) = envelope.ttl {
+            map.insert(TTL_MS.into(), ttl.as_millis().to_string());
+        }
+        let headers = serde_json::to_string(&map)
             .map_err(|e| Error::Data(format!("headers of event {}: {e}", envelope.id)))?;
         Ok(StagedEvent {
             event_id: envelope.id.clone(),
@@ -122,7 +135,12 @@ pub(crate) fn envelope_of(
     map.entry(header::SUBJECT.to_string())
         .or_insert_with(|| aggregate.to_string());
     map.remove(header::ATTEMPT);
-    Envelope::from_headers(map, routing_key, Bytes::from(body))
+    let priority = map.remove(PRIORITY).and_then(|p| p.parse::<u8>().ok());
+    let ttl = map.remove(TTL_MS).and_then(|t| t.parse::<u64>().ok());
+    let mut envelope = Envelope::from_headers(map, routing_key, Bytes::from(body));
+    envelope.priority = priority.unwrap_or(0).min(9);
+    envelope.ttl = ttl.map(std::time::Duration::from_millis);
+    envelope
 }
 
 #[cfg(test)]
@@ -134,6 +152,8 @@ mod tests {
         let mut e = Envelope::new("a.b", 2, "a.b.v2", "svc", Bytes::from_static(b"{\"x\":1}"));
         e.subject = Some("order-7".into());
         e.correlation_id = Some("c1".into());
+        e.priority = 5;
+        e.ttl = Some(std::time::Duration::from_secs(30));
         let s = StagedEvent::from_envelope(&e).unwrap();
         assert_eq!(s.aggregate, "order-7");
         let back = envelope_of(
@@ -150,6 +170,9 @@ mod tests {
         assert_eq!(back.source, "svc");
         assert_eq!(back.correlation_id.as_deref(), Some("c1"));
         assert_eq!(back.event_version, 2);
+        assert_eq!(back.priority, 5);
+        assert_eq!(back.ttl, Some(std::time::Duration::from_secs(30)));
+        assert!(back.headers.is_empty(), "{:?}", back.headers);
         assert_eq!(back.body, e.body);
 
         let t = envelope_of(

@@ -57,7 +57,8 @@ async fn trigger_stages_insert_update_delete_and_status_changes() {
         .status_column("status")
         .unwrap();
     spec.install(&c, &outbox).await.unwrap();
-    spec.install(&c, &outbox).await.unwrap(); // replacing is fine
+    // What `herald outbox trigger` calls; replacing an installed trigger is fine.
+    herald_outbox::postgres::install_trigger(PG, &outbox, &spec).await.unwrap();
 
     c.batch_execute(&format!(
         "INSERT INTO {schema}.listings (title) VALUES ('bike');
@@ -88,6 +89,10 @@ async fn trigger_stages_insert_update_delete_and_status_changes() {
     bus.start().await.unwrap();
     let store = Arc::new(PgStore::connect(PG, outbox.clone()).await.unwrap());
     let relay = Relay::new(store, bus.publisher().clone(), RelayConfig::default());
+    // What `herald outbox status` calls.
+    let before = herald_outbox::postgres::status(PG, &outbox).await.unwrap();
+    assert_eq!(before.count(herald_outbox::Status::Pending), 5);
+    assert!(before.to_string().contains("pending"));
     assert_eq!(relay.run_once().await.unwrap().published, 5);
     eventually(Duration::from_secs(5), "deliveries", || {
         all.lock().unwrap().len() == 5 && status.lock().unwrap().len() == 1

@@ -340,16 +340,22 @@ impl PgOutbox {
         let sql = format!(
             "WITH cand AS (
                  SELECT id, aggregate FROM {t}
-                 WHERE status IN ('pending', 'processing', 'failed') AND available_at <= now()
+                 WHERE sent_at IS NULL AND completed_at IS NULL
+                   AND status IN ('pending', 'processing', 'failed') AND available_at <= now()
                  ORDER BY id LIMIT $1
                  FOR UPDATE SKIP LOCKED
              ), ready AS (
+                 -- The first open row of the aggregate outside this claim, if any, must come
+                 -- later: one index probe per candidate, whatever the backlog.
                  SELECT c.id FROM cand c
-                 WHERE NOT EXISTS (
-                     SELECT 1 FROM {t} e
+                 LEFT JOIN LATERAL (
+                     SELECT e.id FROM {t} e
                      WHERE e.aggregate = c.aggregate AND e.id < c.id
-                       AND e.status IN ('pending', 'processing', 'failed')
-                       AND e.id NOT IN (SELECT id FROM cand))
+                       AND e.sent_at IS NULL AND e.completed_at IS NULL
+                       AND e.id NOT IN (SELECT id FROM cand)
+                     ORDER BY e.id LIMIT 1
+                 ) blocker ON true
+                 WHERE blocker.id IS NULL
              )
              UPDATE {t} o SET status = 'processing', attempts = o.attempts + 1, claim_token = $2,
                  available_at = now() + $3 * interval '1 millisecond', processing_started_at = now()
@@ -485,4 +491,31 @@ impl PgOutbox {
             .await
             .map_err(pg("pruning published events"))
     }
+}
+
+/// For `herald outbox status`: connect, read the status of `outbox`, disconnect. Print it with
+/// `{}` (a table) or serialize it (JSON); [`OutboxStatus::metrics`] gives the gauges.
+pub async fn status(conninfo: &str, outbox: &PgOutbox) -> Result<OutboxStatus> {
+    let client = connect(conninfo).await?;
+    outbox.status(&client).await
+}
+
+/// For `herald outbox trigger --table ...`: connect, create the outbox table if needed, install
+/// the trigger.
+pub async fn install_trigger(conninfo: &str, outbox: &PgOutbox, spec: &TriggerSpec) -> Result<()> {
+    let mut client = connect(conninfo).await?;
+    outbox.migrate(&mut client).await?;
+    spec.install(&client, outbox).await
+}
+
+async fn connect(conninfo: &str) -> Result<Client> {
+    let (client, conn) = tokio_postgres::connect(conninfo, tokio_postgres::NoTls)
+        .await
+        .map_err(pg("connecting to PostgreSQL"))?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            tracing::debug!(error = %e, "PostgreSQL connection ended");
+        }
+    });
+    Ok(client)
 }
