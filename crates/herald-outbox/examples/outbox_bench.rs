@@ -64,13 +64,19 @@ async fn run_relays(
     outbox: &PgOutbox,
     bus: &Bus,
     cancel: &CancellationToken,
-) -> Result<(Vec<tokio::task::JoinHandle<()>>, Vec<Arc<herald_outbox::RelayMetrics>>), BoxError> {
+) -> Result<
+    (
+        Vec<tokio::task::JoinHandle<()>>,
+        Vec<Arc<herald_outbox::RelayMetrics>>,
+    ),
+    BoxError,
+> {
     let mut tasks = Vec::new();
     let mut metrics = Vec::new();
     for _ in 0..n {
         let store = Arc::new(PgStore::connect(PG, outbox.clone()).await?);
         let config = RelayConfig {
-            batch_size: env_usize("OUTBOX_BENCH_BATCH", 1000),
+            batch_size: env_usize("OUTBOX_BENCH_BATCH", 500),
             poll_interval: Duration::from_millis(200),
             retention: Retention::Keep,
             ..RelayConfig::default()
@@ -85,7 +91,9 @@ async fn run_relays(
 
 fn breakdown(metrics: &[Arc<herald_outbox::RelayMetrics>]) -> String {
     use std::sync::atomic::Ordering::Relaxed;
-    let sum = |f: fn(&herald_outbox::RelayMetrics) -> u64| metrics.iter().map(|m| f(m)).sum::<u64>() as f64 / 1e3;
+    let sum = |f: fn(&herald_outbox::RelayMetrics) -> u64| {
+        metrics.iter().map(|m| f(m)).sum::<u64>() as f64 / 1e3
+    };
     format!(
         "claim {:.0} ms, publish {:.0} ms, record {:.0} ms, rounds {}",
         sum(|m| m.claim_micros.load(Relaxed)),
@@ -118,7 +126,7 @@ async fn main() -> Result<(), BoxError> {
     let events = env_usize("OUTBOX_BENCH_EVENTS", 50_000);
     let raw_events = env_usize("OUTBOX_BENCH_RAW_EVENTS", 10_000);
     let writers = env_usize("OUTBOX_BENCH_WRITERS", 8);
-    let relays = env_usize("OUTBOX_BENCH_RELAYS", 1);
+    let relays = env_usize("OUTBOX_BENCH_RELAYS", 2);
     let dir = tempfile::tempdir()?;
     let broker = std::env::var("HERALD_BROKER")
         .unwrap_or_else(|_| format!("sqlite://{}", dir.path().join("broker.db").display()));
@@ -248,7 +256,10 @@ async fn main() -> Result<(), BoxError> {
     let (relay_tasks, metrics) = run_relays(relays, &outbox, &bus, &cancel).await?;
     wait_sent(&admin, &outbox, load_done + events as u64).await?;
     let drain_eps = events as f64 / start.elapsed().as_secs_f64();
-    eprintln!("drain: {events} events relayed, {drain_eps:.0}/s with {relays} relays ({})", breakdown(&metrics));
+    eprintln!(
+        "drain: {events} events relayed, {drain_eps:.0}/s with {relays} relays ({})",
+        breakdown(&metrics)
+    );
     cancel.cancel();
     for t in relay_tasks {
         t.await?;

@@ -266,6 +266,20 @@ async fn notify_wakes_an_idle_relay_before_its_poll() {
         })
         .await;
     }
+    // Without the hint, the relay only finds rows when it polls (here: not within 1.5 s).
+    outbox.set_notify(&client, false).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await; // let the last wake-up settle
+    let (e, o) = ev("n", 3);
+    outbox.stage_with(&client, &e, &o).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(seen.lock().unwrap().len(), 3, "no NOTIFY, no early wake-up");
+    outbox.set_notify(&client, true).await.unwrap();
+    let (e, o) = ev("n", 4);
+    outbox.stage_with(&client, &e, &o).await.unwrap();
+    eventually(Duration::from_secs(5), "both rows after a NOTIFY", || {
+        seen.lock().unwrap().len() == 5
+    })
+    .await;
     cancel.cancel();
     task.await.unwrap();
     bus.shutdown().await.unwrap();

@@ -58,7 +58,9 @@ async fn trigger_stages_insert_update_delete_and_status_changes() {
         .unwrap();
     spec.install(&c, &outbox).await.unwrap();
     // What `herald outbox trigger` calls; replacing an installed trigger is fine.
-    herald_outbox::postgres::install_trigger(PG, &outbox, &spec).await.unwrap();
+    herald_outbox::postgres::install_trigger(PG, &outbox, &spec)
+        .await
+        .unwrap();
 
     c.batch_execute(&format!(
         "INSERT INTO {schema}.listings (title) VALUES ('bike');

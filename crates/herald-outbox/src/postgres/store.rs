@@ -39,7 +39,10 @@ impl PgStore {
         let client = store.client().await?;
         // Fresh statistics keep the claim on its per-aggregate index probes; autovacuum keeps
         // them fresh afterwards. Best effort.
-        if let Err(e) = client.batch_execute(&format!("ANALYZE {}", store.outbox.qualified())).await {
+        if let Err(e) = client
+            .batch_execute(&format!("ANALYZE {}", store.outbox.qualified()))
+            .await
+        {
             tracing::debug!(error = %e, "could not analyze the outbox table");
         }
         Ok(store)
