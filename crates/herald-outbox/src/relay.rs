@@ -136,6 +136,42 @@ pub struct Round {
 
 /// Publishes what was staged in an outbox. Run one or several (on any hosts): they share the
 /// work through row claims.
+///
+/// # Scaling
+///
+/// A relay never claims a row while an earlier row of the same aggregate is claimed by another
+/// relay, so relays work side by side on *different* aggregates. Several relays help when a
+/// batch covers a fraction of the aggregates with work (e.g. 2 relays of 500 over 1,000 busy
+/// aggregates); with a batch larger than the number of busy aggregates, one relay does it all.
+///
+/// ```
+/// use std::sync::Arc;
+/// use herald::{Bus, MessageOptions};
+/// use herald_outbox::sqlite::{SqliteOutbox, SqliteStore};
+/// use herald_outbox::{Relay, RelayConfig, Status};
+///
+/// #[derive(Debug, serde::Serialize, serde::Deserialize, herald::Event)]
+/// #[event(name = "order.placed")]
+/// struct OrderPlaced { order_id: u64 }
+///
+/// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+/// let dir = tempfile::tempdir().unwrap();
+/// let db_path = dir.path().join("app.db");
+/// let outbox = SqliteOutbox::new("order-service")?;
+/// let mut db = rusqlite::Connection::open(&db_path).unwrap();
+/// outbox.migrate(&db)?;
+/// let tx = db.transaction().unwrap();
+/// outbox.stage_with(&tx, &OrderPlaced { order_id: 7 }, &MessageOptions::default().subject("order-7"))?;
+/// tx.commit().unwrap();
+///
+/// let bus = Bus::builder().service("order-service").broker("memory://relay-doc").allow_unroutable(true).build().await?;
+/// let store = Arc::new(SqliteStore::open(&db_path, outbox.clone())?);
+/// let relay = Relay::new(store, bus.publisher().clone(), RelayConfig::default());
+/// assert_eq!(relay.run_once().await?.published, 1);
+/// assert_eq!(outbox.status(&db)?.count(Status::Sent), 1);
+/// # Ok::<(), herald_outbox::Error>(())
+/// # }).unwrap();
+/// ```
 pub struct Relay<S: OutboxStore> {
     store: Arc<S>,
     publisher: Publisher,
@@ -159,7 +195,7 @@ impl<S: OutboxStore> Relay<S> {
         self.metrics.clone()
     }
 
-    /// Run until `cancel` fires: rounds back to back while there is work, then waits for a
+    /// Run until `cancel` fires: rounds back to back while they find work, then waits for a
     /// NOTIFY or the poll interval. Database and broker errors are logged and retried; the relay
     /// never gives up on its own.
     pub async fn run(&self, cancel: CancellationToken) {
@@ -176,7 +212,7 @@ impl<S: OutboxStore> Relay<S> {
                 }
             }
             let wait = match self.run_once().await {
-                Ok(round) if round.claimed >= self.config.batch_size.max(1) => {
+                Ok(round) if round.claimed > 0 => {
                     error_backoff = Duration::from_millis(100);
                     continue;
                 }
