@@ -75,7 +75,7 @@ async fn the_layer_skips_redeliveries_across_restarts() {
                 }
             },
             SubscribeOptions::new()
-                .layer(InboxLayer::new(store.clone()))
+                .layer(InboxLayer::new(store.clone()).keep_for(Duration::from_secs(60)))
                 .concurrency(1),
         )
         .unwrap();
