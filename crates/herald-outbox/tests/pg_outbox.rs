@@ -1,0 +1,345 @@
+//! The PostgreSQL outbox against the local server: staging in the caller's transaction, the
+//! relay (order, concurrency, failures, NOTIFY), retention and status.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::*;
+use herald::MessageOptions;
+use herald_outbox::postgres::{PgOutbox, PgStore};
+use herald_outbox::{OutboxStore, Relay, RelayConfig, Retention, RetryBackoff, Status};
+use tokio_util::sync::CancellationToken;
+
+async fn setup(name: &str) -> (String, PgOutbox, tokio_postgres::Client) {
+    let schema = unique(name);
+    let outbox = PgOutbox::new("test-svc").unwrap().schema(&schema).unwrap();
+    let mut client = pg().await;
+    assert_eq!(outbox.migrate(&mut client).await.unwrap(), 1);
+    assert_eq!(
+        outbox.migrate(&mut client).await.unwrap(),
+        0,
+        "migrations apply once"
+    );
+    (schema, outbox, client)
+}
+
+fn ev(agg: &str, n: u64) -> (Numbered, MessageOptions) {
+    (
+        Numbered { agg: agg.into(), n },
+        MessageOptions::default().subject(agg),
+    )
+}
+
+#[tokio::test]
+async fn only_committed_stages_are_published() {
+    let (schema, outbox, mut client) = setup("ob_commit").await;
+    let tx = client.transaction().await.unwrap();
+    let (e, o) = ev("a", 1);
+    let kept = outbox.stage_with(&tx, &e, &o).await.unwrap();
+    tx.commit().await.unwrap();
+    let tx = client.transaction().await.unwrap();
+    let (e, o) = ev("a", 2);
+    outbox.stage_with(&tx, &e, &o).await.unwrap();
+    tx.rollback().await.unwrap();
+
+    let status = outbox.status(&client).await.unwrap();
+    assert_eq!(status.count(Status::Pending), 1);
+    assert!(status.oldest_pending_age_secs.is_some());
+
+    let (bus, seen) = recording_bus(&format!("memory://{schema}"), "c", "test.#").await;
+    let store = Arc::new(PgStore::connect(PG, outbox.clone()).await.unwrap());
+    let relay = Relay::new(store, bus.publisher().clone(), RelayConfig::default());
+    let round = relay.run_once().await.unwrap();
+    assert_eq!((round.claimed, round.published), (1, 1));
+    eventually(Duration::from_secs(5), "delivery", || {
+        !seen.lock().unwrap().is_empty()
+    })
+    .await;
+    let got = seen.lock().unwrap().clone();
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].0, kept, "the event id survives the outbox");
+    assert_eq!(got[0].1.as_deref(), Some("a"));
+    assert_eq!(got[0].2["n"], 1);
+
+    let status = outbox.status(&client).await.unwrap();
+    assert_eq!(status.count(Status::Sent), 1);
+    assert_eq!(status.count(Status::Pending), 0);
+    assert!(status.oldest_pending_age_secs.is_none());
+    assert!(status.avg_processing_secs.contains_key(&Status::Sent));
+    assert!(outbox.complete(&client, &kept).await.unwrap());
+    assert!(
+        !outbox.complete(&client, &kept).await.unwrap(),
+        "completing twice is a no-op"
+    );
+    assert_eq!(
+        outbox
+            .status(&client)
+            .await
+            .unwrap()
+            .count(Status::Completed),
+        1
+    );
+    bus.shutdown().await.unwrap();
+    drop_schema(&schema).await;
+}
+
+#[tokio::test]
+async fn two_relays_share_the_work_and_keep_order_per_aggregate() {
+    let (schema, outbox, client) = setup("ob_order").await;
+    // Many aggregates and small claims, so the two relays can work side by side (a relay never
+    // takes an aggregate whose earlier rows the other one holds).
+    let aggs: Vec<String> = (0..30).map(|i| format!("agg{i}")).collect();
+    let aggs: Vec<&str> = aggs.iter().map(String::as_str).collect();
+    let per = 20u64;
+    // Interleaved, in small transactions, so aggregates mix within every claim.
+    for chunk in 0..(per / 10) {
+        let rows: Vec<_> = (0..10)
+            .flat_map(|i| aggs.iter().map(move |a| (a, chunk * 10 + i)))
+            .map(|(a, n)| {
+                let (e, o) = ev(a, n);
+                herald_outbox::StagedEvent::from_event(&e, "test-svc", &o).unwrap()
+            })
+            .collect();
+        outbox.stage_rows(&client, &rows).await.unwrap();
+    }
+    let (bus, seen) = recording_bus(&format!("memory://{schema}"), "c", "test.#").await;
+    let cancel = CancellationToken::new();
+    let mut tasks = Vec::new();
+    let mut metrics = Vec::new();
+    for _ in 0..2 {
+        let store = Arc::new(PgStore::connect(PG, outbox.clone()).await.unwrap());
+        let config = RelayConfig {
+            batch_size: 5,
+            poll_interval: Duration::from_millis(50),
+            ..RelayConfig::default()
+        };
+        let relay = Relay::new(store, bus.publisher().clone(), config);
+        metrics.push(relay.metrics());
+        let c = cancel.clone();
+        tasks.push(tokio::spawn(async move { relay.run(c).await }));
+    }
+    let total = per as usize * aggs.len();
+    eventually(Duration::from_secs(20), "all deliveries", || {
+        seen.lock().unwrap().len() >= total
+    })
+    .await;
+    cancel.cancel();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let got = seen.lock().unwrap().clone();
+    assert_eq!(got.len(), total, "each event exactly once without faults");
+    for a in &aggs {
+        let ns: Vec<u64> = got
+            .iter()
+            .filter(|g| g.1.as_deref() == Some(*a))
+            .map(|g| g.2["n"].as_u64().unwrap())
+            .collect();
+        assert_eq!(
+            ns,
+            (0..per).collect::<Vec<_>>(),
+            "aggregate {a} in staging order"
+        );
+    }
+    let m: Vec<u64> = metrics
+        .iter()
+        .map(|m| m.published.load(std::sync::atomic::Ordering::Relaxed))
+        .collect();
+    assert_eq!(m.iter().sum::<u64>(), total as u64);
+    assert!(m.iter().all(|&n| n > 0), "both relays published: {m:?}");
+    assert_eq!(
+        outbox.status(&client).await.unwrap().count(Status::Sent),
+        total as u64
+    );
+    bus.shutdown().await.unwrap();
+    drop_schema(&schema).await;
+}
+
+#[tokio::test]
+async fn a_failed_row_is_retried_with_backoff_and_holds_back_its_aggregate() {
+    let (schema, outbox, client) = setup("ob_fail").await;
+    let (bus, seen) = recording_bus(&format!("memory://{schema}"), "c", "test.#").await;
+    // x1 goes to a routing key nobody is bound to yet: unroutable, so it fails.
+    let mut x1 = herald::Envelope::new(
+        "orphan.event",
+        1,
+        "orphan.event",
+        "test-svc",
+        bytes::Bytes::from_static(b"{\"n\":1}"),
+    );
+    x1.subject = Some("x".into());
+    outbox.stage_envelope(&client, &x1).await.unwrap();
+    let (e, o) = ev("x", 2);
+    let x2 = outbox.stage_with(&client, &e, &o).await.unwrap();
+    let (e, o) = ev("y", 1);
+    let y1 = outbox.stage_with(&client, &e, &o).await.unwrap();
+
+    let store = Arc::new(PgStore::connect(PG, outbox.clone()).await.unwrap());
+    let config = RelayConfig {
+        retry: RetryBackoff {
+            base: Duration::from_millis(300),
+            max: Duration::from_secs(2),
+        },
+        ..RelayConfig::default()
+    };
+    let relay = Relay::new(store.clone(), bus.publisher().clone(), config);
+    let round = relay.run_once().await.unwrap();
+    assert_eq!(
+        (round.claimed, round.published, round.failed, round.released),
+        (3, 1, 1, 1)
+    );
+    let status = store.status().await.unwrap();
+    assert_eq!(
+        (
+            status.count(Status::Failed),
+            status.count(Status::Pending),
+            status.count(Status::Sent)
+        ),
+        (1, 1, 1)
+    );
+    assert_eq!(status.failures.len(), 1);
+    assert_eq!(status.failures[0].event_id, x1.id);
+    assert_eq!(status.failures[0].attempts, 1);
+    assert!(
+        status.failures[0].error.contains("orphan.event"),
+        "{}",
+        status.failures[0].error
+    );
+
+    // Not due yet, and x2 waits behind x1.
+    assert_eq!(relay.run_once().await.unwrap().claimed, 0);
+    eventually(Duration::from_secs(5), "y1", || {
+        seen.lock().unwrap().len() == 1
+    })
+    .await;
+    assert_eq!(seen.lock().unwrap()[0].0, y1);
+
+    // Someone binds the key; after the backoff both x rows go, in order.
+    let (bus2, seen2) = recording_bus(&format!("memory://{schema}"), "d", "orphan.#").await;
+    tokio::time::sleep(Duration::from_millis(450)).await;
+    let round = relay.run_once().await.unwrap();
+    assert_eq!((round.claimed, round.published), (2, 2));
+    eventually(Duration::from_secs(5), "x1 and x2", || {
+        seen.lock().unwrap().len() == 2 && seen2.lock().unwrap().len() == 1
+    })
+    .await;
+    assert_eq!(seen.lock().unwrap()[1].0, x2);
+    let row = client
+        .query_one(
+            &format!(
+                "SELECT status, attempts, last_error FROM {} WHERE event_id = $1",
+                outbox.qualified()
+            ),
+            &[&x1.id],
+        )
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, String>(0), "sent");
+    assert_eq!(row.get::<_, i32>(1), 2);
+    assert_eq!(row.get::<_, Option<String>>(2), None);
+    bus.shutdown().await.unwrap();
+    bus2.shutdown().await.unwrap();
+    drop_schema(&schema).await;
+}
+
+#[tokio::test]
+async fn notify_wakes_an_idle_relay_before_its_poll() {
+    let (schema, outbox, client) = setup("ob_notify").await;
+    let (bus, seen) = recording_bus(&format!("memory://{schema}"), "c", "test.#").await;
+    let store = Arc::new(PgStore::connect(PG, outbox.clone()).await.unwrap());
+    let config = RelayConfig {
+        poll_interval: Duration::from_secs(60),
+        ..RelayConfig::default()
+    };
+    let relay = Relay::new(store, bus.publisher().clone(), config);
+    let cancel = CancellationToken::new();
+    let c = cancel.clone();
+    let task = tokio::spawn(async move { relay.run(c).await });
+    tokio::time::sleep(Duration::from_millis(500)).await; // idle, LISTENing
+    for n in 0..3 {
+        let (e, o) = ev("n", n);
+        outbox.stage_with(&client, &e, &o).await.unwrap();
+        eventually(Duration::from_secs(5), "a NOTIFY-driven publish", || {
+            seen.lock().unwrap().len() == n as usize + 1
+        })
+        .await;
+    }
+    // Without the hint, the relay only finds rows when it polls (here: not within 1.5 s).
+    outbox.set_notify(&client, false).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await; // let the last wake-up settle
+    let (e, o) = ev("n", 3);
+    outbox.stage_with(&client, &e, &o).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(seen.lock().unwrap().len(), 3, "no NOTIFY, no early wake-up");
+    outbox.set_notify(&client, true).await.unwrap();
+    let (e, o) = ev("n", 4);
+    outbox.stage_with(&client, &e, &o).await.unwrap();
+    eventually(Duration::from_secs(5), "both rows after a NOTIFY", || {
+        seen.lock().unwrap().len() == 5
+    })
+    .await;
+    cancel.cancel();
+    task.await.unwrap();
+    bus.shutdown().await.unwrap();
+    drop_schema(&schema).await;
+}
+
+#[tokio::test]
+async fn retention_deletes_or_archives_published_rows() {
+    let (schema, outbox, client) = setup("ob_keep").await;
+    let (bus, _seen) = recording_bus(&format!("memory://{schema}"), "c", "test.#").await;
+    for n in 0..4 {
+        let (e, o) = ev("r", n);
+        outbox.stage_with(&client, &e, &o).await.unwrap();
+    }
+    let store = Arc::new(PgStore::connect(PG, outbox.clone()).await.unwrap());
+    let relay = Relay::new(
+        store.clone(),
+        bus.publisher().clone(),
+        RelayConfig::default(),
+    );
+    assert_eq!(relay.run_once().await.unwrap().published, 4);
+    let (e, o) = ev("r", 9);
+    outbox.stage_with(&client, &e, &o).await.unwrap(); // pending: never pruned
+    assert_eq!(
+        store
+            .prune(Retention::Delete(Duration::from_secs(3600)))
+            .await
+            .unwrap(),
+        0,
+        "too young"
+    );
+    assert_eq!(store.prune(Retention::Keep).await.unwrap(), 0);
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    assert_eq!(
+        store
+            .prune(Retention::Archive(Duration::from_millis(10)))
+            .await
+            .unwrap(),
+        4
+    );
+    let archived: i64 = client
+        .query_one(
+            &format!("SELECT count(*) FROM {}_archive", outbox.qualified()),
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(archived, 4);
+    assert_eq!(relay.run_once().await.unwrap().published, 1);
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    assert_eq!(
+        store
+            .prune(Retention::Delete(Duration::from_millis(10)))
+            .await
+            .unwrap(),
+        1
+    );
+    let status = store.status().await.unwrap();
+    assert_eq!(status.counts.values().sum::<u64>(), 0);
+    bus.shutdown().await.unwrap();
+    drop_schema(&schema).await;
+}
