@@ -47,6 +47,9 @@ enum Command {
     /// List, show, replay and purge dead letters.
     #[command(subcommand)]
     Dlq(commands::dlq::Command),
+    /// The transactional outbox on PostgreSQL: status, table triggers, a relay
+    #[command(subcommand)]
+    Outbox(commands::outbox::Command),
     /// Print the topology the demo declares, or the live queues on the broker.
     Topology(commands::topology::Args),
     /// Run benchmark workload W1 and print a RESULT line.
@@ -81,6 +84,7 @@ async fn run(cli: Cli) -> CliResult<()> {
         Command::Publish(args) => commands::publish::run(config, args).await,
         Command::Tail(args) => commands::tail::run(config, args).await,
         Command::Dlq(cmd) => commands::dlq::run(config, cmd).await,
+        Command::Outbox(cmd) => commands::outbox::run(config, cmd).await,
         Command::Topology(args) => commands::topology::run(config, args).await,
         Command::Bench(args) => commands::bench::run(config, args).await,
     }
