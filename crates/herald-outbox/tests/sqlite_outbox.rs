@@ -177,7 +177,9 @@ async fn sqlite_inbox_store_and_same_transaction_record() {
     );
 
     let mut db = rusqlite::Connection::open(&path).unwrap();
-    let inbox = SqliteInbox::new().keep_for(Duration::from_millis(100));
+    // Long enough that a loaded machine cannot expire the record mid-loop; expiry is checked
+    // below with a second, short-lived inbox over the same table.
+    let inbox = SqliteInbox::new().keep_for(Duration::from_secs(60));
     inbox.migrate(&db).unwrap();
     db.execute_batch("CREATE TABLE applied (n INTEGER)")
         .unwrap();
@@ -200,10 +202,17 @@ async fn sqlite_inbox_store_and_same_transaction_record() {
         Recorded::New,
         "a rolled-back record is not kept"
     );
+    let short = SqliteInbox::new().keep_for(Duration::from_millis(50));
+    assert_eq!(short.record(&db, "sync", "e3").unwrap(), Recorded::New);
     tokio::time::sleep(Duration::from_millis(150)).await;
     assert_eq!(
-        inbox.record(&db, "sync", "e1").unwrap(),
+        short.record(&db, "sync", "e3").unwrap(),
         Recorded::New,
         "expired"
+    );
+    assert_eq!(
+        inbox.record(&db, "sync", "e1").unwrap(),
+        Recorded::Duplicate,
+        "not expired within keep_for"
     );
 }
