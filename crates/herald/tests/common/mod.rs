@@ -1,0 +1,38 @@
+//! Helpers shared by the RabbitMQ test targets.
+#![allow(dead_code)]
+
+use std::time::{Duration, Instant};
+
+/// The broker URL for tests: `HERALD_TEST_AMQP_URL` or the local default.
+pub fn amqp_url() -> String {
+    std::env::var("HERALD_TEST_AMQP_URL")
+        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".to_string())
+}
+
+/// Wait until something accepts connections on the broker's port (up to `within`).
+pub async fn wait_for_broker(within: Duration) {
+    let deadline = Instant::now() + within;
+    loop {
+        if tokio::net::TcpStream::connect("127.0.0.1:5672")
+            .await
+            .is_ok()
+        {
+            return;
+        }
+        if Instant::now() > deadline {
+            panic!("RabbitMQ is not listening on 127.0.0.1:5672; start it (rabbitmqctl start_app / service rabbitmq-server start)");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Run `rabbitmqctl` with arguments, returning whether it succeeded.
+pub fn rabbitmqctl(args: &[&str]) -> bool {
+    std::process::Command::new("rabbitmqctl")
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false)
+}
