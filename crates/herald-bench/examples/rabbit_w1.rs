@@ -1,0 +1,53 @@
+//! Run W1 on RabbitMQ through Herald and raw amqprs, a quorum-queue run and the latency run.
+//!
+//! `cargo run --release -p herald-bench --example rabbit_w1 -- [events] [runs]`
+//! (defaults: 50000 events, 3 runs; medians are printed last).
+
+use herald::QueueKind;
+use herald_bench::{latency_line, rabbit_w1, raw_amqprs, result_line, W1Figures};
+
+fn median(mut v: Vec<W1Figures>) -> W1Figures {
+    v.sort_by(|a, b| {
+        a.eps
+            .partial_cmp(&b.eps)
+            .unwrap_or(std::cmp::Ordering::Equal)
+    });
+    let mid = v[v.len() / 2];
+    let mut cpu: Vec<f64> = v.iter().map(|f| f.cpu_us_per_event).collect();
+    cpu.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
+    W1Figures {
+        cpu_us_per_event: cpu[cpu.len() / 2],
+        ..mid
+    }
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() -> Result<(), String> {
+    let args: Vec<String> = std::env::args().collect();
+    let events: u64 = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(50_000);
+    let runs: usize = args.get(2).and_then(|a| a.parse().ok()).unwrap_or(3).max(1);
+    let (mut h, mut r, mut hq, mut rq) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for i in 0..runs {
+        let raw = raw_amqprs::run(events, false).await?;
+        let herald = rabbit_w1::run(events, QueueKind::Classic).await?;
+        println!("run {i}: {}", result_line("classic", &herald, &raw));
+        r.push(raw);
+        h.push(herald);
+        let rawq = raw_amqprs::run(events, true).await?;
+        let heraldq = rabbit_w1::run(events, QueueKind::Quorum).await?;
+        println!("run {i}: {}", result_line("quorum", &heraldq, &rawq));
+        rq.push(rawq);
+        hq.push(heraldq);
+    }
+    println!(
+        "median of {runs}: {}",
+        result_line("classic", &median(h), &median(r))
+    );
+    println!(
+        "median of {runs}: {}",
+        result_line("quorum", &median(hq), &median(rq))
+    );
+    let lat = rabbit_w1::latency(5_000, 1_000).await?;
+    println!("{}", latency_line(&lat));
+    Ok(())
+}

@@ -1,0 +1,137 @@
+//! Benchmarks for Herald's transports.
+//!
+//! W1: 200-byte persistent JSON events, publisher confirms with 256 in flight, prefetch 200,
+//! ack after decoding the JSON. [`raw_amqprs`] runs it on plain amqprs, [`rabbit_w1`] through
+//! Herald's [`RabbitTransport`](herald::transport::rabbitmq::RabbitTransport); both return
+//! [`W1Figures`]. [`rabbit_w1::latency`] measures publish-to-handler latency at a fixed rate.
+
+pub mod rabbit_w1;
+pub mod raw_amqprs;
+
+use std::time::{Duration, Instant};
+
+/// What one W1 run measured.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct W1Figures {
+    /// Events published and consumed.
+    pub events: u64,
+    /// Events per second, end to end (first publish to last ack).
+    pub eps: f64,
+    /// Client CPU (user + system, this process) per event, in microseconds.
+    pub cpu_us_per_event: f64,
+    /// Wall time of the run.
+    pub elapsed: Duration,
+}
+
+/// What a latency run measured.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct LatencyFigures {
+    /// Events measured.
+    pub events: u64,
+    /// The target publish rate.
+    pub rate: u64,
+    /// Median publish-to-handler latency, in milliseconds.
+    pub p50_ms: f64,
+    /// 99th percentile, in milliseconds.
+    pub p99_ms: f64,
+    /// Largest, in milliseconds.
+    pub max_ms: f64,
+}
+
+/// The W1 result line: Herald and raw amqprs side by side.
+pub fn result_line(queue_kind: &str, herald: &W1Figures, raw: &W1Figures) -> String {
+    let ratio = if raw.eps > 0.0 {
+        herald.eps / raw.eps
+    } else {
+        0.0
+    };
+    format!(
+        "RESULT workload=w1 transport=rabbitmq queue={queue_kind} events={} herald_eps={:.0} raw_eps={:.0} ratio={:.2} cpu_us_per_event={:.1} raw_cpu_us_per_event={:.1}",
+        herald.events, herald.eps, raw.eps, ratio, herald.cpu_us_per_event, raw.cpu_us_per_event
+    )
+}
+
+/// The latency result line.
+pub fn latency_line(l: &LatencyFigures) -> String {
+    format!(
+        "RESULT workload=latency transport=rabbitmq events={} rate={} p50_ms={:.2} p99_ms={:.2} max_ms={:.2}",
+        l.events, l.rate, l.p50_ms, l.p99_ms, l.max_ms
+    )
+}
+
+/// CPU time (user + system) this process has used so far.
+pub fn cpu_time() -> Duration {
+    // SAFETY: getrusage only writes the struct we hand it.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    let rc = unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) };
+    if rc != 0 {
+        return Duration::ZERO;
+    }
+    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, (t.tv_usec as u32) * 1000);
+    tv(usage.ru_utime) + tv(usage.ru_stime)
+}
+
+/// Measures a run: wall time and CPU.
+pub(crate) struct Meter {
+    wall: Instant,
+    cpu: Duration,
+}
+
+impl Meter {
+    pub fn start() -> Self {
+        Meter {
+            wall: Instant::now(),
+            cpu: cpu_time(),
+        }
+    }
+    pub fn finish(&self, events: u64) -> W1Figures {
+        let elapsed = self.wall.elapsed();
+        let cpu = cpu_time().saturating_sub(self.cpu);
+        W1Figures {
+            events,
+            eps: events as f64 / elapsed.as_secs_f64().max(1e-9),
+            cpu_us_per_event: cpu.as_secs_f64() * 1e6 / events.max(1) as f64,
+            elapsed,
+        }
+    }
+}
+
+/// A W1 event body: 200 bytes of JSON carrying `n`.
+pub fn w1_body(n: u64) -> Vec<u8> {
+    let head = format!(
+        "{{\"order_id\":\"{:020}\",\"n\":{n},\"customer\":\"c-42\",\"pad\":\"",
+        n
+    );
+    let mut s = head;
+    while s.len() < 198 {
+        s.push('x');
+    }
+    s.push_str("\"}");
+    s.into_bytes()
+}
+
+/// Percentile of sorted values.
+pub(crate) fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[idx.min(sorted.len() - 1)]
+}
+
+/// A fresh name for one run's exchange and queue.
+pub(crate) fn run_name(prefix: &str) -> String {
+    let id = uuid::Uuid::new_v4().simple().to_string();
+    format!("{prefix}.{}", &id[..8])
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn body_is_200_bytes_of_json() {
+        let b = super::w1_body(12345);
+        assert_eq!(b.len(), 200);
+        let v: serde_json::Value = serde_json::from_slice(&b).unwrap();
+        assert_eq!(v["n"], 12345);
+    }
+}
