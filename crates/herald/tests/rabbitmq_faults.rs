@@ -169,13 +169,6 @@ async fn no_event_lost_through_connection_kills_and_broker_restart() {
     assert_eq!(lost, 0, "lost events: {lost} (duplicates {duplicates})");
 }
 
-fn cleanup(exchange: &str, queue: &QueueSpec) {
-    let mut queues = vec![queue.name.clone(), queue.dead_letter_queue()];
-    for d in RabbitConfig::new(vec![], "x").default_retry_delays {
-        queues.push(queue.retry_queue(d));
-    }
-    for q in queues {
-        common::rabbitmqctl(&["delete_queue", &q]);
-    }
-    let _ = exchange;
+fn cleanup(_exchange: &str, queue: &QueueSpec) {
+    common::delete_queue_set(queue);
 }

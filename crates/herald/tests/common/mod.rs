@@ -36,3 +36,20 @@ pub fn rabbitmqctl(args: &[&str]) -> bool {
         .map(|s| s.success())
         .unwrap_or(false)
 }
+
+/// Delete a work queue and the dead-letter and retry queues Herald declared around it.
+pub fn delete_queue_set(queue: &herald::QueueSpec) {
+    let cfg = herald::transport::rabbitmq::RabbitConfig::new(vec![], "cleanup");
+    let mut names = vec![queue.name.clone(), queue.dead_letter_queue()];
+    let levels = if queue.retry_delays.is_empty() {
+        cfg.default_retry_delays.clone()
+    } else {
+        queue.retry_delays.clone()
+    };
+    for d in levels {
+        names.push(queue.retry_queue(d));
+    }
+    for q in names {
+        rabbitmqctl(&["delete_queue", &q]);
+    }
+}
