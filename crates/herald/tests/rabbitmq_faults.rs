@@ -165,10 +165,6 @@ async fn no_event_lost_through_connection_kills_and_broker_restart() {
     // Clean up what this test declared.
     let _ = consumer.close().await;
     let _ = publisher.close().await;
-    cleanup(&exchange, &queue);
+    common::delete_queue_set(&exchange, &queue).await;
     assert_eq!(lost, 0, "lost events: {lost} (duplicates {duplicates})");
-}
-
-fn cleanup(_exchange: &str, queue: &QueueSpec) {
-    common::delete_queue_set(queue);
 }

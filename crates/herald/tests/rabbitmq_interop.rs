@@ -138,5 +138,5 @@ async fn pika_reads_herald_and_herald_reads_pika() {
     }
     cancel.cancel();
     t.close().await.unwrap();
-    common::delete_queue_set(&queue);
+    common::delete_queue_set(&exchange, &queue).await;
 }

@@ -37,8 +37,10 @@ pub fn rabbitmqctl(args: &[&str]) -> bool {
         .unwrap_or(false)
 }
 
-/// Delete a work queue and the dead-letter and retry queues Herald declared around it.
-pub fn delete_queue_set(queue: &herald::QueueSpec) {
+/// Delete a work queue, the dead-letter and retry queues Herald declared around it, and the
+/// exchange (with its `.dlx`), over one plain AMQP connection.
+pub async fn delete_queue_set(exchange: &str, queue: &herald::QueueSpec) {
+    use amqprs::channel::{ExchangeDeleteArguments, QueueDeleteArguments};
     let cfg = herald::transport::rabbitmq::RabbitConfig::new(vec![], "cleanup");
     let mut names = vec![queue.name.clone(), queue.dead_letter_queue()];
     let levels = if queue.retry_delays.is_empty() {
@@ -49,7 +51,19 @@ pub fn delete_queue_set(queue: &herald::QueueSpec) {
     for d in levels {
         names.push(queue.retry_queue(d));
     }
-    for q in names {
-        rabbitmqctl(&["delete_queue", &q]);
+    let args =
+        amqprs::connection::OpenConnectionArguments::new("127.0.0.1", 5672, "guest", "guest");
+    let Ok(conn) = amqprs::connection::Connection::open(&args).await else {
+        return;
+    };
+    if let Ok(ch) = conn.open_channel(None).await {
+        for q in names {
+            let _ = ch.queue_delete(QueueDeleteArguments::new(&q)).await;
+        }
+        for x in [exchange.to_string(), format!("{exchange}.dlx")] {
+            let _ = ch.exchange_delete(ExchangeDeleteArguments::new(&x)).await;
+        }
+        let _ = ch.close().await;
     }
+    let _ = conn.close().await;
 }

@@ -36,6 +36,8 @@ use self::connection::Link;
 use self::consumer::{ConsumerSettler, ConsumerTask};
 use self::properties::{from_message, record_broker_death, to_properties};
 use self::publisher::{Outgoing, Publisher};
+use self::request_reply::Requester;
+pub use self::request_reply::REPLY_TO_HEADER;
 use crate::envelope::Envelope;
 use crate::error::{Error, Result};
 use crate::topology::{dead_letter_queue_name, QueueSpec, Topology};
@@ -62,6 +64,7 @@ struct Shared {
     publisher: Arc<Publisher>,
     topologies: Arc<Mutex<Vec<Topology>>>,
     settlers: Mutex<Vec<Weak<ConsumerSettler>>>,
+    requester: tokio::sync::Mutex<Option<Arc<Requester>>>,
     closed: AtomicBool,
 }
 
@@ -97,6 +100,7 @@ impl RabbitTransport {
                 publisher,
                 topologies,
                 settlers: Mutex::new(Vec::new()),
+                requester: tokio::sync::Mutex::new(None),
                 closed: AtomicBool::new(false),
             }),
             _guard: guard,
@@ -118,6 +122,65 @@ impl RabbitTransport {
 
     fn deadline(&self) -> Instant {
         Instant::now() + self.shared.cfg.outage_timeout
+    }
+
+    /// Send `request` to `exchange` (routed by its routing key) and wait up to `timeout` for one
+    /// reply, over direct reply-to: no reply queue is declared. The responder answers with
+    /// [`reply`](Self::reply). Fails with [`Error::Timeout`] when no reply comes in time and
+    /// [`Error::Unroutable`] when no queue receives the request.
+    pub async fn request(
+        &self,
+        exchange: &str,
+        request: &Envelope,
+        timeout: Duration,
+    ) -> Result<Envelope> {
+        self.check_open()?;
+        let session = self.shared.publish_link.session(self.deadline()).await?;
+        let requester = {
+            let mut slot = self.shared.requester.lock().await;
+            match slot.as_ref() {
+                Some(r) if r.usable(session.generation) => r.clone(),
+                _ => {
+                    let r = Requester::open(&session.conn, session.generation).await?;
+                    *slot = Some(r.clone());
+                    r
+                }
+            }
+        };
+        requester.request(exchange, request, timeout).await
+    }
+
+    /// Answer a request received from a consumer: `reply` goes to the requester's direct
+    /// reply-to address with `causation_id` set to the request's id (how the requester matches
+    /// it) and the request's correlation id. Fails when `request` asked for no reply.
+    pub async fn reply(&self, request: &Envelope, mut reply: Envelope) -> Result<()> {
+        self.check_open()?;
+        let to = request
+            .headers
+            .get(REPLY_TO_HEADER)
+            .cloned()
+            .ok_or_else(|| {
+                Error::transport(
+                    "rabbitmq",
+                    "the request carries no reply-to address; it was not sent with request()",
+                )
+            })?;
+        reply.causation_id = Some(request.id.clone());
+        if reply.correlation_id.is_none() {
+            reply.correlation_id = Some(request.correlation_or_id().to_string());
+        }
+        let out = Outgoing {
+            exchange: String::new(),
+            routing_key: to,
+            mandatory: false,
+            id: reply.id.clone(),
+            properties: to_properties(&reply, false),
+            body: reply.body.to_vec(),
+        };
+        self.shared
+            .publisher
+            .publish_all(std::slice::from_ref(&out))
+            .await
     }
 
     /// A channel on the publishing connection for an administrative job.

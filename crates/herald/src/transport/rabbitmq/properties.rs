@@ -33,7 +33,9 @@ fn put(table: &mut FieldTable, k: &str, v: &str) {
 pub(crate) fn to_properties(e: &Envelope, routing_key_header: bool) -> BasicProperties {
     let mut headers = FieldTable::new();
     for (k, v) in &e.headers {
-        put(&mut headers, k, v);
+        if k != super::request_reply::REPLY_TO_HEADER {
+            put(&mut headers, k, v);
+        }
     }
     for (k, v) in e.wire_headers() {
         put(&mut headers, k, &v);
@@ -173,6 +175,9 @@ pub(crate) fn from_message(
             .and_then(|t| Utc.timestamp_opt(t as i64, 0).single())
             .map(|t| format_time(&t)),
     );
+    if let Some(r) = props.reply_to() {
+        map.insert(super::request_reply::REPLY_TO_HEADER.to_string(), r.clone());
+    }
     let mut e = Envelope::from_headers(map, &key, Bytes::from(body));
     e.priority = props.priority().unwrap_or(0);
     e.ttl = props
