@@ -21,6 +21,8 @@ pub struct W1Figures {
     pub cpu_us_per_event: f64,
     /// Wall time of the run.
     pub elapsed: Duration,
+    /// Wall time until the last publish was confirmed.
+    pub publish_elapsed: Duration,
 }
 
 /// What a latency run measured.
@@ -46,8 +48,9 @@ pub fn result_line(queue_kind: &str, herald: &W1Figures, raw: &W1Figures) -> Str
         0.0
     };
     format!(
-        "RESULT workload=w1 transport=rabbitmq queue={queue_kind} events={} herald_eps={:.0} raw_eps={:.0} ratio={:.2} cpu_us_per_event={:.1} raw_cpu_us_per_event={:.1}",
-        herald.events, herald.eps, raw.eps, ratio, herald.cpu_us_per_event, raw.cpu_us_per_event
+        "RESULT workload=w1 transport=rabbitmq queue={queue_kind} events={} herald_eps={:.0} raw_eps={:.0} ratio={:.2} cpu_us_per_event={:.1} raw_cpu_us_per_event={:.1} herald_publish_s={:.2} raw_publish_s={:.2}",
+        herald.events, herald.eps, raw.eps, ratio, herald.cpu_us_per_event, raw.cpu_us_per_event,
+        herald.publish_elapsed.as_secs_f64(), raw.publish_elapsed.as_secs_f64()
     )
 }
 
@@ -92,7 +95,11 @@ impl Meter {
             eps: events as f64 / elapsed.as_secs_f64().max(1e-9),
             cpu_us_per_event: cpu.as_secs_f64() * 1e6 / events.max(1) as f64,
             elapsed,
+            publish_elapsed: Duration::ZERO,
         }
+    }
+    pub fn elapsed(&self) -> Duration {
+        self.wall.elapsed()
     }
 }
 

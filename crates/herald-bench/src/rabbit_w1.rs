@@ -15,7 +15,7 @@ use crate::raw_amqprs::BenchResult;
 use crate::{percentile, run_name, w1_body, LatencyFigures, Meter, W1Figures};
 
 /// Publisher tasks sharing the confirm window (each publishes batches of [`BATCH`]).
-const PUBLISHERS: u64 = 4;
+const PUBLISHERS: u64 = 8;
 const BATCH: u64 = 64;
 
 fn url() -> String {
@@ -117,8 +117,10 @@ pub async fn run(events: u64, kind: QueueKind) -> BenchResult<W1Figures> {
     for t in tasks {
         t.await.map_err(|e| e.to_string())??;
     }
+    let publish_elapsed = meter.elapsed();
     let got = consuming.await.map_err(|e| e.to_string())?;
-    let figures = meter.finish(got);
+    let mut figures = meter.finish(got);
+    figures.publish_elapsed = publish_elapsed;
     cancel.cancel();
     let _ = consumer.close().await;
     let _ = publisher.close().await;

@@ -177,8 +177,10 @@ pub async fn run(events: u64, quorum: bool) -> BenchResult<W1Figures> {
             .await
             .map_err(|e| e.to_string())?;
     }
+    let publish_elapsed = meter.elapsed();
     let (got, con_ch) = consumer.await.map_err(|e| e.to_string())?;
-    let figures = meter.finish(got);
+    let mut figures = meter.finish(got);
+    figures.publish_elapsed = publish_elapsed;
     let _ = con_ch.close().await;
     let _ = admin.queue_delete(QueueDeleteArguments::new(&queue)).await;
     let _ = admin

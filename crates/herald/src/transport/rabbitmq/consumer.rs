@@ -30,7 +30,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::config::{pick_level, RabbitConfig};
 use super::connection::Link;
-use super::properties::{from_message, to_properties};
+use super::properties::from_message;
 use super::publisher::{Outgoing, Publisher};
 use super::topology::{self, CloseSlot};
 use crate::envelope::{format_time, header, Envelope};
@@ -196,12 +196,11 @@ impl ConsumerSettler {
     ) -> Result<()> {
         envelope.ttl = None;
         let out = Outgoing {
-            exchange: String::new(),
-            routing_key: queue.clone(),
+            exchange: "",
+            routing_key: &queue,
             mandatory: true,
-            id: envelope.id.clone(),
-            properties: to_properties(&envelope, true),
-            body: envelope.body.to_vec(),
+            envelope: &envelope,
+            routing_key_header: true,
         };
         match self.publisher.publish_all(std::slice::from_ref(&out)).await {
             Ok(()) => {

@@ -34,7 +34,7 @@ use tokio_util::sync::CancellationToken;
 pub use self::config::RabbitConfig;
 use self::connection::Link;
 use self::consumer::{ConsumerSettler, ConsumerTask};
-use self::properties::{from_message, record_broker_death, to_properties};
+use self::properties::{from_message, record_broker_death};
 use self::publisher::{Outgoing, Publisher};
 use self::request_reply::Requester;
 pub use self::request_reply::REPLY_TO_HEADER;
@@ -170,12 +170,11 @@ impl RabbitTransport {
             reply.correlation_id = Some(request.correlation_or_id().to_string());
         }
         let out = Outgoing {
-            exchange: String::new(),
-            routing_key: to,
+            exchange: "",
+            routing_key: &to,
             mandatory: false,
-            id: reply.id.clone(),
-            properties: to_properties(&reply, false),
-            body: reply.body.to_vec(),
+            envelope: &reply,
+            routing_key_header: false,
         };
         self.shared
             .publisher
@@ -194,12 +193,11 @@ impl RabbitTransport {
         let out: Vec<Outgoing> = envelopes
             .iter()
             .map(|e| Outgoing {
-                exchange: String::new(),
-                routing_key: queue.to_string(),
+                exchange: "",
+                routing_key: queue,
                 mandatory: true,
-                id: e.id.clone(),
-                properties: to_properties(e, true),
-                body: e.body.to_vec(),
+                envelope: e,
+                routing_key_header: true,
             })
             .collect();
         self.shared.publisher.publish_all(&out).await
@@ -285,12 +283,11 @@ impl Transport for RabbitTransport {
         let out: Vec<Outgoing> = batch
             .iter()
             .map(|e| Outgoing {
-                exchange: exchange.to_string(),
-                routing_key: e.routing_key.clone(),
+                exchange,
+                routing_key: &e.routing_key,
                 mandatory: options.require_route,
-                id: e.id.clone(),
-                properties: to_properties(e, false),
-                body: e.body.to_vec(),
+                envelope: e,
+                routing_key_header: false,
             })
             .collect();
         self.shared.publisher.publish_all(&out).await

@@ -21,16 +21,18 @@ use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
 
 use super::config::RabbitConfig;
 use super::connection::Link;
+use super::properties::to_properties;
+use crate::envelope::Envelope;
 use crate::error::{Error, Result};
 
-/// One message ready for the wire.
-pub(crate) struct Outgoing {
-    pub exchange: String,
-    pub routing_key: String,
+/// One message to publish; its AMQP properties are built when it is sent (again on a retry).
+pub(crate) struct Outgoing<'a> {
+    pub exchange: &'a str,
+    pub routing_key: &'a str,
     pub mandatory: bool,
-    pub id: String,
-    pub properties: BasicProperties,
-    pub body: Vec<u8>,
+    pub envelope: &'a Envelope,
+    /// Add the envelope's routing key as a header (copies sent through the default exchange).
+    pub routing_key_header: bool,
 }
 
 enum Confirm {
@@ -79,8 +81,12 @@ impl ConfirmState {
 
     /// Drop every pending entry: their publishers see the loss and publish again.
     fn fail_all(&self) {
-        self.closed.store(true, Ordering::SeqCst);
-        lock(&self.pending).clear();
+        let drained = {
+            let mut p = lock(&self.pending);
+            self.closed.store(true, Ordering::SeqCst);
+            std::mem::take(&mut *p)
+        };
+        drop(drained);
     }
 }
 
@@ -156,31 +162,33 @@ impl ConfirmChannel {
 
     async fn send(
         &self,
-        m: &Outgoing,
+        m: &Outgoing<'_>,
         permit: OwnedSemaphorePermit,
     ) -> Option<oneshot::Receiver<Confirm>> {
+        let properties = to_properties(m.envelope, m.routing_key_header);
+        let body = m.envelope.body.to_vec();
+        let mut args = BasicPublishArguments::new(m.exchange, m.routing_key);
+        args.mandatory(m.mandatory);
         let mut seq = self.seq.lock().await;
-        if self.state.closed.load(Ordering::SeqCst) {
-            return None;
-        }
         let next = *seq + 1;
         let (tx, rx) = oneshot::channel();
-        lock(&self.state.pending).insert(
-            next,
-            Pending {
-                id: m.id.clone(),
-                returned: None,
-                tx,
-                _permit: permit,
-            },
-        );
-        let mut args = BasicPublishArguments::new(&m.exchange, &m.routing_key);
-        args.mandatory(m.mandatory);
-        match self
-            .channel
-            .basic_publish(m.properties.clone(), m.body.clone(), args)
-            .await
         {
+            // Checked under the lock `fail_all` clears with, so no entry is ever stranded.
+            let mut pending = lock(&self.state.pending);
+            if self.state.closed.load(Ordering::SeqCst) {
+                return None;
+            }
+            pending.insert(
+                next,
+                Pending {
+                    id: m.envelope.id.clone(),
+                    returned: None,
+                    tx,
+                    _permit: permit,
+                },
+            );
+        }
+        match self.channel.basic_publish(properties, body, args).await {
             Ok(()) => {
                 *seq = next;
                 Some(rx)
@@ -253,7 +261,7 @@ impl Publisher {
     /// connection failure are published again (so a message may arrive twice, never zero
     /// times) until `outage_timeout`. Returns the first nack / return as an error after the
     /// rest of the batch was settled.
-    pub async fn publish_all(&self, msgs: &[Outgoing]) -> Result<()> {
+    pub async fn publish_all(&self, msgs: &[Outgoing<'_>]) -> Result<()> {
         let deadline = Instant::now() + self.cfg.outage_timeout;
         let mut todo: Vec<usize> = (0..msgs.len()).collect();
         let mut first_error: Option<Error> = None;
@@ -279,8 +287,21 @@ impl Publisher {
                 }
             }
             again.extend(iter);
-            for (i, rx) in waiting {
-                match wait_confirm(rx, &ch, &msgs[i]).await {
+            let (indices, receivers): (Vec<usize>, Vec<_>) = waiting.into_iter().unzip();
+            let mut all = futures::future::join_all(receivers);
+            let results = loop {
+                tokio::select! {
+                    r = &mut all => break r,
+                    // A safety net: a channel that died without its callback noticing.
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {
+                        if !ch.channel.is_open() || !ch.channel.is_connection_open() {
+                            ch.state.fail_all();
+                        }
+                    }
+                }
+            };
+            for (i, r) in indices.into_iter().zip(results) {
+                match outcome(r, &msgs[i]) {
                     Outcome::Done => {}
                     Outcome::Failed(e) => {
                         first_error.get_or_insert(e);
@@ -307,36 +328,24 @@ impl Publisher {
     }
 }
 
-async fn wait_confirm(
-    mut rx: oneshot::Receiver<Confirm>,
-    ch: &ConfirmChannel,
-    m: &Outgoing,
+fn outcome(
+    r: std::result::Result<Confirm, oneshot::error::RecvError>,
+    m: &Outgoing<'_>,
 ) -> Outcome {
-    loop {
-        tokio::select! {
-            r = &mut rx => {
-                return match r {
-                    Ok(Confirm::Ack) => Outcome::Done,
-                    Ok(Confirm::Nack) => Outcome::Failed(Error::Rejected(format!(
-                        "negative confirm for message `{}` to `{}` (a full queue with reject-publish, or a broker-side failure); retry later or raise the queue's max_length",
-                        m.id, m.routing_key
-                    ))),
-                    Ok(Confirm::Returned { code, text }) => {
-                        tracing::debug!(code, %text, id = %m.id, "message returned as unroutable");
-                        Outcome::Failed(Error::Unroutable {
-                            exchange: m.exchange.clone(),
-                            routing_key: m.routing_key.clone(),
-                        })
-                    }
-                    Err(_) => Outcome::Lost,
-                };
-            }
-            _ = tokio::time::sleep(Duration::from_millis(250)) => {
-                if !ch.channel.is_open() || !ch.channel.is_connection_open() {
-                    ch.state.fail_all();
-                }
-            }
+    match r {
+        Ok(Confirm::Ack) => Outcome::Done,
+        Ok(Confirm::Nack) => Outcome::Failed(Error::Rejected(format!(
+            "negative confirm for message `{}` to `{}` (a full queue with reject-publish, or a broker-side failure); retry later or raise the queue's max_length",
+            m.envelope.id, m.routing_key
+        ))),
+        Ok(Confirm::Returned { code, text }) => {
+            tracing::debug!(code, %text, id = %m.envelope.id, "message returned as unroutable");
+            Outcome::Failed(Error::Unroutable {
+                exchange: m.exchange.to_string(),
+                routing_key: m.routing_key.to_string(),
+            })
         }
+        Err(_) => Outcome::Lost,
     }
 }
 
