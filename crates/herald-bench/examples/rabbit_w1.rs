@@ -1,7 +1,8 @@
 //! Run W1 on RabbitMQ through Herald and raw amqprs, a quorum-queue run and the latency run.
 //!
-//! `cargo run --release -p herald-bench --example rabbit_w1 -- [events] [runs]`
-//! (defaults: 50000 events, 3 runs; medians are printed last).
+//! `cargo run --release -p herald-bench --example rabbit_w1 -- [events] [runs] [all|latency]`
+//! (defaults: 50000 events, 3 runs; medians are printed last; `latency` runs only the latency
+//! run, `events` at 1,000/s, `runs` times).
 
 use herald::QueueKind;
 use herald_bench::{latency_line, rabbit_w1, raw_amqprs, result_line, W1Figures};
@@ -26,6 +27,14 @@ async fn main() -> Result<(), String> {
     let args: Vec<String> = std::env::args().collect();
     let events: u64 = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(50_000);
     let runs: usize = args.get(2).and_then(|a| a.parse().ok()).unwrap_or(3).max(1);
+    let mode = args.get(3).map(String::as_str).unwrap_or("all");
+    if mode == "latency" {
+        for _ in 0..runs {
+            let lat = rabbit_w1::latency(events, 1_000).await?;
+            println!("{}", latency_line(&lat));
+        }
+        return Ok(());
+    }
     let (mut h, mut r, mut hq, mut rq) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for i in 0..runs {
         let raw = raw_amqprs::run(events, false).await?;
@@ -47,6 +56,8 @@ async fn main() -> Result<(), String> {
         "median of {runs}: {}",
         result_line("quorum", &median(hq), &median(rq))
     );
+    // Let the broker settle after the throughput runs (queue deletions, quorum WAL flushes).
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
     let lat = rabbit_w1::latency(5_000, 1_000).await?;
     println!("{}", latency_line(&lat));
     Ok(())
