@@ -169,3 +169,63 @@ async fn consumer_survives_its_queue_being_deleted() {
     t.close().await.unwrap();
     common::delete_queue_set(&exchange, &q).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quorum_queue_with_delayed_retry_and_dead_letters() {
+    use herald::transport::{Failure, Outcome};
+    let t = open("rt-quorum").await;
+    let (exchange, prefix) = names("quorum");
+    let mut q = QueueSpec::new(format!("{prefix}.a"), "q.#");
+    q.kind = herald::QueueKind::Quorum;
+    q.retry_delays = vec![Duration::from_millis(300)];
+    let mut topo = Topology::new(&exchange);
+    topo.add_queue(q.clone());
+    t.apply_topology(&topo).await.expect("quorum topology");
+    t.publish(&exchange, &[event("q.x", 1)], PublishOptions::default())
+        .await
+        .unwrap();
+    let cancel = CancellationToken::new();
+    let mut rx = t
+        .consume(&q, ConsumeOptions::default(), cancel.clone())
+        .await
+        .unwrap();
+    let d = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    let failure = Failure::now(&d.envelope, &q.name, "handler", "boom");
+    let started = Instant::now();
+    d.settle(Outcome::Retry {
+        delay: Duration::from_millis(300),
+        failure,
+    })
+    .await
+    .unwrap();
+    let d = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(started.elapsed() >= Duration::from_millis(250));
+    assert_eq!(d.envelope.attempt, 2);
+    assert_eq!(d.envelope.routing_key, "q.x");
+    let failure = Failure::now(&d.envelope, &q.name, "handler", "still broken");
+    d.settle(Outcome::DeadLetter(failure)).await.unwrap();
+    let mut dead = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while dead.is_empty() && Instant::now() < deadline {
+        dead = t.dead_letters(&q.name, 10).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].error(), "still broken");
+    assert_eq!(dead[0].envelope.routing_key, "q.x");
+    let stats = t.queue_stats().await.unwrap();
+    let s = stats
+        .iter()
+        .find(|s| s.queue == q.name)
+        .expect("stats for the queue");
+    assert_eq!(s.dead_letters, Some(1));
+    cancel.cancel();
+    t.close().await.unwrap();
+    common::delete_queue_set(&exchange, &q).await;
+}

@@ -6,8 +6,11 @@
 //!   plus `x-max-priority`, `x-message-ttl`, `x-max-length` with `x-overflow = reject-publish`
 //!   when configured; bound to `<x>` with each pattern.
 //! - `<q>.dlq`: the dead letters, bound to the direct exchange `<x>.dlx` with key `<q>`.
-//! - `<q>.retry.<n>ms` per delay level: `x-message-ttl = n`, dead-lettering through the default
-//!   exchange back to `<q>` only, so levels never block each other.
+//! - `<q>.retry.<n>ms` per delay level (classic, durable): `x-message-ttl = n`, dead-lettering
+//!   through the default exchange back to `<q>` only, so levels never block each other.
+//!
+//! Quorum work queues: RabbitMQ before 3.12 supports neither `x-message-ttl` nor per-message
+//! expiration on them, and no priorities; declare classic queues where those matter.
 //!
 //! Declarations are idempotent. A queue that exists with other arguments makes the broker answer
 //! `PRECONDITION_FAILED`; that becomes [`Error::TopologyConflict`] naming the differing argument.
@@ -239,7 +242,9 @@ pub(crate) async fn declare_queue_set(
     declare_queue(ch, slot, &dlq, durable, q.auto_delete, side_queue_args(q)).await?;
     bind(ch, slot, &dlq, &dlx, &q.name).await?;
     for level in cfg.retry_levels(&q.retry_delays) {
-        let mut args = side_queue_args(q);
+        // Always classic: quorum queues before RabbitMQ 3.12 ignore message TTL, and a retry
+        // level is only a waiting room whose messages are also in no other queue.
+        let mut args = FieldTable::new();
         put(&mut args, "x-message-ttl", ms(level));
         put(&mut args, "x-dead-letter-exchange", FieldValue::from(""));
         put(
