@@ -100,11 +100,18 @@ impl RabbitConfig {
             decode(path)
         };
         let mut heartbeat = self.heartbeat;
+        let (mut cacert, mut cert, mut key) = (None, None, None);
         for (k, v) in url.query_pairs() {
-            if k == "heartbeat" {
-                heartbeat = v
-                    .parse()
-                    .map_err(|_| invalid("heartbeat must be a number of seconds"))?;
+            match k.as_ref() {
+                "heartbeat" => {
+                    heartbeat = v
+                        .parse()
+                        .map_err(|_| invalid("heartbeat must be a number of seconds"))?
+                }
+                "cacertfile" => cacert = Some(v.into_owned()),
+                "certfile" => cert = Some(v.into_owned()),
+                "keyfile" => key = Some(v.into_owned()),
+                _ => {}
             }
         }
         let mut args = OpenConnectionArguments::new(host, port, &user, &password);
@@ -112,9 +119,14 @@ impl RabbitConfig {
             .heartbeat(heartbeat)
             .connection_name(&format!("{} herald {role}", self.service));
         if tls {
+            #[cfg(feature = "rabbitmq-tls")]
+            args.tls_adaptor(tls_adaptor(host, cacert, cert, key).map_err(|r| invalid(&r))?);
+            #[cfg(not(feature = "rabbitmq-tls"))]
             return Err(invalid(
-                "amqps:// is not supported by this build yet; use amqp:// through a TLS-terminating proxy or sidecar",
+                "amqps:// needs Herald built with the `rabbitmq-tls` feature",
             ));
+        } else if cacert.is_some() || cert.is_some() || key.is_some() {
+            return Err(invalid("certificate options need an amqps:// URL"));
         }
         Ok(args.finish())
     }
@@ -144,6 +156,32 @@ impl RabbitConfig {
         levels.dedup();
         levels
     }
+}
+
+/// rustls for `amqps://`: the system's webpki roots, or `cacertfile`; a client certificate with
+/// `certfile` + `keyfile`.
+#[cfg(feature = "rabbitmq-tls")]
+fn tls_adaptor(
+    host: &str,
+    cacert: Option<String>,
+    cert: Option<String>,
+    key: Option<String>,
+) -> std::result::Result<amqprs::tls::TlsAdaptor, String> {
+    use std::path::Path;
+    // rustls needs a process-wide crypto provider; install ring unless one already is.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let ca = cacert.as_deref().map(Path::new);
+    let adaptor = match (cert, key) {
+        (Some(c), Some(k)) => amqprs::tls::TlsAdaptor::with_client_auth(
+            ca,
+            Path::new(&c),
+            Path::new(&k),
+            host.to_string(),
+        ),
+        (None, None) => amqprs::tls::TlsAdaptor::without_client_auth(ca, host.to_string()),
+        _ => return Err("certfile and keyfile go together".into()),
+    };
+    adaptor.map_err(|e| format!("TLS setup failed: {e}; check cacertfile/certfile/keyfile"))
 }
 
 /// The level a retry with `delay` goes through: the smallest level at least `delay`, or the
@@ -177,6 +215,27 @@ mod tests {
         let b = c.open_args("amqp://localhost", "x").unwrap();
         assert_eq!(b.get_virtual_host(), "/");
         assert_eq!(b.get_port(), 5672);
+    }
+
+    #[test]
+    fn amqps_needs_the_tls_feature_or_builds_rustls() {
+        let c = RabbitConfig::new(vec![], "svc");
+        let r = c.open_args("amqps://u:p@broker.example:5671/%2f", "publisher");
+        #[cfg(feature = "rabbitmq-tls")]
+        {
+            let a = r.expect("rustls adaptor with webpki roots");
+            assert_eq!(a.get_port(), 5671);
+            assert!(a.get_tls_adaptor().is_some());
+            assert!(c
+                .open_args(
+                    "amqps://broker.example/?cacertfile=/nonexistent/ca.pem",
+                    "x"
+                )
+                .is_err());
+        }
+        #[cfg(not(feature = "rabbitmq-tls"))]
+        assert!(matches!(r, Err(Error::InvalidUrl { .. })));
+        assert!(c.open_args("amqp://h/?cacertfile=/x.pem", "x").is_err());
     }
 
     #[test]

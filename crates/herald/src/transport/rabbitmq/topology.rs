@@ -154,11 +154,7 @@ pub(crate) fn work_queue_args(exchange: &str, q: &QueueSpec) -> FieldTable {
         if q.kind == QueueKind::Quorum {
             tracing::warn!(queue = %q.name, "quorum queues ignore max_priority; declare a classic queue for priorities");
         } else {
-            put(
-                &mut t,
-                "x-max-priority",
-                FieldValue::l(i64::from(p.min(255))),
-            );
+            put(&mut t, "x-max-priority", FieldValue::l(i64::from(p)));
         }
     }
     if let Some(ttl) = q.message_ttl {
