@@ -229,3 +229,34 @@ async fn quorum_queue_with_delayed_retry_and_dead_letters() {
     t.close().await.unwrap();
     common::delete_queue_set(&exchange, &q).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publishing_to_a_missing_exchange_fails_fast() {
+    let t = open("rt-missing").await;
+    let (exchange, _) = names("missing");
+    let started = Instant::now();
+    let err = t
+        .publish(&exchange, &[event("a.b", 1)], PublishOptions::default())
+        .await
+        .expect_err("no such exchange");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "took {:?}",
+        started.elapsed()
+    );
+    assert!(err.to_string().contains("404"), "got {err}");
+    // The transport still works afterwards.
+    let long = "x".repeat(300);
+    let err = t
+        .publish(&long, &[event("a.b", 1)], PublishOptions::default())
+        .await
+        .expect_err("too long");
+    assert!(matches!(err, Error::Config(_)), "got {err}");
+    assert!(t.is_connected());
+    t.close().await.unwrap();
+    assert!(matches!(
+        t.publish(&exchange, &[event("a.b", 1)], PublishOptions::default())
+            .await,
+        Err(Error::Closed)
+    ));
+}

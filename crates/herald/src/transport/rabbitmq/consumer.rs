@@ -378,7 +378,11 @@ pub(crate) async fn subscribe(
         return Err(topology::broker_error(e, &slot, queue, "setting prefetch on").await);
     }
     let id = uuid::Uuid::new_v4().simple().to_string();
-    let tag = format!("{service}.{queue}.{}", &id[..8]);
+    let mut tag: String = format!("{service}.{queue}");
+    if tag.len() > 200 {
+        tag = tag.chars().take(100).collect();
+    }
+    let tag = format!("{tag}.{}", &id[..8]);
     let mut args = BasicConsumeArguments::new(queue, &tag);
     args.manual_ack(true);
     match channel.basic_consume_rx(args.finish()).await {

@@ -45,6 +45,35 @@ use crate::transport::{
     reset_for_replay, ConsumeOptions, DeadLetter, Delivery, PublishOptions, QueueStats, Transport,
 };
 
+/// AMQP names (exchanges, queues, routing keys) are short strings: at most 255 bytes.
+fn check_name(name: &str, what: &str) -> Result<()> {
+    if name.len() > 255 {
+        let start: String = name.chars().take(40).collect();
+        return Err(Error::Config(format!(
+            "{what} `{start}...` is {} bytes; AMQP allows at most 255, use a shorter name",
+            name.len()
+        )));
+    }
+    Ok(())
+}
+
+fn check_topology(topo: &Topology, cfg: &RabbitConfig) -> Result<()> {
+    check_name(
+        &crate::topology::dead_letter_exchange_name(&topo.exchange),
+        "exchange name",
+    )?;
+    for q in &topo.queues {
+        check_name(&q.dead_letter_queue(), "queue name")?;
+        for level in cfg.retry_levels(&q.retry_delays) {
+            check_name(&q.retry_queue(level), "queue name")?;
+        }
+        for b in &q.bindings {
+            check_name(b, "binding pattern")?;
+        }
+    }
+    Ok(())
+}
+
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
@@ -135,6 +164,8 @@ impl RabbitTransport {
         timeout: Duration,
     ) -> Result<Envelope> {
         self.check_open()?;
+        check_name(exchange, "exchange name")?;
+        check_name(&request.routing_key, "routing key")?;
         let session = self.shared.publish_link.session(self.deadline()).await?;
         let requester = {
             let mut slot = self.shared.requester.lock().await;
@@ -263,6 +294,7 @@ impl Transport for RabbitTransport {
 
     async fn apply_topology(&self, topo: &Topology) -> Result<()> {
         self.check_open()?;
+        check_topology(topo, &self.shared.cfg)?;
         let session = self.shared.publish_link.session(self.deadline()).await?;
         topology::declare(&session.conn, topo, &self.shared.cfg).await?;
         let mut known = lock(&self.shared.topologies);
@@ -280,6 +312,10 @@ impl Transport for RabbitTransport {
         options: PublishOptions,
     ) -> Result<()> {
         self.check_open()?;
+        check_name(exchange, "exchange name")?;
+        for e in batch {
+            check_name(&e.routing_key, "routing key")?;
+        }
         let out: Vec<Outgoing> = batch
             .iter()
             .map(|e| Outgoing {
@@ -300,6 +336,7 @@ impl Transport for RabbitTransport {
         cancel: CancellationToken,
     ) -> Result<mpsc::Receiver<Delivery>> {
         self.check_open()?;
+        check_name(&queue.name, "queue name")?;
         let prefetch = options.prefetch.max(1);
         let session = self.shared.consume_link.session(self.deadline()).await?;
         let first = consumer::subscribe(

@@ -52,6 +52,8 @@ struct Pending {
 struct ConfirmState {
     pending: Mutex<BTreeMap<u64, Pending>>,
     closed: AtomicBool,
+    /// Why the broker closed the channel, when it did (e.g. 404 for a missing exchange).
+    close_reason: Mutex<Option<(u16, String)>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -106,6 +108,7 @@ impl ChannelCallback for ConfirmCallback {
         _channel: &Channel,
         close: CloseChannel,
     ) -> std::result::Result<(), amqprs::error::Error> {
+        *lock(&self.0.close_reason) = Some((close.reply_code(), close.reply_text().clone()));
         tracing::warn!(code = close.reply_code(), reason = %close.reply_text(), "the broker closed a publishing channel; unconfirmed messages are published again");
         self.0.fail_all();
         Ok(())
@@ -265,6 +268,7 @@ impl Publisher {
         let deadline = Instant::now() + self.cfg.outage_timeout;
         let mut todo: Vec<usize> = (0..msgs.len()).collect();
         let mut first_error: Option<Error> = None;
+        let mut broker_closes = 0u32;
         while !todo.is_empty() {
             self.link.wait_unblocked(deadline).await?;
             let ch = self.channel(deadline).await?;
@@ -310,6 +314,24 @@ impl Publisher {
                 }
             }
             again.sort_unstable();
+            if !again.is_empty() {
+                // A channel the broker closed twice for this call (a missing exchange, access
+                // refused) will not get better by publishing again.
+                if let Some((code, text)) = lock(&ch.state.close_reason).clone() {
+                    broker_closes += 1;
+                    if broker_closes >= 2 {
+                        let hint = if code == 404 {
+                            "; declare the exchange first (apply the topology)"
+                        } else {
+                            ""
+                        };
+                        return Err(Error::transport(
+                            "rabbitmq",
+                            format!("the broker refused the publish: {code} {text}{hint}"),
+                        ));
+                    }
+                }
+            }
             todo = again;
             if !todo.is_empty() {
                 if Instant::now() >= deadline {
