@@ -17,6 +17,9 @@ use tokio_util::sync::CancellationToken;
 mod common;
 
 const TOTAL: u32 = 20_000;
+
+/// The tests here disturb the whole broker: run them one at a time.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 const BATCH: usize = 100;
 
 /// Makes sure the broker app is started again, even when the test panics.
@@ -37,6 +40,7 @@ async fn transport(service: &str) -> RabbitTransport {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_event_lost_through_connection_kills_and_broker_restart() {
+    let _serial = SERIAL.lock().await;
     let _guard = StartAppGuard;
     common::wait_for_broker(Duration::from_secs(60)).await;
     let id = uuid::Uuid::new_v4().simple().to_string();
@@ -167,4 +171,89 @@ async fn no_event_lost_through_connection_kills_and_broker_restart() {
     let _ = publisher.close().await;
     common::delete_queue_set(&exchange, &queue).await;
     assert_eq!(lost, 0, "lost events: {lost} (duplicates {duplicates})");
+}
+
+/// Puts the memory watermark back, even when the test panics.
+struct WatermarkGuard;
+
+impl Drop for WatermarkGuard {
+    fn drop(&mut self) {
+        common::rabbitmqctl(&["set_vm_memory_high_watermark", "0.4"]);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_alarm_blocks_publishers_but_not_consumers() {
+    let _serial = SERIAL.lock().await;
+    common::wait_for_broker(Duration::from_secs(60)).await;
+    let id = uuid::Uuid::new_v4().simple().to_string();
+    let exchange = format!("alarm.{}", &id[..8]);
+    let queue = QueueSpec::new(format!("alarm-{}.work", &id[..8]), "alarm.#");
+    let mut topo = Topology::new(&exchange);
+    topo.add_queue(queue.clone());
+    let t = transport("alarm").await;
+    t.apply_topology(&topo).await.expect("topology");
+    let event = |n: u32| {
+        let body = serde_json::to_vec(&serde_json::json!({ "n": n })).unwrap();
+        Envelope::new("alarm.event", 1, "alarm.event", "alarm", Bytes::from(body))
+    };
+    let before: Vec<Envelope> = (0..10).map(event).collect();
+    t.publish(&exchange, &before, PublishOptions::default())
+        .await
+        .expect("publish before the alarm");
+
+    let _guard = WatermarkGuard;
+    assert!(common::rabbitmqctl(&[
+        "set_vm_memory_high_watermark",
+        "0.000001"
+    ]));
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    // A publish now waits (back-pressure) instead of failing or buffering without bound...
+    let blocked = {
+        let t = t.clone();
+        let exchange = exchange.clone();
+        tokio::spawn(async move {
+            t.publish(&exchange, &[event(99)], PublishOptions::default())
+                .await
+        })
+    };
+    // ...while the consumer, on its own connection, keeps receiving.
+    let cancel = CancellationToken::new();
+    let mut rx = t
+        .consume(&queue, ConsumeOptions::default(), cancel.clone())
+        .await
+        .expect("consume during the alarm");
+    for _ in 0..10 {
+        let d = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+            .await
+            .expect("consumers are not blocked by a publishing alarm")
+            .expect("delivery");
+        d.ack().await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(
+        !blocked.is_finished(),
+        "the publish waits while the broker blocks publishing"
+    );
+    assert!(common::rabbitmqctl(&[
+        "set_vm_memory_high_watermark",
+        "0.4"
+    ]));
+    let published = tokio::time::timeout(Duration::from_secs(30), blocked)
+        .await
+        .expect("the publish completes once the alarm clears")
+        .expect("task");
+    published.expect("publish after the alarm");
+    let d = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+        .await
+        .expect("in time")
+        .expect("delivery");
+    assert_eq!(
+        serde_json::from_slice::<serde_json::Value>(&d.envelope.body).unwrap()["n"],
+        99
+    );
+    d.ack().await.unwrap();
+    cancel.cancel();
+    t.close().await.unwrap();
+    common::delete_queue_set(&exchange, &queue).await;
 }
