@@ -28,6 +28,20 @@ async fn main() -> Result<(), String> {
     let events: u64 = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(50_000);
     let runs: usize = args.get(2).and_then(|a| a.parse().ok()).unwrap_or(3).max(1);
     let mode = args.get(3).map(String::as_str).unwrap_or("all");
+    if mode == "herald" || mode == "raw" {
+        for _ in 0..runs {
+            let f = if mode == "herald" {
+                rabbit_w1::run(events, QueueKind::Classic).await?
+            } else {
+                raw_amqprs::run(events, false).await?
+            };
+            println!(
+                "{mode}: eps={:.0} cpu_us_per_event={:.1}",
+                f.eps, f.cpu_us_per_event
+            );
+        }
+        return Ok(());
+    }
     if mode == "latency" {
         for _ in 0..runs {
             let lat = rabbit_w1::latency(events, 1_000).await?;

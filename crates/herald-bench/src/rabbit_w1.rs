@@ -34,6 +34,12 @@ async fn setup(
     queue.retry_delays = vec![Duration::from_secs(1)];
     let mut cfg = RabbitConfig::new(vec![url()], "bench");
     cfg.confirm_window = 256;
+    if let Some(n) = std::env::var("HERALD_BENCH_CHANNELS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        cfg.publish_channels = n;
+    }
     let publisher = RabbitTransport::connect(cfg.clone())
         .await
         .map_err(|e| e.to_string())?;

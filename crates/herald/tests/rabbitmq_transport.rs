@@ -260,3 +260,34 @@ async fn publishing_to_a_missing_exchange_fails_fast() {
         Err(Error::Closed)
     ));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_urls_are_tried_in_turn() {
+    common::wait_for_broker(Duration::from_secs(60)).await;
+    // The first "node" refuses connections; the transport moves on to the next URL.
+    let urls = vec![
+        "amqp://guest:guest@127.0.0.1:1/%2f".to_string(),
+        common::amqp_url(),
+    ];
+    let t = RabbitTransport::connect(RabbitConfig::new(urls, "rt-cluster"))
+        .await
+        .expect("connects through the second URL");
+    assert!(t.is_connected());
+    t.close().await.unwrap();
+    assert!(!t.is_connected());
+    // No URL answers: a clear error after the outage timeout, naming no password.
+    let mut cfg = RabbitConfig::new(
+        vec!["amqp://guest:s3cret@127.0.0.1:1/%2f".into()],
+        "rt-down",
+    );
+    cfg.outage_timeout = Duration::from_millis(500);
+    let err = match RabbitTransport::connect(cfg).await {
+        Ok(_) => panic!("nothing listens on port 1"),
+        Err(e) => e,
+    };
+    assert!(matches!(err, Error::Unavailable { .. }), "got {err}");
+    assert!(
+        !err.to_string().contains("s3cret"),
+        "password leaked: {err}"
+    );
+}

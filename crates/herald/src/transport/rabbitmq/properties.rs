@@ -38,7 +38,9 @@ pub(crate) fn to_properties(e: &Envelope, routing_key_header: bool) -> BasicProp
         }
     }
     for (k, v) in e.wire_headers() {
-        put(&mut headers, k, &v);
+        if let Some(n) = name(k) {
+            headers.insert(n, FieldValue::from(v));
+        }
     }
     if routing_key_header {
         put(&mut headers, ROUTING_KEY_HEADER, &e.routing_key);
