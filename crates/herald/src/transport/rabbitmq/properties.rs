@@ -151,32 +151,28 @@ pub(crate) fn from_message(
         .or_else(|| death.as_ref().and_then(|d| d.routing_key.clone()))
         .unwrap_or_else(|| routing_key.to_string());
     // Fill CloudEvents attributes a foreign publisher left out from the standard properties.
-    let fill = |map: &mut BTreeMap<String, String>, k: &str, v: Option<String>| {
-        if let Some(v) = v {
-            map.entry(k.to_string()).or_insert(v);
+    fn fill(map: &mut BTreeMap<String, String>, k: &str, v: impl FnOnce() -> Option<String>) {
+        if !map.contains_key(k) {
+            if let Some(v) = v() {
+                map.insert(k.to_string(), v);
+            }
         }
-    };
-    fill(&mut map, header::ID, props.message_id().cloned());
-    fill(&mut map, header::TYPE, props.message_type().cloned());
-    fill(&mut map, header::SOURCE, props.app_id().cloned());
-    fill(
-        &mut map,
-        header::CONTENT_TYPE,
-        props.content_type().cloned(),
-    );
-    fill(
-        &mut map,
-        header::CORRELATION_ID,
-        props.correlation_id().cloned(),
-    );
-    fill(
-        &mut map,
-        header::TIME,
+    }
+    fill(&mut map, header::ID, || props.message_id().cloned());
+    fill(&mut map, header::TYPE, || props.message_type().cloned());
+    fill(&mut map, header::SOURCE, || props.app_id().cloned());
+    fill(&mut map, header::CONTENT_TYPE, || {
+        props.content_type().cloned()
+    });
+    fill(&mut map, header::CORRELATION_ID, || {
+        props.correlation_id().cloned()
+    });
+    fill(&mut map, header::TIME, || {
         props
             .timestamp()
             .and_then(|t| Utc.timestamp_opt(t as i64, 0).single())
-            .map(|t| format_time(&t)),
-    );
+            .map(|t| format_time(&t))
+    });
     if let Some(r) = props.reply_to() {
         map.insert(super::request_reply::REPLY_TO_HEADER.to_string(), r.clone());
     }
