@@ -33,7 +33,7 @@ async fn main() -> Result<(), String> {
             let f = if mode == "herald" {
                 rabbit_w1::run(events, QueueKind::Classic).await?
             } else {
-                raw_amqprs::run(events, false).await?
+                raw_amqprs::run(events, false, false).await?
             };
             println!(
                 "{mode}: eps={:.0} cpu_us_per_event={:.1}",
@@ -49,26 +49,33 @@ async fn main() -> Result<(), String> {
         }
         return Ok(());
     }
-    let (mut h, mut r, mut hq, mut rq) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut h, mut r, mut rw, mut hq, mut rq) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for i in 0..runs {
-        let raw = raw_amqprs::run(events, false).await?;
+        let raw = raw_amqprs::run(events, false, false).await?;
         let herald = rabbit_w1::run(events, QueueKind::Classic).await?;
-        println!("run {i}: {}", result_line("classic", &herald, &raw));
+        let raw_wire = raw_amqprs::run(events, false, true).await?;
+        println!(
+            "run {i}: {}",
+            result_line("classic", &herald, &raw, Some(&raw_wire))
+        );
         r.push(raw);
         h.push(herald);
-        let rawq = raw_amqprs::run(events, true).await?;
+        rw.push(raw_wire);
+        let rawq = raw_amqprs::run(events, true, false).await?;
         let heraldq = rabbit_w1::run(events, QueueKind::Quorum).await?;
-        println!("run {i}: {}", result_line("quorum", &heraldq, &rawq));
+        println!("run {i}: {}", result_line("quorum", &heraldq, &rawq, None));
         rq.push(rawq);
         hq.push(heraldq);
     }
+    let (h, r, rw) = (median(h), median(r), median(rw));
     println!(
         "median of {runs}: {}",
-        result_line("classic", &median(h), &median(r))
+        result_line("classic", &h, &r, Some(&rw))
     );
     println!(
         "median of {runs}: {}",
-        result_line("quorum", &median(hq), &median(rq))
+        result_line("quorum", &median(hq), &median(rq), None)
     );
     // Let the broker settle after the throughput runs (queue deletions, quorum WAL flushes).
     tokio::time::sleep(std::time::Duration::from_secs(3)).await;

@@ -71,8 +71,10 @@ async fn open(name: &str) -> BenchResult<Connection> {
     Ok(conn)
 }
 
-/// Run W1 with `events` events on a classic (or quorum) queue.
-pub async fn run(events: u64, quorum: bool) -> BenchResult<W1Figures> {
+/// Run W1 with `events` events on a classic (or quorum) queue. With `with_headers`, each message
+/// carries the same CloudEvents headers and properties Herald writes (the same wire format), which
+/// separates the cost of the wire format from the cost of the client.
+pub async fn run(events: u64, quorum: bool, with_headers: bool) -> BenchResult<W1Figures> {
     let queue = run_name("bench-raw");
     let exchange = format!("{queue}.x");
     let pub_conn = open("bench raw publisher").await?;
@@ -164,6 +166,20 @@ pub async fn run(events: u64, quorum: bool) -> BenchResult<W1Figures> {
     for n in 0..events {
         permits.acquire().await.map_err(|e| e.to_string())?.forget();
         let mut props = BasicProperties::default();
+        if with_headers {
+            let e = herald::Envelope::new("w1.event", 1, "w1.event", "bench", Default::default());
+            let mut t = FieldTable::new();
+            for (k, v) in e.wire_headers() {
+                if let Ok(k) = k.try_into() {
+                    t.insert(k, FieldValue::from(v));
+                }
+            }
+            props
+                .with_headers(t)
+                .with_message_type(&e.event_type)
+                .with_app_id(&e.source)
+                .with_timestamp(e.time.timestamp() as u64);
+        }
         props
             .with_persistence(true)
             .with_content_type("application/json")
