@@ -40,18 +40,34 @@ pub struct LatencyFigures {
     pub max_ms: f64,
 }
 
-/// The W1 result line: Herald and raw amqprs side by side.
-pub fn result_line(queue_kind: &str, herald: &W1Figures, raw: &W1Figures) -> String {
-    let ratio = if raw.eps > 0.0 {
-        herald.eps / raw.eps
-    } else {
-        0.0
-    };
-    format!(
-        "RESULT workload=w1 transport=rabbitmq queue={queue_kind} events={} herald_eps={:.0} raw_eps={:.0} ratio={:.2} cpu_us_per_event={:.1} raw_cpu_us_per_event={:.1} herald_publish_s={:.2} raw_publish_s={:.2}",
-        herald.events, herald.eps, raw.eps, ratio, herald.cpu_us_per_event, raw.cpu_us_per_event,
-        herald.publish_elapsed.as_secs_f64(), raw.publish_elapsed.as_secs_f64()
-    )
+/// The W1 result line: Herald and raw amqprs side by side. `raw` is the bare baseline (body and
+/// a few properties); `raw_same_wire`, when given, is raw amqprs sending Herald's wire format
+/// (the CloudEvents headers), reported as `raw_wire_eps` and `ratio_same_wire`.
+pub fn result_line(
+    queue_kind: &str,
+    herald: &W1Figures,
+    raw: &W1Figures,
+    raw_same_wire: Option<&W1Figures>,
+) -> String {
+    let ratio = |a: f64, b: f64| if b > 0.0 { a / b } else { 0.0 };
+    let mut line = format!(
+        "RESULT workload=w1 transport=rabbitmq queue={queue_kind} events={} herald_eps={:.0} raw_eps={:.0} ratio={:.2} cpu_us_per_event={:.1} raw_cpu_us_per_event={:.1}",
+        herald.events,
+        herald.eps,
+        raw.eps,
+        ratio(herald.eps, raw.eps),
+        herald.cpu_us_per_event,
+        raw.cpu_us_per_event,
+    );
+    if let Some(w) = raw_same_wire {
+        line.push_str(&format!(
+            " raw_wire_eps={:.0} ratio_same_wire={:.2} raw_wire_cpu_us_per_event={:.1}",
+            w.eps,
+            ratio(herald.eps, w.eps),
+            w.cpu_us_per_event
+        ));
+    }
+    line
 }
 
 /// The latency result line.
