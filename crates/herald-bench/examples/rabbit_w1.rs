@@ -68,6 +68,23 @@ async fn main() -> Result<(), String> {
         rq.push(rawq);
         hq.push(heraldq);
     }
+    // The machine is shared: the ratio of each run (Herald and raw side by side, same load) is
+    // steadier than the ratio of medians taken from different runs.
+    let ratios = |a: &[W1Figures], b: &[W1Figures]| {
+        let mut v: Vec<f64> = a
+            .iter()
+            .zip(b)
+            .map(|(x, y)| x.eps / y.eps.max(1e-9))
+            .collect();
+        v.sort_by(|x, y| x.partial_cmp(y).unwrap_or(std::cmp::Ordering::Equal));
+        v[v.len() / 2]
+    };
+    println!(
+        "RESULT median_run_ratio classic={:.2} classic_same_wire={:.2} quorum={:.2}",
+        ratios(&h, &r),
+        ratios(&h, &rw),
+        ratios(&hq, &rq)
+    );
     let (h, r, rw) = (median(h), median(r), median(rw));
     println!(
         "median of {runs}: {}",
