@@ -45,15 +45,26 @@ pub(crate) fn to_properties(e: &Envelope, routing_key_header: bool) -> BasicProp
     if routing_key_header {
         put(&mut headers, ROUTING_KEY_HEADER, &e.routing_key);
     }
+    // Short-string properties hold at most 255 bytes (amqprs panics beyond); longer values still
+    // travel in the CloudEvents headers.
+    let fits = |v: &str| v.len() <= 255;
     let mut p = BasicProperties::default();
-    p.with_content_type(&e.content_type)
-        .with_persistence(true)
-        .with_message_id(&e.id)
+    p.with_persistence(true)
         .with_timestamp(e.time.timestamp().max(0) as u64)
-        .with_message_type(&e.event_type)
-        .with_app_id(&e.source)
         .with_headers(headers);
-    if let Some(c) = &e.correlation_id {
+    if fits(&e.content_type) {
+        p.with_content_type(&e.content_type);
+    }
+    if fits(&e.id) {
+        p.with_message_id(&e.id);
+    }
+    if fits(&e.event_type) {
+        p.with_message_type(&e.event_type);
+    }
+    if fits(&e.source) {
+        p.with_app_id(&e.source);
+    }
+    if let Some(c) = e.correlation_id.as_deref().filter(|c| fits(c)) {
         p.with_correlation_id(c);
     }
     if e.priority > 0 {
@@ -62,7 +73,8 @@ pub(crate) fn to_properties(e: &Envelope, routing_key_header: bool) -> BasicProp
     if let Some(ttl) = e.ttl {
         p.with_expiration(&ttl.as_millis().max(1).to_string());
     }
-    p.finish()
+    // Not `finish()`: it clones the whole property set, headers included.
+    p
 }
 
 /// A header value as a string, for the values that are scalars.
@@ -241,6 +253,18 @@ mod tests {
     }
 
     #[test]
+    fn long_values_do_not_panic() {
+        let mut e = Envelope::new("a.b", 1, "a.b", "svc", Bytes::new());
+        e.id = "i".repeat(300);
+        e.correlation_id = Some("c".repeat(300));
+        let p = to_properties(&e, false);
+        assert!(p.message_id().is_none());
+        let (back, _) = from_message("a.b", &p, Vec::new());
+        assert_eq!(back.id, e.id);
+        assert_eq!(back.correlation_id, e.correlation_id);
+    }
+
+    #[test]
     fn foreign_message_uses_standard_properties() {
         let mut p = BasicProperties::default();
         p.with_message_id("m1")
@@ -250,5 +274,40 @@ mod tests {
         assert_eq!(e.id, "m1");
         assert_eq!(e.event_type, "user.registered");
         assert_eq!(e.source, "py");
+    }
+}
+
+#[cfg(test)]
+mod speed {
+    use super::*;
+
+    /// `cargo test --release ... properties::speed -- --ignored --nocapture`
+    #[test]
+    #[ignore]
+    fn encode_decode_cost() {
+        let n = 100_000;
+        let body = Bytes::from(vec![b'x'; 200]);
+        let envs: Vec<Envelope> = (0..n)
+            .map(|_| Envelope::new("w1.event", 1, "w1.event", "bench", body.clone()))
+            .collect();
+        let t = std::time::Instant::now();
+        let props: Vec<BasicProperties> = envs.iter().map(|e| to_properties(e, false)).collect();
+        let enc = t.elapsed();
+        let t = std::time::Instant::now();
+        for p in &props {
+            let _ = from_message("w1.event", p, b"{}".to_vec());
+        }
+        let dec = t.elapsed();
+        let t = std::time::Instant::now();
+        for _ in 0..n {
+            let _ = Envelope::new("w1.event", 1, "w1.event", "bench", body.clone());
+        }
+        let new = t.elapsed();
+        println!(
+            "to_properties {:.2} us, from_message {:.2} us, Envelope::new {:.2} us",
+            enc.as_secs_f64() * 1e6 / n as f64,
+            dec.as_secs_f64() * 1e6 / n as f64,
+            new.as_secs_f64() * 1e6 / n as f64
+        );
     }
 }
