@@ -241,8 +241,9 @@ impl RabbitTransport {
         queue: &str,
         mut pick: impl FnMut(&Envelope) -> bool,
     ) -> Result<(Channel, Vec<(u64, Envelope)>)> {
-        let (ch, slot) = self.admin_channel().await?;
         let dlq = dead_letter_queue_name(queue);
+        check_name(&dlq, "dead-letter queue name")?;
+        let (ch, slot) = self.admin_channel().await?;
         let mut picked = Vec::new();
         loop {
             match ch.basic_get(BasicGetArguments::new(&dlq)).await {
@@ -433,6 +434,7 @@ impl Transport for RabbitTransport {
     async fn purge_dead_letters(&self, queue: &str, ids: Option<&[String]>) -> Result<u64> {
         self.check_open()?;
         let dlq = dead_letter_queue_name(queue);
+        check_name(&dlq, "dead-letter queue name")?;
         if ids.is_none() {
             let (ch, slot) = self.admin_channel().await?;
             let n = match ch.queue_purge(QueuePurgeArguments::new(&dlq)).await {
