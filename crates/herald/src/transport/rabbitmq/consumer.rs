@@ -458,6 +458,11 @@ impl ConsumerTask {
                         self.stop(&channel, &tag, &mut rx, epoch).await;
                         break 'outer;
                     }
+                    // The receiver was dropped: stop consuming, the broker keeps the rest.
+                    _ = self.tx.closed() => {
+                        self.stop(&channel, &tag, &mut rx, epoch).await;
+                        break 'outer;
+                    }
                     m = rx.recv() => m,
                 };
                 let Some(msg) = msg else {
