@@ -44,8 +44,9 @@ async fn main() -> Result<(), String> {
     }
     if mode == "latency" {
         for _ in 0..runs {
+            let raw = raw_amqprs::latency(events, 1_000).await?;
             let lat = rabbit_w1::latency(events, 1_000).await?;
-            println!("{}", latency_line(&lat));
+            println!("{}", latency_line(&lat, Some(&raw)));
         }
         return Ok(());
     }
@@ -96,7 +97,8 @@ async fn main() -> Result<(), String> {
     );
     // Let the broker settle after the throughput runs (queue deletions, quorum WAL flushes).
     tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    let raw = raw_amqprs::latency(5_000, 1_000).await?;
     let lat = rabbit_w1::latency(5_000, 1_000).await?;
-    println!("{}", latency_line(&lat));
+    println!("{}", latency_line(&lat, Some(&raw)));
     Ok(())
 }

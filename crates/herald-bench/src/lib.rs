@@ -70,12 +70,20 @@ pub fn result_line(
     line
 }
 
-/// The latency result line.
-pub fn latency_line(l: &LatencyFigures) -> String {
-    format!(
+/// The latency result line; `raw` (plain amqprs, same run conditions) is printed beside it when
+/// given, to show what the broker and the machine add on their own.
+pub fn latency_line(l: &LatencyFigures, raw: Option<&LatencyFigures>) -> String {
+    let mut line = format!(
         "RESULT workload=latency transport=rabbitmq events={} rate={} p50_ms={:.2} p99_ms={:.2} max_ms={:.2}",
         l.events, l.rate, l.p50_ms, l.p99_ms, l.max_ms
-    )
+    );
+    if let Some(r) = raw {
+        line.push_str(&format!(
+            " raw_p50_ms={:.2} raw_p99_ms={:.2} raw_max_ms={:.2}",
+            r.p50_ms, r.p99_ms, r.max_ms
+        ));
+    }
+    line
 }
 
 /// CPU time (user + system) this process has used so far.

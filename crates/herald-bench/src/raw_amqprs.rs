@@ -210,3 +210,107 @@ pub async fn run(events: u64, quorum: bool, with_headers: bool) -> BenchResult<W
     }
     Ok(figures)
 }
+
+/// The latency run on plain amqprs: `events` events at `rate` per second, publish to handler.
+/// Same shape as [`crate::rabbit_w1::latency`], as a baseline for what the broker and the
+/// machine add.
+pub async fn latency(events: u64, rate: u64) -> BenchResult<crate::LatencyFigures> {
+    use std::time::{Duration, Instant};
+    let queue = run_name("bench-rawlat");
+    let pub_conn = open("bench raw latency publisher").await?;
+    let con_conn = open("bench raw latency consumer").await?;
+    let admin = pub_conn
+        .open_channel(None)
+        .await
+        .map_err(|e| e.to_string())?;
+    admin
+        .queue_declare(QueueDeclareArguments::new(&queue).durable(true).finish())
+        .await
+        .map_err(|e| e.to_string())?;
+    let con_ch = con_conn
+        .open_channel(None)
+        .await
+        .map_err(|e| e.to_string())?;
+    con_ch
+        .basic_qos(BasicQosArguments::new(0, 200, false))
+        .await
+        .map_err(|e| e.to_string())?;
+    let (_tag, mut rx) = con_ch
+        .basic_consume_rx(
+            BasicConsumeArguments::new(&queue, "bench-rawlat")
+                .manual_ack(true)
+                .finish(),
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+    let pub_ch = pub_conn
+        .open_channel(None)
+        .await
+        .map_err(|e| e.to_string())?;
+    let permits = Arc::new(Semaphore::new(256));
+    pub_ch
+        .register_callback(Window {
+            permits: permits.clone(),
+            confirmed: 0,
+        })
+        .await
+        .map_err(|e| e.to_string())?;
+    pub_ch
+        .confirm_select(ConfirmSelectArguments::new(false))
+        .await
+        .map_err(|e| e.to_string())?;
+    let origin = Instant::now();
+    let consumer = tokio::spawn(async move {
+        let mut lat = Vec::with_capacity(events as usize);
+        while (lat.len() as u64) < events {
+            let Some(m) = rx.recv().await else { break };
+            let (Some(d), Some(body)) = (m.deliver, m.content) else {
+                continue;
+            };
+            let now = origin.elapsed().as_nanos() as u64;
+            let sent = serde_json::from_slice::<serde_json::Value>(&body)
+                .ok()
+                .and_then(|v| v["sent_ns"].as_u64())
+                .unwrap_or(now);
+            lat.push(now.saturating_sub(sent) as f64 / 1e6);
+            let _ = con_ch
+                .basic_ack(BasicAckArguments::new(d.delivery_tag(), false))
+                .await;
+        }
+        (lat, con_ch)
+    });
+    let mut tick = tokio::time::interval(Duration::from_nanos(1_000_000_000 / rate.max(1)));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    for i in 0..events {
+        tick.tick().await;
+        permits.acquire().await.map_err(|e| e.to_string())?.forget();
+        let sent_ns = origin.elapsed().as_nanos() as u64;
+        let body = serde_json::to_vec(&serde_json::json!({ "n": i, "sent_ns": sent_ns }))
+            .unwrap_or_default();
+        let mut props = BasicProperties::default();
+        props
+            .with_persistence(true)
+            .with_content_type("application/json");
+        pub_ch
+            .basic_publish(props, body, BasicPublishArguments::new("", &queue))
+            .await
+            .map_err(|e| e.to_string())?;
+    }
+    let (mut lat, con_ch) = tokio::time::timeout(Duration::from_secs(60), consumer)
+        .await
+        .map_err(|_| "raw latency run timed out".to_string())?
+        .map_err(|e| e.to_string())?;
+    let _ = con_ch.close().await;
+    let _ = admin.queue_delete(QueueDeleteArguments::new(&queue)).await;
+    let _ = pub_ch.close().await;
+    let _ = pub_conn.close().await;
+    let _ = con_conn.close().await;
+    lat.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
+    Ok(crate::LatencyFigures {
+        events: lat.len() as u64,
+        rate,
+        p50_ms: crate::percentile(&lat, 0.50),
+        p99_ms: crate::percentile(&lat, 0.99),
+        max_ms: lat.last().copied().unwrap_or(0.0),
+    })
+}
