@@ -1,16 +1,22 @@
 //! `amqp://` / `amqps://`: RabbitMQ through [amqprs](https://docs.rs/amqprs), Herald's
 //! production engine.
 //!
-//! - [`connection`]: the supervisor. Publishing and consuming use separate connections (a
+//! - `connection`: the supervisor. Publishing and consuming use separate connections (a
 //!   publisher blocked by a broker alarm never stalls consumers), named `<service> herald
 //!   publisher` / `consumer`, with heartbeats, several URLs tried in turn, reconnection with
 //!   exponential backoff and jitter, and the topology re-declared on every new connection.
-//! - [`publisher`]: a pool of confirm channels, a window of unconfirmed messages, `mandatory`
+//! - `publisher`: a pool of confirm channels, a window of unconfirmed messages, `mandatory`
 //!   returns as [`Error::Unroutable`], nacks as [`Error::Rejected`], and unconfirmed messages
 //!   published again after a failure (at-least-once), waiting up to `outage_timeout`.
-//! - [`consumer`]: prefetch, batched `multiple` acks, retries and dead letters through queues.
-//! - [`topology`]: exchange, work queues, dead-letter and retry queues, conflict reporting.
-//! - [`properties`]: the envelope as standard AMQP properties plus CloudEvents headers.
+//! - `consumer`: prefetch, batched `multiple` acks, retries and dead letters through queues.
+//! - `topology`: exchange, work queues, dead-letter and retry queues, conflict reporting.
+//! - `properties`: the envelope as standard AMQP properties plus CloudEvents headers.
+//! - `request_reply`: [`RabbitTransport::request`] / [`RabbitTransport::reply`] over direct
+//!   reply-to (`amq.rabbitmq.reply-to`), with a timeout.
+//!
+//! URLs: `amqp://user:pass@host:port/vhost?heartbeat=30`; several URLs (a cluster) are tried in
+//! turn. `amqps://` needs the `rabbitmq-tls` feature (rustls): the webpki roots by default, or
+//! `?cacertfile=/path/ca.pem`, and a client certificate with `certfile=` and `keyfile=`.
 
 mod config;
 mod connection;
