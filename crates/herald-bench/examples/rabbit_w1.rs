@@ -97,8 +97,32 @@ async fn main() -> Result<(), String> {
     );
     // Let the broker settle after the throughput runs (queue deletions, quorum WAL flushes).
     tokio::time::sleep(std::time::Duration::from_secs(3)).await;
-    let raw = raw_amqprs::latency(5_000, 1_000).await?;
-    let lat = rabbit_w1::latency(5_000, 1_000).await?;
-    println!("{}", latency_line(&lat, Some(&raw)));
+    let (mut herald_lat, mut raw_lat) = (Vec::new(), Vec::new());
+    for _ in 0..runs {
+        let raw = raw_amqprs::latency(5_000, 1_000).await?;
+        let lat = rabbit_w1::latency(5_000, 1_000).await?;
+        println!("{}", latency_line(&lat, Some(&raw)));
+        herald_lat.push(lat);
+        raw_lat.push(raw);
+    }
+    let med = |v: &mut Vec<herald_bench::LatencyFigures>| {
+        let mut p50: Vec<f64> = v.iter().map(|l| l.p50_ms).collect();
+        let mut p99: Vec<f64> = v.iter().map(|l| l.p99_ms).collect();
+        let mut max: Vec<f64> = v.iter().map(|l| l.max_ms).collect();
+        for x in [&mut p50, &mut p99, &mut max] {
+            x.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
+        }
+        herald_bench::LatencyFigures {
+            events: v[0].events,
+            rate: v[0].rate,
+            p50_ms: p50[p50.len() / 2],
+            p99_ms: p99[p99.len() / 2],
+            max_ms: max[max.len() / 2],
+        }
+    };
+    println!(
+        "median of {runs}: {}",
+        latency_line(&med(&mut herald_lat), Some(&med(&mut raw_lat)))
+    );
     Ok(())
 }
