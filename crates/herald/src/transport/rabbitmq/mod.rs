@@ -245,13 +245,14 @@ impl RabbitTransport {
     async fn take_dead_letters(
         &self,
         queue: &str,
+        limit: Option<usize>,
         mut pick: impl FnMut(&Envelope) -> bool,
     ) -> Result<(Channel, Vec<(u64, Envelope)>)> {
         let dlq = dead_letter_queue_name(queue);
         check_name(&dlq, "dead-letter queue name")?;
         let (ch, slot) = self.admin_channel().await?;
         let mut picked = Vec::new();
-        loop {
+        while limit.is_none_or(|l| picked.len() < l) {
             match ch.basic_get(BasicGetArguments::new(&dlq)).await {
                 Ok(Some((get, props, body))) => {
                     let (mut e, death) = from_message(get.routing_key(), &props, body);
@@ -379,14 +380,7 @@ impl Transport for RabbitTransport {
         if limit == 0 {
             return Ok(Vec::new());
         }
-        let mut n = 0usize;
-        let (ch, picked) = match self
-            .take_dead_letters(queue, |_| {
-                n += 1;
-                n <= limit
-            })
-            .await
-        {
+        let (ch, picked) = match self.take_dead_letters(queue, Some(limit), |_| true).await {
             Ok(x) => x,
             Err(Error::Transport { message, .. }) if message.contains("NOT_FOUND") => {
                 return Ok(Vec::new())
@@ -406,7 +400,7 @@ impl Transport for RabbitTransport {
     async fn replay_dead_letters(&self, queue: &str, ids: Option<&[String]>) -> Result<u64> {
         self.check_open()?;
         let (ch, picked) = self
-            .take_dead_letters(queue, |e| ids.is_none_or(|ids| ids.contains(&e.id)))
+            .take_dead_letters(queue, None, |e| ids.is_none_or(|ids| ids.contains(&e.id)))
             .await?;
         let envelopes: Vec<Envelope> = picked
             .iter()
@@ -451,7 +445,7 @@ impl Transport for RabbitTransport {
             return Ok(u64::from(n));
         }
         let (ch, picked) = self
-            .take_dead_letters(queue, |e| ids.is_none_or(|ids| ids.contains(&e.id)))
+            .take_dead_letters(queue, None, |e| ids.is_none_or(|ids| ids.contains(&e.id)))
             .await?;
         for (tag, _) in &picked {
             ch.basic_ack(BasicAckArguments::new(*tag, false))
