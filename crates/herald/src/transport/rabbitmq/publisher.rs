@@ -341,6 +341,8 @@ impl Publisher {
                     });
                 }
                 tracing::info!(count = todo.len(), "publishing unconfirmed messages again");
+                // Never spin: give the supervisor a moment to notice a dead connection.
+                tokio::time::sleep(Duration::from_millis(50)).await;
             }
         }
         match first_error {
