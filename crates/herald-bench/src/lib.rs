@@ -1,21 +1,87 @@
-//! Herald's benchmark workloads. Each prints a `RESULT` line that scripts read:
+//! Benchmarks for Herald's transports. Every run prints a `RESULT` line that scripts read.
 //!
-//! `RESULT workload=w1 transport=sqlite events=50000 herald_eps=... raw_eps=- ratio=- cpu_us_per_event=...`
+//! [`w1`] runs workload W1 through the Herald *bus* on any transport (the `herald bench`
+//! command); on `memory://` beside a raw in-process floor.
 //!
-//! W1: N events of about 200 bytes of JSON published to the topic exchange with durable
-//! acceptance, consumed by one subscription that acknowledges after decoding. Figures:
-//! published/s, end-to-end/s (first publish to last ack) and client CPU time per event.
+//! W1: 200-byte persistent JSON events, publisher confirms with 256 in flight, prefetch 200,
+//! ack after decoding the JSON. [`raw_amqprs`] runs it on plain amqprs, [`rabbit_w1`] through
+//! Herald's [`RabbitTransport`](herald::transport::rabbitmq::RabbitTransport); both return
+//! [`W1Figures`]. [`rabbit_w1::latency`] measures publish-to-handler latency at a fixed rate.
 
 pub mod cpu;
+pub mod rabbit_w1;
+pub mod raw_amqprs;
 pub mod w1;
+
+use std::time::{Duration, Instant};
+
+/// What one W1 run measured.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct W1Figures {
+    /// Events published and consumed.
+    pub events: u64,
+    /// Events per second, end to end (first publish to last ack).
+    pub eps: f64,
+    /// Client CPU (user + system, this process) per event, in microseconds.
+    pub cpu_us_per_event: f64,
+    /// Wall time of the run.
+    pub elapsed: Duration,
+    /// Wall time until the last publish was confirmed.
+    pub publish_elapsed: Duration,
+}
+
+/// What a latency run measured.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct LatencyFigures {
+    /// Events measured.
+    pub events: u64,
+    /// The target publish rate.
+    pub rate: u64,
+    /// Median publish-to-handler latency, in milliseconds.
+    pub p50_ms: f64,
+    /// 99th percentile, in milliseconds.
+    pub p99_ms: f64,
+    /// Largest, in milliseconds.
+    pub max_ms: f64,
+}
+
+/// The W1 result line: Herald and raw amqprs side by side. `raw` is the bare baseline (body and
+/// a few properties); `raw_same_wire`, when given, is raw amqprs sending Herald's wire format
+/// (the CloudEvents headers), reported as `raw_wire_eps` and `ratio_same_wire`.
+pub fn result_line(
+    queue_kind: &str,
+    herald: &W1Figures,
+    raw: &W1Figures,
+    raw_same_wire: Option<&W1Figures>,
+) -> String {
+    let ratio = |a: f64, b: f64| if b > 0.0 { a / b } else { 0.0 };
+    let mut line = format!(
+        "RESULT workload=w1 transport=rabbitmq queue={queue_kind} events={} herald_eps={:.0} raw_eps={:.0} ratio={:.2} cpu_us_per_event={:.1} raw_cpu_us_per_event={:.1}",
+        herald.events,
+        herald.eps,
+        raw.eps,
+        ratio(herald.eps, raw.eps),
+        herald.cpu_us_per_event,
+        raw.cpu_us_per_event,
+    );
+    if let Some(w) = raw_same_wire {
+        line.push_str(&format!(
+            " raw_wire_eps={:.0} ratio_same_wire={:.2} raw_wire_cpu_us_per_event={:.1}",
+            w.eps,
+            ratio(herald.eps, w.eps),
+            w.cpu_us_per_event
+        ));
+    }
+    line
+}
 
 /// A figure or `-` where it does not apply.
 pub fn figure(v: Option<f64>) -> String {
     v.map_or_else(|| "-".to_string(), |v| format!("{v:.1}"))
 }
 
-/// The machine-readable line for a throughput run.
-pub fn result_line(
+/// The machine-readable line for a W1 throughput run of the bus on any transport.
+pub fn w1_result_line(
     workload: &str,
     transport: &str,
     events: u64,
@@ -33,13 +99,109 @@ pub fn result_line(
     )
 }
 
+/// The latency result line; `raw` (plain amqprs, same run conditions) is printed beside it when
+/// given, to show what the broker and the machine add on their own.
+pub fn latency_line(l: &LatencyFigures, raw: Option<&LatencyFigures>) -> String {
+    let mut line = format!(
+        "RESULT workload=latency transport=rabbitmq events={} rate={} p50_ms={:.2} p99_ms={:.2} max_ms={:.2}",
+        l.events, l.rate, l.p50_ms, l.p99_ms, l.max_ms
+    );
+    if let Some(r) = raw {
+        line.push_str(&format!(
+            " raw_p50_ms={:.2} raw_p99_ms={:.2} raw_max_ms={:.2}",
+            r.p50_ms, r.p99_ms, r.max_ms
+        ));
+    }
+    line
+}
+
+/// Measures a run: wall time and CPU.
+pub(crate) struct Meter {
+    wall: Instant,
+    cpu: Duration,
+}
+
+impl Meter {
+    pub fn start() -> Self {
+        Meter {
+            wall: Instant::now(),
+            cpu: cpu::process_cpu(),
+        }
+    }
+    pub fn finish(&self, events: u64) -> W1Figures {
+        let elapsed = self.wall.elapsed();
+        let cpu = cpu::process_cpu().saturating_sub(self.cpu);
+        W1Figures {
+            events,
+            eps: events as f64 / elapsed.as_secs_f64().max(1e-9),
+            cpu_us_per_event: cpu.as_secs_f64() * 1e6 / events.max(1) as f64,
+            elapsed,
+            publish_elapsed: Duration::ZERO,
+        }
+    }
+    pub fn elapsed(&self) -> Duration {
+        self.wall.elapsed()
+    }
+}
+
+/// A W1 event body: 200 bytes of JSON carrying `n`.
+pub fn w1_body(n: u64) -> Vec<u8> {
+    let head = format!(
+        "{{\"order_id\":\"{:020}\",\"n\":{n},\"customer\":\"c-42\",\"pad\":\"",
+        n
+    );
+    let mut s = head;
+    while s.len() < 198 {
+        s.push('x');
+    }
+    s.push_str("\"}");
+    s.into_bytes()
+}
+
+/// Percentile of sorted values.
+pub(crate) fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[idx.min(sorted.len() - 1)]
+}
+
+/// The broker the RabbitMQ benchmarks use: `HERALD_BENCH_AMQP_URL`, or the local default.
+pub fn amqp_url() -> String {
+    std::env::var("HERALD_BENCH_AMQP_URL")
+        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".to_string())
+}
+
+/// Connection arguments for the raw amqprs client, from [`amqp_url`].
+pub fn amqp_args(name: &str) -> Result<amqprs::connection::OpenConnectionArguments, String> {
+    let mut args = amqprs::connection::OpenConnectionArguments::try_from(amqp_url().as_str())
+        .map_err(|e| format!("bad AMQP URL: {e}"))?;
+    args.connection_name(name);
+    Ok(args)
+}
+
+/// A fresh name for one run's exchange and queue.
+pub(crate) fn run_name(prefix: &str) -> String {
+    let id = uuid::Uuid::new_v4().simple().to_string();
+    format!("{prefix}.{}", &id[..8])
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
-    fn result_line_fills_dashes() {
-        let l = super::result_line("w1", "memory", 10, 1000.0, None, Some(2.5));
+    fn w1_result_line_fills_dashes() {
+        let l = super::w1_result_line("w1", "memory", 10, 1000.0, None, Some(2.5));
         assert_eq!(l, "RESULT workload=w1 transport=memory events=10 herald_eps=1000 raw_eps=- ratio=- cpu_us_per_event=2.5");
-        let l = super::result_line("w1", "rabbitmq", 10, 1000.0, Some(500.0), None);
+        let l = super::w1_result_line("w1", "rabbitmq", 10, 1000.0, Some(500.0), None);
         assert!(l.contains("ratio=2.00") && l.contains("cpu_us_per_event=-"));
+    }
+
+    #[test]
+    fn body_is_200_bytes_of_json() {
+        let b = super::w1_body(12345);
+        assert_eq!(b.len(), 200);
+        let v: serde_json::Value = serde_json::from_slice(&b).unwrap();
+        assert_eq!(v["n"], 12345);
     }
 }

@@ -74,15 +74,20 @@ pub struct W1Figures {
 }
 
 /// The consumer's subscription options: ack after decode, prefetch 200.
-fn consumer_options() -> SubscribeOptions {
+fn consumer_options(kind: herald::QueueKind) -> SubscribeOptions {
     SubscribeOptions::new()
         .prefetch(200)
         .concurrency(8)
         .queue("bench-consumer.w1")
+        .queue_kind(kind)
 }
 
 /// Subscribe a counting consumer; returns the counter and a notifier fired at `events`.
-pub fn subscribe_counter(bus: &Bus, events: u64) -> herald::Result<(Arc<AtomicU64>, Arc<Notify>)> {
+pub fn subscribe_counter(
+    bus: &Bus,
+    events: u64,
+    kind: herald::QueueKind,
+) -> herald::Result<(Arc<AtomicU64>, Arc<Notify>)> {
     let count = Arc::new(AtomicU64::new(0));
     let done = Arc::new(Notify::new());
     let (c, d) = (count.clone(), done.clone());
@@ -93,7 +98,7 @@ pub fn subscribe_counter(bus: &Bus, events: u64) -> herald::Result<(Arc<AtomicU6
             }
             std::future::ready(())
         },
-        consumer_options(),
+        consumer_options(kind),
     )?;
     Ok((count, done))
 }
@@ -125,7 +130,7 @@ pub async fn run_in_process(
         .service("bench-consumer")
         .build()
         .await?;
-    let (_count, done) = subscribe_counter(&consumer, events)?;
+    let (_count, done) = subscribe_counter(&consumer, events, herald::QueueKind::Classic)?;
     consumer.start().await?;
     let publisher = Bus::builder()
         .broker(broker)
@@ -198,8 +203,18 @@ pub struct LatencyFigures {
 
 /// Publish `events` W1 events at `rate` per second and measure, in the handler, how long
 /// after `publish` was called each one arrived (the envelope's time is set at publish).
-pub async fn latency(broker: &str, exchange: &str, events: u64, rate: u64) -> herald::Result<LatencyFigures> {
-    let consumer = Bus::builder().broker(broker).exchange(exchange).service("bench-latency").build().await?;
+pub async fn latency(
+    broker: &str,
+    exchange: &str,
+    events: u64,
+    rate: u64,
+) -> herald::Result<LatencyFigures> {
+    let consumer = Bus::builder()
+        .broker(broker)
+        .exchange(exchange)
+        .service("bench-latency")
+        .build()
+        .await?;
     let samples = Arc::new(std::sync::Mutex::new(Vec::with_capacity(events as usize)));
     let done = Arc::new(Notify::new());
     let (s, d) = (samples.clone(), done.clone());
@@ -213,10 +228,15 @@ pub async fn latency(broker: &str, exchange: &str, events: u64, rate: u64) -> he
             }
             std::future::ready(())
         },
-        consumer_options().queue("bench-latency.w1"),
+        consumer_options(herald::QueueKind::Classic).queue("bench-latency.w1"),
     )?;
     consumer.start().await?;
-    let publisher = Bus::builder().broker(broker).exchange(exchange).service("bench-publisher").build().await?;
+    let publisher = Bus::builder()
+        .broker(broker)
+        .exchange(exchange)
+        .service("bench-publisher")
+        .build()
+        .await?;
     let notified = done.notified();
     let interval = Duration::from_secs_f64(1.0 / rate.max(1) as f64);
     let mut ticker = tokio::time::interval(interval);
@@ -239,7 +259,11 @@ pub async fn latency(broker: &str, exchange: &str, events: u64, rate: u64) -> he
     consumer.shutdown().await?;
     let mut v = samples.lock().unwrap_or_else(|e| e.into_inner()).clone();
     v.sort_by(|a, b| a.total_cmp(b));
-    let pct = |p: f64| v.get(((v.len().saturating_sub(1)) as f64 * p).round() as usize).copied().unwrap_or(0.0);
+    let pct = |p: f64| {
+        v.get(((v.len().saturating_sub(1)) as f64 * p).round() as usize)
+            .copied()
+            .unwrap_or(0.0)
+    };
     Ok(LatencyFigures {
         events: v.len() as u64,
         rate,

@@ -80,7 +80,10 @@ impl Config {
     /// Parse a TOML file.
     pub fn from_file(path: &Path) -> Result<Config> {
         let text = std::fs::read_to_string(path).map_err(|e| {
-            Error::Config(format!("cannot read {}: {e}", PathBuf::from(path).display()))
+            Error::Config(format!(
+                "cannot read {}: {e}",
+                PathBuf::from(path).display()
+            ))
         })?;
         Self::from_toml(&text).map_err(|e| match e {
             Error::Config(m) => Error::Config(format!("{}: {m}", path.display())),
@@ -139,10 +142,14 @@ impl Config {
             )));
         }
         if self.prefetch == 0 || self.concurrency == 0 {
-            return Err(Error::Config("`prefetch` and `concurrency` must be at least 1".into()));
+            return Err(Error::Config(
+                "`prefetch` and `concurrency` must be at least 1".into(),
+            ));
         }
         if self.max_message_bytes == 0 {
-            return Err(Error::Config("`max_message_bytes` must be at least 1".into()));
+            return Err(Error::Config(
+                "`max_message_bytes` must be at least 1".into(),
+            ));
         }
         crate::transport::BrokerUrl::parse(&self.broker)?;
         Ok(())
@@ -163,7 +170,8 @@ mod tests {
         let mut c = Config::from_toml("exchange = \"kn\"\nprefetch = 10\n").unwrap();
         assert_eq!(c.exchange, "kn");
         assert_eq!(c.prefetch, 10);
-        c.apply_env(|k| (k == "HERALD_PREFETCH").then(|| "20".to_string())).unwrap();
+        c.apply_env(|k| (k == "HERALD_PREFETCH").then(|| "20".to_string()))
+            .unwrap();
         assert_eq!(c.prefetch, 20);
         c.validate().unwrap();
     }
@@ -173,7 +181,9 @@ mod tests {
         let e = Config::from_toml("prefech = 10").unwrap_err().to_string();
         assert!(e.contains("prefech"), "{e}");
         let mut c = Config::default();
-        let e = c.apply_env(|k| (k == "HERALD_PREFETCH").then(|| "lots".to_string())).unwrap_err();
+        let e = c
+            .apply_env(|k| (k == "HERALD_PREFETCH").then(|| "lots".to_string()))
+            .unwrap_err();
         assert!(e.to_string().contains("HERALD_PREFETCH"));
         c.broker = "kafka://x".into();
         assert!(c.validate().is_err());

@@ -113,12 +113,22 @@ pub async fn routing_and_fanout(h: &dyn Harness) {
     publish(
         &*t,
         &n,
-        &[msg("order.created", 1), msg("order.cancelled", 2), msg("invoice.paid.late", 3)],
+        &[
+            msg("order.created", 1),
+            msg("order.cancelled", 2),
+            msg("invoice.paid.late", 3),
+        ],
     )
     .await;
     let cancel = CancellationToken::new();
-    let mut ra = t.consume(&a, ConsumeOptions::default(), cancel.clone()).await.unwrap();
-    let mut rb = t.consume(&b, ConsumeOptions::default(), cancel.clone()).await.unwrap();
+    let mut ra = t
+        .consume(&a, ConsumeOptions::default(), cancel.clone())
+        .await
+        .unwrap();
+    let mut rb = t
+        .consume(&b, ConsumeOptions::default(), cancel.clone())
+        .await
+        .unwrap();
     let d = recv(&mut ra, WAIT).await.expect("a gets order.created");
     assert_eq!(n_of(&d.envelope), 1);
     d.ack().await.unwrap();
@@ -130,7 +140,10 @@ pub async fn routing_and_fanout(h: &dyn Harness) {
     }
     got_b.sort();
     assert_eq!(got_b, vec![1, 2, 3]);
-    assert!(recv(&mut ra, Duration::from_millis(300)).await.is_none(), "a got an extra message");
+    assert!(
+        recv(&mut ra, Duration::from_millis(300)).await.is_none(),
+        "a got an extra message"
+    );
     cancel.cancel();
     t.close().await.unwrap();
 }
@@ -141,7 +154,11 @@ pub async fn unroutable_is_an_error(h: &dyn Harness) {
     let n = Names::new("unroutable");
     declare(&*t, &n, vec![QueueSpec::new(n.queue("a"), "a.b")]).await;
     let err = t
-        .publish(&n.exchange, &[msg("nobody.listens", 1)], PublishOptions::default())
+        .publish(
+            &n.exchange,
+            &[msg("nobody.listens", 1)],
+            PublishOptions::default(),
+        )
         .await
         .expect_err("unroutable publish must fail");
     assert!(matches!(err, Error::Unroutable { .. }), "got {err}");
@@ -171,7 +188,10 @@ pub async fn envelope_round_trip(h: &dyn Harness) {
     e.headers.insert("x-tenant".into(), "acme".into());
     publish(&*t, &n, std::slice::from_ref(&e)).await;
     let cancel = CancellationToken::new();
-    let mut rx = t.consume(&q, ConsumeOptions::default(), cancel.clone()).await.unwrap();
+    let mut rx = t
+        .consume(&q, ConsumeOptions::default(), cancel.clone())
+        .await
+        .unwrap();
     let d = recv(&mut rx, WAIT).await.expect("delivery");
     let got = &d.envelope;
     assert_eq!(got.id, e.id);
@@ -183,7 +203,10 @@ pub async fn envelope_round_trip(h: &dyn Harness) {
     assert_eq!(got.subject, e.subject);
     assert_eq!(got.traceparent, e.traceparent);
     assert_eq!(got.time.timestamp_millis(), e.time.timestamp_millis());
-    assert_eq!(got.headers.get("x-tenant").map(String::as_str), Some("acme"));
+    assert_eq!(
+        got.headers.get("x-tenant").map(String::as_str),
+        Some("acme")
+    );
     assert_eq!(got.body, e.body);
     assert_eq!(got.attempt, 1);
     assert!(!d.redelivered);
@@ -227,9 +250,16 @@ pub async fn competing_consumers(h: &dyn Harness) {
     }
     cancel.cancel();
     let unique: HashSet<u32> = all.iter().copied().collect();
-    assert_eq!(all.len(), total as usize, "each message exactly once (per consumer: {per:?})");
+    assert_eq!(
+        all.len(),
+        total as usize,
+        "each message exactly once (per consumer: {per:?})"
+    );
     assert_eq!(unique.len(), total as usize);
-    assert!(per.iter().all(|&c| c > 0), "both consumers got work: {per:?}");
+    assert!(
+        per.iter().all(|&c| c > 0),
+        "both consumers got work: {per:?}"
+    );
     t.close().await.unwrap();
 }
 
@@ -244,7 +274,10 @@ pub async fn fifo_order_for_one_consumer(h: &dyn Harness) {
         publish(&*t, &n, &batch).await;
     }
     let cancel = CancellationToken::new();
-    let mut rx = t.consume(&q, ConsumeOptions { prefetch: 1 }, cancel.clone()).await.unwrap();
+    let mut rx = t
+        .consume(&q, ConsumeOptions { prefetch: 1 }, cancel.clone())
+        .await
+        .unwrap();
     for expect in 0..100u32 {
         let d = recv(&mut rx, WAIT).await.expect("delivery");
         assert_eq!(n_of(&d.envelope), expect);
@@ -262,15 +295,29 @@ pub async fn ack_is_final(h: &dyn Harness) {
     declare(&*t, &n, vec![q.clone()]).await;
     publish(&*t, &n, &[msg("a.b", 1)]).await;
     let cancel = CancellationToken::new();
-    let mut rx = t.consume(&q, ConsumeOptions::default(), cancel.clone()).await.unwrap();
-    recv(&mut rx, WAIT).await.expect("delivery").ack().await.unwrap();
+    let mut rx = t
+        .consume(&q, ConsumeOptions::default(), cancel.clone())
+        .await
+        .unwrap();
+    recv(&mut rx, WAIT)
+        .await
+        .expect("delivery")
+        .ack()
+        .await
+        .unwrap();
     cancel.cancel();
     drop(rx);
     t.close().await.unwrap();
     let t = h.open().await;
     let cancel = CancellationToken::new();
-    let mut rx = t.consume(&q, ConsumeOptions::default(), cancel.clone()).await.unwrap();
-    assert!(recv(&mut rx, Duration::from_millis(500)).await.is_none(), "acked message came back");
+    let mut rx = t
+        .consume(&q, ConsumeOptions::default(), cancel.clone())
+        .await
+        .unwrap();
+    assert!(
+        recv(&mut rx, Duration::from_millis(500)).await.is_none(),
+        "acked message came back"
+    );
     cancel.cancel();
     t.close().await.unwrap();
 }
@@ -288,7 +335,10 @@ pub async fn durable_across_reopen(h: &dyn Harness) {
     }
     let t = h.open().await;
     let cancel = CancellationToken::new();
-    let mut rx = t.consume(&q, ConsumeOptions::default(), cancel.clone()).await.unwrap();
+    let mut rx = t
+        .consume(&q, ConsumeOptions::default(), cancel.clone())
+        .await
+        .unwrap();
     let mut got = HashSet::new();
     while got.len() < 20 {
         let d = recv(&mut rx, WAIT).await.expect("all 20 survive");
@@ -311,7 +361,10 @@ pub async fn unsettled_messages_come_back(h: &dyn Harness) {
         // A "process" that takes both and dies: its handle is dropped without closing.
         let crashing = h.open().await;
         let cancel = CancellationToken::new();
-        let mut rx = crashing.consume(&q, ConsumeOptions::default(), cancel.clone()).await.unwrap();
+        let mut rx = crashing
+            .consume(&q, ConsumeOptions::default(), cancel.clone())
+            .await
+            .unwrap();
         let a = recv(&mut rx, WAIT).await.expect("first");
         let b = recv(&mut rx, WAIT).await.expect("second");
         std::mem::forget(a);
@@ -321,11 +374,16 @@ pub async fn unsettled_messages_come_back(h: &dyn Harness) {
         drop(crashing);
     }
     let cancel = CancellationToken::new();
-    let mut rx = t.consume(&q, ConsumeOptions::default(), cancel.clone()).await.unwrap();
+    let mut rx = t
+        .consume(&q, ConsumeOptions::default(), cancel.clone())
+        .await
+        .unwrap();
     let deadline = h.redelivery_after() + WAIT;
     let mut got = HashSet::new();
     while got.len() < 2 {
-        let d = recv(&mut rx, deadline).await.expect("unsettled messages are redelivered");
+        let d = recv(&mut rx, deadline)
+            .await
+            .expect("unsettled messages are redelivered");
         got.insert(n_of(&d.envelope));
         d.ack().await.unwrap();
     }
@@ -342,7 +400,10 @@ pub async fn delayed_retry(h: &dyn Harness) {
     declare(&*t, &n, vec![q.clone()]).await;
     publish(&*t, &n, &[msg("r.x", 1)]).await;
     let cancel = CancellationToken::new();
-    let mut rx = t.consume(&q, ConsumeOptions::default(), cancel.clone()).await.unwrap();
+    let mut rx = t
+        .consume(&q, ConsumeOptions::default(), cancel.clone())
+        .await
+        .unwrap();
     let d = recv(&mut rx, WAIT).await.expect("first delivery");
     assert_eq!(d.envelope.attempt, 1);
     let failure = Failure::now(&d.envelope, &q.name, "handler", "boom");
@@ -355,12 +416,18 @@ pub async fn delayed_retry(h: &dyn Harness) {
     .unwrap();
     let d = recv(&mut rx, WAIT).await.expect("redelivery");
     let waited = started.elapsed();
-    assert!(waited >= Duration::from_millis(250), "redelivered too early: {waited:?}");
+    assert!(
+        waited >= Duration::from_millis(250),
+        "redelivered too early: {waited:?}"
+    );
     assert_eq!(d.envelope.attempt, 2);
     assert_eq!(n_of(&d.envelope), 1);
     assert_eq!(d.envelope.last_error(), Some("boom"));
     assert_eq!(
-        d.envelope.headers.get(header::ORIGINAL_QUEUE).map(String::as_str),
+        d.envelope
+            .headers
+            .get(header::ORIGINAL_QUEUE)
+            .map(String::as_str),
         Some(q.name.as_str())
     );
     assert!(d.envelope.headers.contains_key(header::FIRST_FAILURE));
@@ -377,10 +444,19 @@ pub async fn release_does_not_count(h: &dyn Harness) {
     declare(&*t, &n, vec![q.clone()]).await;
     publish(&*t, &n, &[msg("rel.x", 1)]).await;
     let cancel = CancellationToken::new();
-    let mut rx = t.consume(&q, ConsumeOptions::default(), cancel.clone()).await.unwrap();
+    let mut rx = t
+        .consume(&q, ConsumeOptions::default(), cancel.clone())
+        .await
+        .unwrap();
     let d = recv(&mut rx, WAIT).await.expect("delivery");
-    d.settle(Outcome::Release { delay: Duration::ZERO }).await.unwrap();
-    let d = recv(&mut rx, WAIT).await.expect("released message comes back");
+    d.settle(Outcome::Release {
+        delay: Duration::ZERO,
+    })
+    .await
+    .unwrap();
+    let d = recv(&mut rx, WAIT)
+        .await
+        .expect("released message comes back");
     assert_eq!(d.envelope.attempt, 1);
     d.ack().await.unwrap();
     cancel.cancel();
@@ -395,12 +471,20 @@ pub async fn dead_letters_list_replay_purge(h: &dyn Harness) {
     declare(&*t, &n, vec![q.clone()]).await;
     publish(&*t, &n, &[msg("dl.x", 1), msg("dl.x", 2), msg("dl.x", 3)]).await;
     let cancel = CancellationToken::new();
-    let mut rx = t.consume(&q, ConsumeOptions::default(), cancel.clone()).await.unwrap();
+    let mut rx = t
+        .consume(&q, ConsumeOptions::default(), cancel.clone())
+        .await
+        .unwrap();
     let mut ids = Vec::new();
     for _ in 0..3 {
         let d = recv(&mut rx, WAIT).await.expect("delivery");
         ids.push((n_of(&d.envelope), d.envelope.id.clone()));
-        let failure = Failure::now(&d.envelope, &q.name, "decode", format!("bad body {}", n_of(&d.envelope)));
+        let failure = Failure::now(
+            &d.envelope,
+            &q.name,
+            "decode",
+            format!("bad body {}", n_of(&d.envelope)),
+        );
         d.settle(Outcome::DeadLetter(failure)).await.unwrap();
     }
     ids.sort();
@@ -413,9 +497,25 @@ pub async fn dead_letters_list_replay_purge(h: &dyn Harness) {
     assert_eq!(listed.len(), 3, "three dead letters");
     for dl in &listed {
         assert_eq!(dl.queue, q.name);
-        assert!(dl.error().starts_with("bad body"), "error kept: {:?}", dl.envelope.headers);
-        assert_eq!(dl.envelope.headers.get(header::ERROR_KIND).map(String::as_str), Some("decode"));
-        assert_eq!(dl.envelope.headers.get(header::ORIGINAL_ROUTING_KEY).map(String::as_str), Some("dl.x"));
+        assert!(
+            dl.error().starts_with("bad body"),
+            "error kept: {:?}",
+            dl.envelope.headers
+        );
+        assert_eq!(
+            dl.envelope
+                .headers
+                .get(header::ERROR_KIND)
+                .map(String::as_str),
+            Some("decode")
+        );
+        assert_eq!(
+            dl.envelope
+                .headers
+                .get(header::ORIGINAL_ROUTING_KEY)
+                .map(String::as_str),
+            Some("dl.x")
+        );
         assert!(dl.envelope.headers.contains_key(header::DEAD_LETTERED_AT));
     }
     // Nothing is redelivered while dead.
@@ -454,9 +554,16 @@ pub async fn priority_order(h: &dyn Harness) {
     publish(&*t, &n, &[low]).await;
     publish(&*t, &n, &[high]).await;
     let cancel = CancellationToken::new();
-    let mut rx = t.consume(&q, ConsumeOptions { prefetch: 1 }, cancel.clone()).await.unwrap();
+    let mut rx = t
+        .consume(&q, ConsumeOptions { prefetch: 1 }, cancel.clone())
+        .await
+        .unwrap();
     let first = recv(&mut rx, WAIT).await.expect("first");
-    assert_eq!(n_of(&first.envelope), 2, "the high-priority message comes first");
+    assert_eq!(
+        n_of(&first.envelope),
+        2,
+        "the high-priority message comes first"
+    );
     first.ack().await.unwrap();
     let second = recv(&mut rx, WAIT).await.expect("second");
     assert_eq!(n_of(&second.envelope), 1);
@@ -476,9 +583,16 @@ pub async fn expired_messages_are_dead_lettered(h: &dyn Harness) {
     publish(&*t, &n, &[short, msg("t.x", 2)]).await;
     tokio::time::sleep(Duration::from_millis(400)).await;
     let cancel = CancellationToken::new();
-    let mut rx = t.consume(&q, ConsumeOptions::default(), cancel.clone()).await.unwrap();
+    let mut rx = t
+        .consume(&q, ConsumeOptions::default(), cancel.clone())
+        .await
+        .unwrap();
     let d = recv(&mut rx, WAIT).await.expect("the live message");
-    assert_eq!(n_of(&d.envelope), 2, "the expired message must not be delivered");
+    assert_eq!(
+        n_of(&d.envelope),
+        2,
+        "the expired message must not be delivered"
+    );
     d.ack().await.unwrap();
     let mut dead = Vec::new();
     let deadline = Instant::now() + WAIT;
@@ -489,7 +603,11 @@ pub async fn expired_messages_are_dead_lettered(h: &dyn Harness) {
     assert_eq!(dead.len(), 1, "the expired message is in the dead letters");
     assert_eq!(n_of(&dead[0].envelope), 1);
     assert_eq!(
-        dead[0].envelope.headers.get(header::ERROR_KIND).map(String::as_str),
+        dead[0]
+            .envelope
+            .headers
+            .get(header::ERROR_KIND)
+            .map(String::as_str),
         Some("expired")
     );
     cancel.cancel();
@@ -522,7 +640,10 @@ pub async fn cancel_stops_and_keeps_messages(h: &dyn Harness) {
     let batch: Vec<Envelope> = (0..10).map(|i| msg("k.x", i)).collect();
     publish(&*t, &n, &batch).await;
     let cancel = CancellationToken::new();
-    let mut rx = t.consume(&q, ConsumeOptions { prefetch: 3 }, cancel.clone()).await.unwrap();
+    let mut rx = t
+        .consume(&q, ConsumeOptions { prefetch: 3 }, cancel.clone())
+        .await
+        .unwrap();
     let first = recv(&mut rx, WAIT).await.expect("delivery");
     let first_n = n_of(&first.envelope);
     first.ack().await.unwrap();
@@ -530,15 +651,27 @@ pub async fn cancel_stops_and_keeps_messages(h: &dyn Harness) {
     // Drain what was buffered; release it as the bus does on shutdown.
     let stop = Instant::now();
     while let Some(d) = recv(&mut rx, WAIT).await {
-        d.settle(Outcome::Release { delay: Duration::ZERO }).await.unwrap();
+        d.settle(Outcome::Release {
+            delay: Duration::ZERO,
+        })
+        .await
+        .unwrap();
     }
-    assert!(stop.elapsed() < Duration::from_secs(5), "cancel ends the stream");
+    assert!(
+        stop.elapsed() < Duration::from_secs(5),
+        "cancel ends the stream"
+    );
     drop(rx);
     let cancel = CancellationToken::new();
-    let mut rx = t.consume(&q, ConsumeOptions::default(), cancel.clone()).await.unwrap();
+    let mut rx = t
+        .consume(&q, ConsumeOptions::default(), cancel.clone())
+        .await
+        .unwrap();
     let mut got = HashSet::new();
     while got.len() < 9 {
-        let d = recv(&mut rx, h.redelivery_after() + WAIT).await.expect("the other nine remain");
+        let d = recv(&mut rx, h.redelivery_after() + WAIT)
+            .await
+            .expect("the other nine remain");
         got.insert(n_of(&d.envelope));
         d.ack().await.unwrap();
     }
@@ -623,7 +756,11 @@ async fn wait_until(what: &str, cond: impl Fn() -> bool) {
     }
 }
 
-async fn dead_letters_of(t: &dyn Transport, queue: &str, want: usize) -> Vec<crate::transport::DeadLetter> {
+async fn dead_letters_of(
+    t: &dyn Transport,
+    queue: &str,
+    want: usize,
+) -> Vec<crate::transport::DeadLetter> {
     let deadline = Instant::now() + WAIT;
     loop {
         let dl = t.dead_letters(queue, 100).await.expect("read dead letters");
@@ -672,7 +809,11 @@ pub async fn bus_fan_out_and_compete(h: &dyn Harness) {
     tokio::time::sleep(Duration::from_millis(200)).await;
     let mut a = seen_a.lock().unwrap().clone();
     a.sort();
-    assert_eq!(a, (0..50).collect::<Vec<_>>(), "svc-a instances share the work, no duplicates");
+    assert_eq!(
+        a,
+        (0..50).collect::<Vec<_>>(),
+        "svc-a instances share the work, no duplicates"
+    );
     assert_eq!(seen_b.lock().unwrap().len(), 50);
     for b in buses {
         b.shutdown().await.unwrap();
@@ -690,7 +831,12 @@ pub async fn bus_retries_then_dead_letters(h: &dyn Harness) {
     b.subscribe_with(
         move |_: Ping, ctx: Context| {
             c.fetch_add(1, Ordering::SeqCst);
-            async move { Err::<(), _>(HandlerError::transient(format!("db down on attempt {}", ctx.attempt()))) }
+            async move {
+                Err::<(), _>(HandlerError::transient(format!(
+                    "db down on attempt {}",
+                    ctx.attempt()
+                )))
+            }
         },
         SubscribeOptions::new().retry(fast_retry(3)),
     )
@@ -700,14 +846,30 @@ pub async fn bus_retries_then_dead_letters(h: &dyn Harness) {
     let queue = format!("{}.{}", n.service("svc"), Ping::ROUTING_KEY);
     let dead = dead_letters_of(&**b.transport(), &queue, 1).await;
     assert_eq!(dead.len(), 1, "dead-lettered once");
-    assert_eq!(calls.load(Ordering::SeqCst), 6, "3 deliveries x (1 call + 1 immediate retry)");
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        6,
+        "3 deliveries x (1 call + 1 immediate retry)"
+    );
     let headers = &dead[0].envelope.headers;
-    assert!(dead[0].error().contains("gave up after 3 attempts"), "{}", dead[0].error());
+    assert!(
+        dead[0].error().contains("gave up after 3 attempts"),
+        "{}",
+        dead[0].error()
+    );
     assert!(dead[0].error().contains("attempt 3"), "{}", dead[0].error());
-    assert_eq!(headers.get(header::ERROR_KIND).map(String::as_str), Some("handler"));
+    assert_eq!(
+        headers.get(header::ERROR_KIND).map(String::as_str),
+        Some("handler")
+    );
     assert_eq!(headers.get(header::ORIGINAL_QUEUE), Some(&queue));
-    assert!(headers.contains_key(header::FIRST_FAILURE) && headers.contains_key(header::LAST_FAILURE));
-    assert!(headers[header::FIRST_FAILURE] < headers[header::LAST_FAILURE], "first failure earlier than last");
+    assert!(
+        headers.contains_key(header::FIRST_FAILURE) && headers.contains_key(header::LAST_FAILURE)
+    );
+    assert!(
+        headers[header::FIRST_FAILURE] < headers[header::LAST_FAILURE],
+        "first failure earlier than last"
+    );
     let m = b.metrics();
     assert_eq!((m.retried, m.dead_lettered, m.handled), (2, 1, 0));
     b.shutdown().await.unwrap();
@@ -726,19 +888,43 @@ pub async fn bus_poison_message_is_dead_lettered_without_retries(h: &dyn Harness
     })
     .unwrap();
     b.start().await.unwrap();
-    let poison = Envelope::new(Ping::NAME, 1, Ping::ROUTING_KEY, "evil", Bytes::from_static(b"{\"n\": \"not a number\"}"));
-    let garbage = Envelope::new(Ping::NAME, 1, Ping::ROUTING_KEY, "evil", Bytes::from_static(b"\xff\xfe not json"));
-    b.publisher().publish_envelopes(vec![poison, garbage], false).await.unwrap();
+    let poison = Envelope::new(
+        Ping::NAME,
+        1,
+        Ping::ROUTING_KEY,
+        "evil",
+        Bytes::from_static(b"{\"n\": \"not a number\"}"),
+    );
+    let garbage = Envelope::new(
+        Ping::NAME,
+        1,
+        Ping::ROUTING_KEY,
+        "evil",
+        Bytes::from_static(b"\xff\xfe not json"),
+    );
+    b.publisher()
+        .publish_envelopes(vec![poison, garbage], false)
+        .await
+        .unwrap();
     b.publish(&Ping { n: 2 }).await.unwrap();
     let queue = format!("{}.{}", n.service("svc"), Ping::ROUTING_KEY);
     let dead = dead_letters_of(&**b.transport(), &queue, 2).await;
     assert_eq!(dead.len(), 2);
     for d in &dead {
-        assert_eq!(d.envelope.headers.get(header::ERROR_KIND).map(String::as_str), Some("decode"));
+        assert_eq!(
+            d.envelope
+                .headers
+                .get(header::ERROR_KIND)
+                .map(String::as_str),
+            Some("decode")
+        );
         assert!(d.error().contains("could not decode"), "{}", d.error());
         assert_eq!(d.envelope.attempt, 1, "no retries for poison");
     }
-    wait_until("the good message is handled", || handled.load(Ordering::SeqCst) == 1).await;
+    wait_until("the good message is handled", || {
+        handled.load(Ordering::SeqCst) == 1
+    })
+    .await;
     b.shutdown().await.unwrap();
 }
 
@@ -758,7 +944,12 @@ pub async fn bus_panic_is_a_failed_attempt(h: &dyn Harness) {
                 done.lock().unwrap().push((p.n, ctx.attempt()));
             }
         },
-        SubscribeOptions::new().retry(RetryPolicy { immediate: 0, ..fast_retry(3) }).concurrency(1),
+        SubscribeOptions::new()
+            .retry(RetryPolicy {
+                immediate: 0,
+                ..fast_retry(3)
+            })
+            .concurrency(1),
     )
     .unwrap();
     b.start().await.unwrap();
@@ -767,7 +958,10 @@ pub async fn bus_panic_is_a_failed_attempt(h: &dyn Harness) {
     }
     wait_until("all five handled", || done.lock().unwrap().len() == 5).await;
     let done = done.lock().unwrap().clone();
-    assert!(done.contains(&(0, 2)), "the panicking message succeeded on attempt 2: {done:?}");
+    assert!(
+        done.contains(&(0, 2)),
+        "the panicking message succeeded on attempt 2: {done:?}"
+    );
     b.shutdown().await.unwrap();
 }
 
@@ -789,7 +983,10 @@ pub async fn bus_timeout_is_a_failed_attempt(h: &dyn Harness) {
         },
         SubscribeOptions::new()
             .timeout(Duration::from_millis(200))
-            .retry(RetryPolicy { immediate: 0, ..fast_retry(3) }),
+            .retry(RetryPolicy {
+                immediate: 0,
+                ..fast_retry(3)
+            }),
     )
     .unwrap();
     b.start().await.unwrap();
@@ -805,13 +1002,19 @@ pub async fn bus_follow_ups_carry_correlation_and_causation(h: &dyn Harness) {
     let b = bus(h, &n, "svc").await;
     let seen = Arc::new(StdMutex::new(None));
     let s2 = seen.clone();
-    b.subscribe(|p: Ping, ctx: Context| async move { ctx.publish(&Pong { n: p.n }).await.map(|_| ()) })
-        .unwrap();
+    b.subscribe(
+        |p: Ping, ctx: Context| async move { ctx.publish(&Pong { n: p.n }).await.map(|_| ()) },
+    )
+    .unwrap();
     b.subscribe(move |_: Pong, ctx: Context| {
         let seen = s2.clone();
         async move {
             let e = ctx.envelope();
-            *seen.lock().unwrap() = Some((e.correlation_id.clone(), e.causation_id.clone(), e.source.clone()));
+            *seen.lock().unwrap() = Some((
+                e.correlation_id.clone(),
+                e.causation_id.clone(),
+                e.source.clone(),
+            ));
         }
     })
     .unwrap();
@@ -819,8 +1022,16 @@ pub async fn bus_follow_ups_carry_correlation_and_causation(h: &dyn Harness) {
     let ping_id = b.publish(&Ping { n: 9 }).await.unwrap();
     wait_until("pong handled", || seen.lock().unwrap().is_some()).await;
     let (corr, cause, source) = seen.lock().unwrap().clone().unwrap();
-    assert_eq!(corr.as_deref(), Some(ping_id.as_str()), "the flow is correlated by the first event's id");
-    assert_eq!(cause.as_deref(), Some(ping_id.as_str()), "caused by the ping");
+    assert_eq!(
+        corr.as_deref(),
+        Some(ping_id.as_str()),
+        "the flow is correlated by the first event's id"
+    );
+    assert_eq!(
+        cause.as_deref(),
+        Some(ping_id.as_str()),
+        "caused by the ping"
+    );
     assert_eq!(source, n.service("svc"));
     b.shutdown().await.unwrap();
 }
@@ -829,11 +1040,17 @@ pub async fn bus_follow_ups_carry_correlation_and_causation(h: &dyn Harness) {
 pub async fn bus_unroutable_publish_is_an_error(h: &dyn Harness) {
     let n = Names::new("bus-unroutable");
     let b = bus(h, &n, "svc").await;
-    let err = b.publish(&Ping { n: 1 }).await.expect_err("no queue is bound");
-    assert!(matches!(err, Error::Unroutable { .. }), "{err}");
-    b.publish_with(&Ping { n: 1 }, crate::MessageOptions::default().allow_unroutable())
+    let err = b
+        .publish(&Ping { n: 1 })
         .await
-        .expect("explicit opt-in");
+        .expect_err("no queue is bound");
+    assert!(matches!(err, Error::Unroutable { .. }), "{err}");
+    b.publish_with(
+        &Ping { n: 1 },
+        crate::MessageOptions::default().allow_unroutable(),
+    )
+    .await
+    .expect("explicit opt-in");
     b.shutdown().await.unwrap();
 }
 
@@ -856,7 +1073,10 @@ pub async fn bus_graceful_shutdown_loses_nothing(h: &dyn Harness) {
     };
     let first = bus(h, &n, "svc").await;
     first
-        .subscribe_with(make(started.clone(), finished.clone(), true), SubscribeOptions::new().concurrency(2).prefetch(4))
+        .subscribe_with(
+            make(started.clone(), finished.clone(), true),
+            SubscribeOptions::new().concurrency(2).prefetch(4),
+        )
         .unwrap();
     first.start().await.unwrap();
     for i in 0..10 {
@@ -872,7 +1092,9 @@ pub async fn bus_graceful_shutdown_loses_nothing(h: &dyn Harness) {
     );
     assert!(after_first < 10, "shutdown stopped taking new messages");
     let second = bus(h, &n, "svc").await;
-    second.subscribe(make(started.clone(), finished.clone(), false)).unwrap();
+    second
+        .subscribe(make(started.clone(), finished.clone(), false))
+        .unwrap();
     second.start().await.unwrap();
     wait_until("all ten handled", || {
         let mut f = finished.lock().unwrap().clone();
@@ -900,7 +1122,9 @@ pub async fn bus_consumes_foreign_json_by_pattern(h: &dyn Harness) {
         "legacy",
         "course.*",
         move |e: Legacy| {
-            g.lock().unwrap().push((e.event_type, e.data["user_id"].as_u64()));
+            g.lock()
+                .unwrap()
+                .push((e.event_type, e.data["user_id"].as_u64()));
             async {}
         },
         SubscribeOptions::new(),
@@ -908,10 +1132,23 @@ pub async fn bus_consumes_foreign_json_by_pattern(h: &dyn Harness) {
     .unwrap();
     b.start().await.unwrap();
     let body = br#"{"event_type": "course.enrolled", "timestamp": "2024-01-15T10:35:00", "data": {"user_id": 123}}"#;
-    let foreign = Envelope::from_headers(Default::default(), "course.enrolled", Bytes::from_static(body));
-    b.publisher().publish_envelopes(vec![foreign], false).await.unwrap();
-    wait_until("the foreign event is handled", || !got.lock().unwrap().is_empty()).await;
-    assert_eq!(got.lock().unwrap()[0], ("course.enrolled".to_string(), Some(123)));
+    let foreign = Envelope::from_headers(
+        Default::default(),
+        "course.enrolled",
+        Bytes::from_static(body),
+    );
+    b.publisher()
+        .publish_envelopes(vec![foreign], false)
+        .await
+        .unwrap();
+    wait_until("the foreign event is handled", || {
+        !got.lock().unwrap().is_empty()
+    })
+    .await;
+    assert_eq!(
+        got.lock().unwrap()[0],
+        ("course.enrolled".to_string(), Some(123))
+    );
     b.shutdown().await.unwrap();
 }
 

@@ -105,7 +105,13 @@ impl Envelope {
             event: E::NAME.to_string(),
             source,
         })?;
-        Ok(Self::new(E::NAME, E::VERSION, E::ROUTING_KEY, source, body.into()))
+        Ok(Self::new(
+            E::NAME,
+            E::VERSION,
+            E::ROUTING_KEY,
+            source,
+            body.into(),
+        ))
     }
 
     /// Build an envelope around an already-encoded JSON body.

@@ -73,7 +73,9 @@ pub enum Error {
     },
 
     /// A handler is already registered for this queue in this bus.
-    #[error("a handler is already subscribed on queue `{0}` in this bus; use a different queue name")]
+    #[error(
+        "a handler is already subscribed on queue `{0}` in this bus; use a different queue name"
+    )]
     DuplicateSubscription(String),
 
     /// The bus or transport was shut down.

@@ -69,7 +69,11 @@ impl std::fmt::Display for EventDescriptor {
         for line in self.description.lines().filter(|l| !l.trim().is_empty()) {
             writeln!(f, "  {line}")?;
         }
-        writeln!(f, "  Published by: {}", self.publisher.unwrap_or("(not declared)"))?;
+        writeln!(
+            f,
+            "  Published by: {}",
+            self.publisher.unwrap_or("(not declared)")
+        )?;
         let consumers = if self.consumers.is_empty() {
             "(not declared)".to_string()
         } else {
@@ -113,7 +117,10 @@ mod tests {
         let text = d.to_string();
         assert!(text.contains("Published by: gateway"), "{text}");
         assert!(text.contains("Consumed by:  audit, billing"), "{text}");
-        assert!(text.contains("Routing key:  resource.accessed.v2"), "{text}");
+        assert!(
+            text.contains("Routing key:  resource.accessed.v2"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -24,11 +24,11 @@ pub use bus::{Bus, BusBuilder, MessageOptions, MetricsSnapshot, Publisher, Subsc
 pub use config::Config;
 pub use context::Context;
 pub use envelope::Envelope;
-pub use middleware::{FailureKind, HandlerError};
 pub use error::{Error, Result};
 pub use event::{Event, EventDescriptor};
 #[cfg(feature = "derive")]
 pub use herald_derive::Event;
+pub use middleware::{FailureKind, HandlerError};
 pub use topology::{QueueKind, QueueSpec, Topology};
 pub use transport::{Delivery, Outcome, Transport};
 

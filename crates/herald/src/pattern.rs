@@ -41,10 +41,14 @@ pub fn validate_pattern(pattern: &str) -> Result<(), String> {
     }
     for word in pattern.split('.') {
         if word.is_empty() {
-            return Err(format!("`{pattern}` has an empty word (two dots in a row, or a leading/trailing dot)"));
+            return Err(format!(
+                "`{pattern}` has an empty word (two dots in a row, or a leading/trailing dot)"
+            ));
         }
         if word.len() > 1 && word.contains(['*', '#']) {
-            return Err(format!("`{pattern}`: wildcards `*` and `#` must stand alone between dots"));
+            return Err(format!(
+                "`{pattern}`: wildcards `*` and `#` must stand alone between dots"
+            ));
         }
     }
     Ok(())

@@ -1,15 +1,16 @@
-//! `herald bench`: workload W1 (see the herald-bench crate).
+//! `herald bench`: workload W1 (see the herald-bench crate) through the Herald bus.
 //!
 //! On a broker several processes share (SQLite, RabbitMQ) the consumer runs in a child process
 //! (`herald bench --role consumer`), so publisher and consumer do not share a runtime. The child
-//! prints `READY` once subscribed and `DONE cpu_us=N` once it has handled every event.
+//! prints `READY` once subscribed and `DONE cpu_us=N` once it has handled every event. With
+//! `--raw` on RabbitMQ, raw amqprs runs the same workload first, in the same invocation.
 
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use herald::transport::BrokerUrl;
-use herald::{Bus, Config};
-use herald_bench::w1;
+use herald::{Bus, Config, QueueKind};
+use herald_bench::{raw_amqprs, w1};
 use tokio::io::{AsyncBufReadExt, BufReader};
 
 use crate::CliResult;
@@ -20,6 +21,12 @@ pub struct Args {
     /// Number of events
     #[arg(long, default_value_t = 50_000)]
     events: u64,
+    /// RabbitMQ: also run raw amqprs on the same workload and print the ratio
+    #[arg(long)]
+    raw: bool,
+    /// RabbitMQ: use quorum queues
+    #[arg(long)]
+    quorum: bool,
     /// Measure publish-to-handler latency at a fixed rate instead of throughput
     #[arg(long)]
     latency: bool,
@@ -40,61 +47,122 @@ fn transport_name(config: &Config) -> CliResult<&'static str> {
     })
 }
 
+fn queue_kind(quorum: bool) -> QueueKind {
+    if quorum {
+        QueueKind::Quorum
+    } else {
+        QueueKind::Classic
+    }
+}
+
 pub async fn run(mut config: Config, args: Args) -> CliResult<()> {
     if args.events == 0 {
         return Err("--events must be at least 1".into());
     }
+    let kind = queue_kind(args.quorum);
     if args.role.as_deref() == Some("consumer") {
-        return consumer_role(config, args.events).await;
+        return consumer_role(config, args.events, kind).await;
     }
     let transport = transport_name(&config)?;
+    if (args.raw || args.quorum) && transport != "rabbitmq" {
+        return Err("--raw and --quorum apply to amqp:// brokers".into());
+    }
+    if transport == "rabbitmq" {
+        // The raw client connects to the same broker.
+        std::env::set_var(
+            "HERALD_BENCH_AMQP_URL",
+            config.broker.split(',').next().unwrap_or_default(),
+        );
+    }
     // A fresh exchange per run, so earlier runs' leftovers do not count.
     config.exchange = format!("bench.w1.{:08x}", rand::random::<u32>());
     if args.latency {
-        let l = w1::latency(&config.broker, &config.exchange, args.events, args.rate).await?;
-        eprintln!(
-            "latency on {transport}: {} events at {}/s, p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
-            l.events, l.rate, l.p50_ms, l.p99_ms, l.max_ms
-        );
-        println!("{}", w1::latency_line(transport, &l));
-        return Ok(());
+        return latency(&config, transport, &args).await;
     }
-    let (figures, raw) = if transport == "memory" {
+    let raw = if transport == "memory" {
         // The in-process floor runs first, in the same process: JSON encode, channel, decode.
         let raw = w1::run_raw_in_process(args.events).await;
         eprintln!(
             "raw in-process (serde_json + tokio mpsc): end to end {:.0}/s, {:.1} µs CPU per event",
             raw.end_to_end_eps, raw.cpu_us_per_event
         );
-        (w1::run_in_process(&config.broker, &config.exchange, args.events).await?, Some(raw.end_to_end_eps))
+        Some(raw.end_to_end_eps)
+    } else if args.raw {
+        let raw = raw_amqprs::run(args.events, args.quorum, false).await?;
+        eprintln!(
+            "raw amqprs: end to end {:.0}/s, {:.1} µs CPU per event",
+            raw.eps, raw.cpu_us_per_event
+        );
+        Some(raw.eps)
     } else {
-        (split_run(&config, args.events).await?, None)
+        None
+    };
+    let figures = if transport == "memory" {
+        w1::run_in_process(&config.broker, &config.exchange, args.events).await?
+    } else {
+        split_run(&config, args.events, args.quorum).await?
     };
     eprintln!(
-        "W1 on {transport}: {} events, published {:.0}/s, end to end {:.0}/s, {:.1} µs CPU per event",
-        figures.events, figures.publish_eps, figures.end_to_end_eps, figures.cpu_us_per_event
+        "W1 on {transport}{}: {} events, published {:.0}/s, end to end {:.0}/s, {:.1} µs CPU per event",
+        if args.quorum { " (quorum)" } else { "" },
+        figures.events,
+        figures.publish_eps,
+        figures.end_to_end_eps,
+        figures.cpu_us_per_event
     );
-    println!(
-        "{}",
-        herald_bench::result_line(
-            "w1",
-            transport,
-            figures.events,
-            figures.end_to_end_eps,
-            raw,
-            Some(figures.cpu_us_per_event)
-        )
+    let mut line = herald_bench::w1_result_line(
+        "w1",
+        transport,
+        figures.events,
+        figures.end_to_end_eps,
+        raw,
+        Some(figures.cpu_us_per_event),
     );
+    if transport == "rabbitmq" {
+        line.push_str(if args.quorum {
+            " queue=quorum"
+        } else {
+            " queue=classic"
+        });
+    }
+    println!("{line}");
     Ok(())
 }
 
-async fn consumer_role(config: Config, events: u64) -> CliResult<()> {
+async fn latency(config: &Config, transport: &str, args: &Args) -> CliResult<()> {
+    let raw = if args.raw {
+        let r = raw_amqprs::latency(args.events, args.rate).await?;
+        eprintln!(
+            "raw amqprs: p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+            r.p50_ms, r.p99_ms, r.max_ms
+        );
+        Some(r)
+    } else {
+        None
+    };
+    let l = w1::latency(&config.broker, &config.exchange, args.events, args.rate).await?;
+    eprintln!(
+        "latency on {transport}: {} events at {}/s, p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+        l.events, l.rate, l.p50_ms, l.p99_ms, l.max_ms
+    );
+    let mut line = w1::latency_line(transport, &l);
+    if let Some(r) = raw {
+        line.push_str(&format!(
+            " raw_p50_ms={:.2} raw_p99_ms={:.2}",
+            r.p50_ms, r.p99_ms
+        ));
+    }
+    println!("{line}");
+    Ok(())
+}
+
+async fn consumer_role(config: Config, events: u64, kind: QueueKind) -> CliResult<()> {
     let bus = Bus::builder()
         .config(config)
         .service("bench-consumer")
         .build()
         .await?;
-    let (_count, done) = w1::subscribe_counter(&bus, events)?;
+    let (_count, done) = w1::subscribe_counter(&bus, events, kind)?;
     let notified = done.notified();
     bus.start().await?;
     println!("READY");
@@ -106,9 +174,10 @@ async fn consumer_role(config: Config, events: u64) -> CliResult<()> {
     Ok(())
 }
 
-async fn split_run(config: &Config, events: u64) -> CliResult<w1::W1Figures> {
+async fn split_run(config: &Config, events: u64, quorum: bool) -> CliResult<w1::W1Figures> {
     let exe = std::env::current_exe()?;
-    let mut child = tokio::process::Command::new(exe)
+    let mut command = tokio::process::Command::new(exe);
+    command
         .args([
             "bench",
             "--role",
@@ -116,10 +185,11 @@ async fn split_run(config: &Config, events: u64) -> CliResult<w1::W1Figures> {
             "--events",
             &events.to_string(),
         ])
-        .args(["--broker", &config.broker, "--exchange", &config.exchange])
-        .stdout(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()?;
+        .args(["--broker", &config.broker, "--exchange", &config.exchange]);
+    if quorum {
+        command.arg("--quorum");
+    }
+    let mut child = command.stdout(Stdio::piped()).kill_on_drop(true).spawn()?;
     let stdout = child
         .stdout
         .take()

@@ -26,7 +26,9 @@ pub struct Database {
 
 impl Database {
     fn outbox(&self, service: &str) -> CliResult<PgOutbox> {
-        Ok(PgOutbox::new(service)?.schema(&self.outbox_schema)?.table(&self.outbox_table)?)
+        Ok(PgOutbox::new(service)?
+            .schema(&self.outbox_schema)?
+            .table(&self.outbox_table)?)
     }
 }
 
@@ -125,7 +127,11 @@ pub async fn run(config: Config, cmd: Command) -> CliResult<()> {
             postgres::install_trigger(&db.database, &db.outbox(&service)?, &spec).await?;
             println!("trigger installed on {schema}.{table}");
         }
-        Command::Relay { db, batch_size, service } => {
+        Command::Relay {
+            db,
+            batch_size,
+            service,
+        } => {
             let bus = cli_bus(&config).await?;
             let store = Arc::new(PgStore::connect(&db.database, db.outbox(&service)?).await?);
             let relay = Relay::new(
@@ -142,7 +148,12 @@ pub async fn run(config: Config, cmd: Command) -> CliResult<()> {
                 let _ = tokio::signal::ctrl_c().await;
                 stop.cancel();
             });
-            eprintln!("relaying {}.{} to {} (Ctrl-C to stop)", db.outbox_schema, db.outbox_table, crate::broker_display(&config));
+            eprintln!(
+                "relaying {}.{} to {} (Ctrl-C to stop)",
+                db.outbox_schema,
+                db.outbox_table,
+                crate::broker_display(&config)
+            );
             relay.run(cancel).await;
             bus.shutdown().await?;
         }

@@ -42,7 +42,10 @@ pub(crate) async fn run(
         let options = ConsumeOptions {
             prefetch: spec.prefetch,
         };
-        let mut rx = match transport.consume(&spec.queue, options, stream_stop.clone()).await {
+        let mut rx = match transport
+            .consume(&spec.queue, options, stream_stop.clone())
+            .await
+        {
             Ok(rx) => rx,
             Err(e) => {
                 tracing::warn!(queue = %queue_name, error = %e, ?backoff, "cannot start consumer; retrying");
@@ -62,7 +65,12 @@ pub(crate) async fn run(
         rx.close();
         while let Some(d) = rx.recv().await {
             metrics.released();
-            if let Err(e) = d.settle(Outcome::Release { delay: Duration::ZERO }).await {
+            if let Err(e) = d
+                .settle(Outcome::Release {
+                    delay: Duration::ZERO,
+                })
+                .await
+            {
                 tracing::debug!(error = %e, "release on shutdown failed; the transport redelivers it");
             }
         }
@@ -99,7 +107,12 @@ async fn consume_stream(
     while in_flight.next().await.is_some() {}
 }
 
-async fn process(delivery: Delivery, spec: Arc<ConsumerSpec>, queue: Arc<str>, metrics: Arc<Metrics>) {
+async fn process(
+    delivery: Delivery,
+    spec: Arc<ConsumerSpec>,
+    queue: Arc<str>,
+    metrics: Arc<Metrics>,
+) {
     let (envelope, settler) = delivery.into_parts();
     let envelope = Arc::new(envelope);
     let result = if envelope.body.len() > spec.max_message_bytes {

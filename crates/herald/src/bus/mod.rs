@@ -117,7 +117,9 @@ impl BusBuilder {
             Some(t) => t,
             None => crate::transport::connect(&self.config.broker, &self.config.service).await?,
         };
-        transport.apply_topology(&Topology::new(&self.config.exchange)).await?;
+        transport
+            .apply_topology(&Topology::new(&self.config.exchange))
+            .await?;
         let metrics = Arc::new(Metrics::default());
         let publisher = Publisher::new(PublishCore {
             transport: transport.clone(),
@@ -186,7 +188,11 @@ impl Bus {
     }
 
     /// Publish one event with per-message options (priority, TTL, subject, ...).
-    pub async fn publish_with<E: Event>(&self, event: &E, options: MessageOptions) -> Result<String> {
+    pub async fn publish_with<E: Event>(
+        &self,
+        event: &E,
+        options: MessageOptions,
+    ) -> Result<String> {
         self.inner.publisher.publish_with(event, options).await
     }
 
@@ -218,7 +224,12 @@ impl Bus {
             .queue
             .clone()
             .unwrap_or_else(|| format!("{}.{}", self.inner.config.service, E::ROUTING_KEY));
-        let expected = format!("`{}` v{} ({})", E::NAME, E::VERSION, std::any::type_name::<E>());
+        let expected = format!(
+            "`{}` v{} ({})",
+            E::NAME,
+            E::VERSION,
+            std::any::type_name::<E>()
+        );
         let mut options = options;
         if options.validate_schema && options.schema.is_none() {
             let schema = E::event_schema().ok_or_else(|| {
@@ -229,8 +240,11 @@ impl Bus {
             })?;
             options.schema = Some(crate::middleware::SchemaLayer::new(&schema)?);
         }
-        let decoding: Arc<dyn Handle> =
-            Arc::new(Decoding::<E, H, Args>::new(handler, self.inner.publisher.clone(), expected));
+        let decoding: Arc<dyn Handle> = Arc::new(Decoding::<E, H, Args>::new(
+            handler,
+            self.inner.publisher.clone(),
+            expected,
+        ));
         self.register(queue, vec![E::ROUTING_KEY.to_string()], decoding, options)
     }
 
@@ -255,8 +269,11 @@ impl Bus {
             .clone()
             .unwrap_or_else(|| format!("{}.{}", self.inner.config.service, queue_suffix));
         let expected = format!("{} (pattern `{pattern}`)", std::any::type_name::<P>());
-        let decoding: Arc<dyn Handle> =
-            Arc::new(Decoding::<P, H, Args>::new(handler, self.inner.publisher.clone(), expected));
+        let decoding: Arc<dyn Handle> = Arc::new(Decoding::<P, H, Args>::new(
+            handler,
+            self.inner.publisher.clone(),
+            expected,
+        ));
         self.register(queue, vec![pattern.to_string()], decoding, options)
     }
 
@@ -268,7 +285,8 @@ impl Bus {
         options: SubscribeOptions,
     ) -> Result<()> {
         let config = &self.inner.config;
-        let timeout = (config.handler_timeout_ms > 0).then(|| Duration::from_millis(config.handler_timeout_ms));
+        let timeout = (config.handler_timeout_ms > 0)
+            .then(|| Duration::from_millis(config.handler_timeout_ms));
         let spec = Arc::new(ConsumerSpec {
             queue: options.queue_spec(queue.clone(), bindings),
             pipeline: options.build_pipeline(decoding, timeout),
@@ -299,7 +317,10 @@ impl Bus {
         if self.inner.shutdown.is_cancelled() {
             return Err(Error::Closed);
         }
-        self.inner.transport.apply_topology(&self.topology()).await?;
+        self.inner
+            .transport
+            .apply_topology(&self.topology())
+            .await?;
         let mut subs = lock(&self.inner.subscriptions);
         for s in subs.iter_mut().filter(|s| s.task.is_none()) {
             s.task = Some(tokio::spawn(consumer::run(

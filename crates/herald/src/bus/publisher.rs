@@ -65,7 +65,8 @@ impl MessageOptions {
         e.correlation_id.clone_from(&self.correlation_id);
         e.causation_id.clone_from(&self.causation_id);
         e.traceparent.clone_from(&self.traceparent);
-        e.headers.extend(self.headers.iter().map(|(k, v)| (k.clone(), v.clone())));
+        e.headers
+            .extend(self.headers.iter().map(|(k, v)| (k.clone(), v.clone())));
     }
 }
 
@@ -97,7 +98,11 @@ impl Publisher {
     }
 
     /// Publish one event with options.
-    pub async fn publish_with<E: Event>(&self, event: &E, options: MessageOptions) -> Result<String> {
+    pub async fn publish_with<E: Event>(
+        &self,
+        event: &E,
+        options: MessageOptions,
+    ) -> Result<String> {
         let mut envelope = Envelope::for_event(event, &self.core.service)?;
         options.apply(&mut envelope);
         let id = envelope.id.clone();
@@ -117,7 +122,11 @@ impl Publisher {
     }
 
     /// Publish ready-made envelopes (foreign payloads, replays, the CLI).
-    pub async fn publish_envelopes(&self, envelopes: Vec<Envelope>, allow_unroutable: bool) -> Result<()> {
+    pub async fn publish_envelopes(
+        &self,
+        envelopes: Vec<Envelope>,
+        allow_unroutable: bool,
+    ) -> Result<()> {
         self.send(envelopes, allow_unroutable).await
     }
 

@@ -4,9 +4,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::middleware::{
-    CatchPanicLayer, CircuitBreakerConfig, DedupLayer, CircuitBreakerLayer, ConcurrencyLimitLayer,
-    DeadLetterLayer, Handle, Layer, RateLimitLayer, RetryLayer, RetryPolicy, SchemaLayer,
-    TimeoutLayer,
+    CatchPanicLayer, CircuitBreakerConfig, CircuitBreakerLayer, ConcurrencyLimitLayer,
+    DeadLetterLayer, DedupLayer, Handle, Layer, RateLimitLayer, RetryLayer, RetryPolicy,
+    SchemaLayer, TimeoutLayer,
 };
 use crate::topology::{QueueKind, QueueSpec};
 
@@ -165,7 +165,11 @@ impl SubscribeOptions {
 
     /// Wrap the decoding handler in the configured layers (see the middleware module docs for
     /// the order and why).
-    pub(crate) fn build_pipeline(&self, handler: Arc<dyn Handle>, default_timeout: Option<Duration>) -> Arc<dyn Handle> {
+    pub(crate) fn build_pipeline(
+        &self,
+        handler: Arc<dyn Handle>,
+        default_timeout: Option<Duration>,
+    ) -> Arc<dyn Handle> {
         let mut h = handler;
         if let Some(schema) = &self.schema {
             h = schema.layer(h);

@@ -10,7 +10,9 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use super::{BoxFuture, Disposition, FailureKind, Handle, HandlerError, HandlerResult, Layer, Message};
+use super::{
+    BoxFuture, Disposition, FailureKind, Handle, HandlerError, HandlerResult, Layer, Message,
+};
 
 /// When to open and for how long.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -109,9 +111,15 @@ impl Handle for Breaker {
                 match s.opened_at {
                     None => false,
                     Some(at) if at.elapsed() < config.open_for || s.probing => {
-                        let wait = config.open_for.saturating_sub(at.elapsed()).max(Duration::from_millis(100));
-                        return Err(HandlerError::new(FailureKind::CircuitOpen, "circuit open: dependency failing")
-                            .with_disposition(Disposition::Release(wait)));
+                        let wait = config
+                            .open_for
+                            .saturating_sub(at.elapsed())
+                            .max(Duration::from_millis(100));
+                        return Err(HandlerError::new(
+                            FailureKind::CircuitOpen,
+                            "circuit open: dependency failing",
+                        )
+                        .with_disposition(Disposition::Release(wait)));
                     }
                     Some(_) => {
                         s.probing = true;
@@ -186,7 +194,10 @@ mod tests {
             }
         }));
         for _ in 0..3 {
-            assert_eq!(h.call(message(1)).await.unwrap_err().kind, FailureKind::Handler);
+            assert_eq!(
+                h.call(message(1)).await.unwrap_err().kind,
+                FailureKind::Handler
+            );
         }
         assert_eq!(layer.state(), CircuitState::Open);
         assert!(h.paused_for().is_some());
@@ -196,7 +207,10 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(250)).await;
         assert_eq!(layer.state(), CircuitState::HalfOpen);
         // A failed probe opens it again.
-        assert_eq!(h.call(message(1)).await.unwrap_err().kind, FailureKind::Handler);
+        assert_eq!(
+            h.call(message(1)).await.unwrap_err().kind,
+            FailureKind::Handler
+        );
         assert_eq!(layer.state(), CircuitState::Open);
         tokio::time::sleep(Duration::from_millis(250)).await;
         healthy.store(true, Ordering::SeqCst);
@@ -211,7 +225,9 @@ mod tests {
             failure_threshold: 1,
             open_for: Duration::from_secs(10),
         });
-        let h = layer.layer(handle_fn(|_| async { Err(HandlerError::new(FailureKind::Decode, "bad")) }));
+        let h = layer.layer(handle_fn(|_| async {
+            Err(HandlerError::new(FailureKind::Decode, "bad"))
+        }));
         let _ = h.call(message(1)).await;
         assert_eq!(layer.state(), CircuitState::Closed);
     }

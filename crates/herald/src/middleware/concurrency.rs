@@ -43,10 +43,9 @@ impl Handle for ConcurrencyLimit {
         let inner = self.inner.clone();
         let permits = self.permits.clone();
         Box::pin(async move {
-            let _permit = permits
-                .acquire_owned()
-                .await
-                .map_err(|_| HandlerError::new(FailureKind::Handler, "concurrency limiter closed"))?;
+            let _permit = permits.acquire_owned().await.map_err(|_| {
+                HandlerError::new(FailureKind::Handler, "concurrency limiter closed")
+            })?;
             inner.call(msg).await
         })
     }

@@ -37,7 +37,8 @@ impl Handle for DeadLetter {
                         kind = e.kind.as_str(), error = %e.message, "dead-lettering message"
                     );
                     let message = format!("{} (attempt {})", e.message, msg.envelope.attempt);
-                    Err(super::HandlerError { message, ..e }.with_disposition(Disposition::DeadLetter))
+                    Err(super::HandlerError { message, ..e }
+                        .with_disposition(Disposition::DeadLetter))
                 }
             }
         })
@@ -56,7 +57,9 @@ mod tests {
 
     #[tokio::test]
     async fn undecided_failures_are_dead_lettered_with_the_attempt() {
-        let h = DeadLetterLayer.layer(handle_fn(|_| async { Err(HandlerError::new(FailureKind::Decode, "bad json")) }));
+        let h = DeadLetterLayer.layer(handle_fn(|_| async {
+            Err(HandlerError::new(FailureKind::Decode, "bad json"))
+        }));
         let err = h.call(message(1)).await.unwrap_err();
         assert_eq!(err.disposition, Some(Disposition::DeadLetter));
         assert_eq!(err.message, "bad json (attempt 1)");
@@ -66,10 +69,18 @@ mod tests {
     #[tokio::test]
     async fn decisions_from_inner_layers_stand() {
         let h = DeadLetterLayer.layer(handle_fn(|_| async {
-            Err(HandlerError::transient("x").with_disposition(Disposition::RetryAfter(Duration::from_secs(1))))
+            Err(HandlerError::transient("x")
+                .with_disposition(Disposition::RetryAfter(Duration::from_secs(1))))
         }));
         let err = h.call(message(1)).await.unwrap_err();
-        assert_eq!(err.disposition, Some(Disposition::RetryAfter(Duration::from_secs(1))));
-        assert!(DeadLetterLayer.layer(handle_fn(|_| async { Ok(()) })).call(message(1)).await.is_ok());
+        assert_eq!(
+            err.disposition,
+            Some(Disposition::RetryAfter(Duration::from_secs(1)))
+        );
+        assert!(DeadLetterLayer
+            .layer(handle_fn(|_| async { Ok(()) }))
+            .call(message(1))
+            .await
+            .is_ok());
     }
 }

@@ -152,10 +152,18 @@ mod tests {
         let m = message(1);
         assert!(h.call(m.clone()).await.is_err());
         h.call(m.clone()).await.unwrap();
-        assert_eq!(calls.load(Ordering::SeqCst), 2, "a failed attempt does not mark the id");
+        assert_eq!(
+            calls.load(Ordering::SeqCst),
+            2,
+            "a failed attempt does not mark the id"
+        );
         h.call(message(1)).await.unwrap();
         h.call(message(1)).await.unwrap();
         h.call(m).await.unwrap();
-        assert_eq!(calls.load(Ordering::SeqCst), 5, "the oldest id fell out of a window of 2");
+        assert_eq!(
+            calls.load(Ordering::SeqCst),
+            5,
+            "the oldest id fell out of a window of 2"
+        );
     }
 }

@@ -89,7 +89,10 @@ pub enum FailureKind {
 impl FailureKind {
     /// Whether a later attempt could succeed.
     pub fn is_retryable(self) -> bool {
-        matches!(self, FailureKind::Handler | FailureKind::Timeout | FailureKind::Panic)
+        matches!(
+            self,
+            FailureKind::Handler | FailureKind::Timeout | FailureKind::Panic
+        )
     }
 
     /// The name recorded in `herald_error_kind`.

@@ -41,7 +41,8 @@ impl RateLimitLayer {
                 let mut b = self.bucket.lock().await;
                 let now = Instant::now();
                 let cap = b.per_second.max(1.0);
-                b.tokens = (b.tokens + now.duration_since(b.refilled).as_secs_f64() * b.per_second).min(cap);
+                b.tokens = (b.tokens + now.duration_since(b.refilled).as_secs_f64() * b.per_second)
+                    .min(cap);
                 b.refilled = now;
                 if b.tokens >= 1.0 {
                     b.tokens -= 1.0;

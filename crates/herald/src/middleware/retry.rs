@@ -184,11 +184,8 @@ impl Handle for Retry {
                 let attempt = msg.envelope.attempt;
                 if attempt >= policy.max_attempts {
                     let message = format!("{} (gave up after {attempt} attempts)", err.message);
-                    return Err(super::HandlerError {
-                        message,
-                        ..err
-                    }
-                    .with_disposition(Disposition::DeadLetter));
+                    return Err(super::HandlerError { message, ..err }
+                        .with_disposition(Disposition::DeadLetter));
                 }
                 let delay = policy.delay(attempt);
                 tracing::debug!(id = %msg.envelope.id, attempt, ?delay, error = %err, "redelivering later");
@@ -227,7 +224,10 @@ mod tests {
         let h = RetryLayer::new(policy).layer(failing(calls.clone(), FailureKind::Handler));
         let err = h.call(message(2)).await.unwrap_err();
         assert_eq!(calls.load(Ordering::SeqCst), 3, "1 call + 2 immediate");
-        assert_eq!(err.disposition, Some(Disposition::RetryAfter(Duration::from_millis(200))));
+        assert_eq!(
+            err.disposition,
+            Some(Disposition::RetryAfter(Duration::from_millis(200)))
+        );
     }
 
     #[tokio::test]
@@ -237,13 +237,18 @@ mod tests {
             .layer(failing(calls, FailureKind::Handler));
         let err = h.call(message(3)).await.unwrap_err();
         assert_eq!(err.disposition, Some(Disposition::DeadLetter));
-        assert!(err.message.contains("gave up after 3 attempts"), "{}", err.message);
+        assert!(
+            err.message.contains("gave up after 3 attempts"),
+            "{}",
+            err.message
+        );
     }
 
     #[tokio::test]
     async fn permanent_failures_are_not_retried() {
         let calls = Arc::new(AtomicU32::new(0));
-        let h = RetryLayer::new(RetryPolicy::default()).layer(failing(calls.clone(), FailureKind::Decode));
+        let h = RetryLayer::new(RetryPolicy::default())
+            .layer(failing(calls.clone(), FailureKind::Decode));
         let err = h.call(message(1)).await.unwrap_err();
         assert_eq!(calls.load(Ordering::SeqCst), 1);
         assert_eq!(err.disposition, None, "left for the dead-letter layer");

@@ -63,7 +63,8 @@ impl Handle for Validate {
             let body: serde_json::Value = match serde_json::from_slice(&msg.envelope.body) {
                 Ok(v) => v,
                 Err(e) => {
-                    let err = HandlerError::new(FailureKind::Decode, format!("body is not JSON: {e}"));
+                    let err =
+                        HandlerError::new(FailureKind::Decode, format!("body is not JSON: {e}"));
                     return Box::pin(async move { Err(err) });
                 }
             };
@@ -102,7 +103,9 @@ mod tests {
             "properties": { "n": { "type": "integer", "minimum": 5 } },
             "required": ["n"]
         });
-        let h = SchemaLayer::new(&schema).unwrap().layer(handle_fn(|_| async { Ok(()) }));
+        let h = SchemaLayer::new(&schema)
+            .unwrap()
+            .layer(handle_fn(|_| async { Ok(()) }));
         let err = h.call(message(1)).await.unwrap_err();
         assert_eq!(err.kind, FailureKind::Schema);
         assert!(err.message.contains("minimum"), "{}", err.message);

@@ -69,7 +69,8 @@ mod tests {
         let err = slow.call(message(1)).await.unwrap_err();
         assert_eq!(err.kind, FailureKind::Timeout);
         assert!(started.elapsed() < Duration::from_secs(1));
-        let fast = TimeoutLayer::new(Duration::from_millis(50)).layer(handle_fn(|_| async { Ok(()) }));
+        let fast =
+            TimeoutLayer::new(Duration::from_millis(50)).layer(handle_fn(|_| async { Ok(()) }));
         assert!(fast.call(message(1)).await.is_ok());
     }
 }

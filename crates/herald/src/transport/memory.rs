@@ -161,7 +161,10 @@ impl MemoryTransport {
 
     /// The process-wide broker with this name (created on first use).
     pub fn named(name: &str) -> Self {
-        lock(registry()).entry(name.to_string()).or_default().handle()
+        lock(registry())
+            .entry(name.to_string())
+            .or_default()
+            .handle()
     }
 
     /// A new connection to the same broker.
@@ -230,7 +233,12 @@ impl Broker {
             let stored = q.ready.pop()?;
             match stored.expires_at {
                 Some(at) if at <= Instant::now() => {
-                    let failure = Failure::now(&stored.envelope, queue, "expired", "message TTL expired before delivery");
+                    let failure = Failure::now(
+                        &stored.envelope,
+                        queue,
+                        "expired",
+                        "message TTL expired before delivery",
+                    );
                     Broker::dead_letter(state, queue, stored.envelope, &failure);
                 }
                 _ => {
@@ -280,7 +288,12 @@ impl Transport for MemoryTransport {
         Ok(())
     }
 
-    async fn publish(&self, exchange: &str, batch: &[Envelope], options: PublishOptions) -> Result<()> {
+    async fn publish(
+        &self,
+        exchange: &str,
+        batch: &[Envelope],
+        options: PublishOptions,
+    ) -> Result<()> {
         self.closed_check()?;
         let mut state = lock(&self.broker.state);
         // Route everything first so a batch is all-or-nothing.
@@ -304,7 +317,9 @@ impl Transport for MemoryTransport {
                 if let Some(q) = state.queues.get(t) {
                     if let Some(max) = q.spec.max_length {
                         if q.ready.len() as u64 >= max {
-                            return Err(Error::Rejected(format!("queue `{t}` is full ({max} messages)")));
+                            return Err(Error::Rejected(format!(
+                                "queue `{t}` is full ({max} messages)"
+                            )));
                         }
                     }
                 }
@@ -329,7 +344,13 @@ impl Transport for MemoryTransport {
         let notify = {
             let mut state = lock(&self.broker.state);
             let q = state.queues.get_mut(&queue.name).ok_or_else(|| {
-                Error::transport("memory", format!("queue `{}` is not declared; apply the topology first", queue.name))
+                Error::transport(
+                    "memory",
+                    format!(
+                        "queue `{}` is not declared; apply the topology first",
+                        queue.name
+                    ),
+                )
             })?;
             q.consumers += 1;
             q.notify.clone()
@@ -372,7 +393,11 @@ impl Transport for MemoryTransport {
                         break Vec::new();
                     }
                     let notified = notify.notified();
-                    let batch = Broker::take_many(&mut lock(&broker.state), &name, permits_held.num_permits());
+                    let batch = Broker::take_many(
+                        &mut lock(&broker.state),
+                        &name,
+                        permits_held.num_permits(),
+                    );
                     if !batch.is_empty() {
                         break batch;
                     }
@@ -389,22 +414,37 @@ impl Transport for MemoryTransport {
                 {
                     let mut in_flight = lock(&settler.in_flight);
                     for stored in batch {
-                        let Some(permit) = permits_held.split(1) else { break };
+                        let Some(permit) = permits_held.split(1) else {
+                            break;
+                        };
                         let tag = broker.next_tag.fetch_add(1, AtomicOrdering::Relaxed);
                         in_flight.insert(tag, (stored.envelope.clone(), permit));
-                        deliveries.push(Delivery::new(stored.envelope, stored.redelivered, tag, settler.clone()));
+                        deliveries.push(Delivery::new(
+                            stored.envelope,
+                            stored.redelivered,
+                            tag,
+                            settler.clone(),
+                        ));
                     }
                 }
                 drop(permits_held);
                 let mut closed = false;
                 for delivery in deliveries {
                     if closed {
-                        let _ = delivery.settle(Outcome::Release { delay: Duration::ZERO }).await;
+                        let _ = delivery
+                            .settle(Outcome::Release {
+                                delay: Duration::ZERO,
+                            })
+                            .await;
                         continue;
                     }
                     if let Err(mpsc::error::SendError(undelivered)) = tx.send(delivery).await {
                         // Nobody is listening any more: give the messages straight back.
-                        let _ = undelivered.settle(Outcome::Release { delay: Duration::ZERO }).await;
+                        let _ = undelivered
+                            .settle(Outcome::Release {
+                                delay: Duration::ZERO,
+                            })
+                            .await;
                         closed = true;
                     }
                 }
@@ -441,7 +481,9 @@ impl Transport for MemoryTransport {
 
     async fn replay_dead_letters(&self, queue: &str, ids: Option<&[String]>) -> Result<u64> {
         let mut state = lock(&self.broker.state);
-        let Some(q) = state.queues.get_mut(queue) else { return Ok(0) };
+        let Some(q) = state.queues.get_mut(queue) else {
+            return Ok(0);
+        };
         let (replay, keep): (VecDeque<Envelope>, VecDeque<Envelope>) = q
             .dead
             .drain(..)
@@ -457,9 +499,12 @@ impl Transport for MemoryTransport {
 
     async fn purge_dead_letters(&self, queue: &str, ids: Option<&[String]>) -> Result<u64> {
         let mut state = lock(&self.broker.state);
-        let Some(q) = state.queues.get_mut(queue) else { return Ok(0) };
+        let Some(q) = state.queues.get_mut(queue) else {
+            return Ok(0);
+        };
         let before = q.dead.len();
-        q.dead.retain(|e| !ids.is_none_or(|ids| ids.contains(&e.id)));
+        q.dead
+            .retain(|e| !ids.is_none_or(|ids| ids.contains(&e.id)));
         Ok((before - q.dead.len()) as u64)
     }
 
@@ -500,7 +545,10 @@ struct MemorySettler {
 impl Settle for MemorySettler {
     async fn settle(&self, tag: u64, envelope: &Envelope, outcome: Outcome) -> Result<()> {
         let Some((_, permit)) = lock(&self.in_flight).remove(&tag) else {
-            return Err(Error::transport("memory", format!("delivery {tag} was already settled")));
+            return Err(Error::transport(
+                "memory",
+                format!("delivery {tag} was already settled"),
+            ));
         };
         drop(permit);
         let mut state = lock(&self.broker.state);
@@ -531,7 +579,12 @@ impl Settle for MemorySettler {
 impl MemorySettler {
     fn schedule(&self, envelope: Envelope, delay: Duration, redelivered: bool) {
         if delay.is_zero() {
-            Broker::enqueue(&mut lock(&self.broker.state), &self.queue, envelope, redelivered);
+            Broker::enqueue(
+                &mut lock(&self.broker.state),
+                &self.queue,
+                envelope,
+                redelivered,
+            );
             return;
         }
         if let Some(q) = lock(&self.broker.state).queues.get_mut(&self.queue) {
@@ -568,7 +621,11 @@ impl Drop for MemorySettler {
         self.requeue_unsettled();
         let mut state = lock(&self.broker.state);
         if self.auto_delete {
-            let consumers = state.queues.get(&self.queue).map(|q| q.consumers).unwrap_or(0);
+            let consumers = state
+                .queues
+                .get(&self.queue)
+                .map(|q| q.consumers)
+                .unwrap_or(0);
             if consumers == 0 {
                 state.queues.remove(&self.queue);
                 for b in state.bindings.values_mut() {

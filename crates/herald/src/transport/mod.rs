@@ -102,7 +102,10 @@ impl Failure {
         h.insert(header::ORIGINAL_QUEUE.into(), self.queue.clone());
         h.entry(header::ORIGINAL_ROUTING_KEY.into())
             .or_insert_with(|| envelope.routing_key.clone());
-        h.insert(header::FIRST_FAILURE.into(), format_time(&self.first_failure));
+        h.insert(
+            header::FIRST_FAILURE.into(),
+            format_time(&self.first_failure),
+        );
         h.insert(header::LAST_FAILURE.into(), format_time(&self.last_failure));
     }
 }

@@ -43,7 +43,9 @@ impl BrokerUrl {
             "sqlite" => {
                 let path = rest.split('?').next().unwrap_or_default();
                 if path.is_empty() {
-                    return Err(invalid("sqlite:// needs a file path, e.g. sqlite://.herald/herald.db"));
+                    return Err(invalid(
+                        "sqlite:// needs a file path, e.g. sqlite://.herald/herald.db",
+                    ));
                 }
                 Ok(BrokerUrl::Sqlite(PathBuf::from(path)))
             }
@@ -55,10 +57,14 @@ impl BrokerUrl {
                         reason: e.to_string(),
                     })?;
                     if !matches!(parsed.scheme(), "amqp" | "amqps") {
-                        return Err(invalid("every URL in a cluster list must be amqp:// or amqps://"));
+                        return Err(invalid(
+                            "every URL in a cluster list must be amqp:// or amqps://",
+                        ));
                     }
                     if parsed.host_str().unwrap_or_default().is_empty() {
-                        return Err(invalid("an amqp URL needs a host, e.g. amqp://guest:guest@127.0.0.1:5672/%2f"));
+                        return Err(invalid(
+                            "an amqp URL needs a host, e.g. amqp://guest:guest@127.0.0.1:5672/%2f",
+                        ));
                     }
                 }
                 Ok(BrokerUrl::Amqp(urls))
@@ -106,7 +112,9 @@ pub fn redact_url(raw: &str) -> String {
 pub async fn connect(raw: &str, service: &str) -> Result<Arc<dyn Transport>> {
     let _ = service;
     match BrokerUrl::parse(raw)? {
-        BrokerUrl::Memory(name) => Ok(Arc::new(crate::transport::memory::MemoryTransport::named(&name))),
+        BrokerUrl::Memory(name) => Ok(Arc::new(crate::transport::memory::MemoryTransport::named(
+            &name,
+        ))),
         #[cfg(feature = "sqlite")]
         BrokerUrl::Sqlite(path) => Ok(Arc::new(
             crate::transport::sqlite::SqliteTransport::open(&path).await?,
@@ -139,16 +147,32 @@ mod tests {
 
     #[test]
     fn parses_each_scheme() {
-        assert_eq!(BrokerUrl::parse("").unwrap(), BrokerUrl::Sqlite(DEFAULT_SQLITE_PATH.into()));
-        assert_eq!(BrokerUrl::parse("sqlite:///tmp/x.db").unwrap(), BrokerUrl::Sqlite("/tmp/x.db".into()));
-        assert_eq!(BrokerUrl::parse("sqlite://rel/x.db").unwrap(), BrokerUrl::Sqlite("rel/x.db".into()));
-        assert_eq!(BrokerUrl::parse("memory://").unwrap(), BrokerUrl::Memory(String::new()));
-        assert!(matches!(BrokerUrl::parse("amqp://a:b@h1,amqp://h2").unwrap(), BrokerUrl::Amqp(v) if v.len() == 2));
+        assert_eq!(
+            BrokerUrl::parse("").unwrap(),
+            BrokerUrl::Sqlite(DEFAULT_SQLITE_PATH.into())
+        );
+        assert_eq!(
+            BrokerUrl::parse("sqlite:///tmp/x.db").unwrap(),
+            BrokerUrl::Sqlite("/tmp/x.db".into())
+        );
+        assert_eq!(
+            BrokerUrl::parse("sqlite://rel/x.db").unwrap(),
+            BrokerUrl::Sqlite("rel/x.db".into())
+        );
+        assert_eq!(
+            BrokerUrl::parse("memory://").unwrap(),
+            BrokerUrl::Memory(String::new())
+        );
+        assert!(
+            matches!(BrokerUrl::parse("amqp://a:b@h1,amqp://h2").unwrap(), BrokerUrl::Amqp(v) if v.len() == 2)
+        );
     }
 
     #[test]
     fn bad_urls_are_clear_and_redacted() {
-        let e = BrokerUrl::parse("kafka://u:pw@host").unwrap_err().to_string();
+        let e = BrokerUrl::parse("kafka://u:pw@host")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("unknown scheme `kafka`"), "{e}");
         assert!(!e.contains("pw"), "{e}");
         assert!(BrokerUrl::parse("localhost:5672").is_err());
@@ -160,6 +184,9 @@ mod tests {
     #[test]
     fn redaction() {
         assert_eq!(redact_url("amqp://h/%2f"), "amqp://h/%2f");
-        assert_eq!(redact_url("amqp://u:p@h,amqp://v:q@g"), "amqp://u:***@h,amqp://v:***@g");
+        assert_eq!(
+            redact_url("amqp://u:p@h,amqp://v:q@g"),
+            "amqp://u:***@h,amqp://v:***@g"
+        );
     }
 }

@@ -1,0 +1,315 @@
+//! W1 on plain amqprs: the baseline. One publisher connection with a confirm channel and a
+//! window of 256 unconfirmed messages, one consumer connection with prefetch 200 that decodes
+//! each body as JSON and acks it (one ack per message, as a straightforward client would).
+
+use std::sync::Arc;
+
+use amqprs::callbacks::{ChannelCallback, DefaultConnectionCallback};
+use amqprs::channel::{
+    BasicAckArguments, BasicConsumeArguments, BasicPublishArguments, BasicQosArguments, Channel,
+    ConfirmSelectArguments, ExchangeDeclareArguments, ExchangeDeleteArguments, QueueBindArguments,
+    QueueDeclareArguments, QueueDeleteArguments,
+};
+use amqprs::connection::Connection;
+use amqprs::{Ack, BasicProperties, Cancel, CloseChannel, FieldTable, FieldValue, Nack, Return};
+use async_trait::async_trait;
+use tokio::sync::Semaphore;
+
+use crate::{run_name, w1_body, Meter, W1Figures};
+
+type AmqpResult<T> = std::result::Result<T, amqprs::error::Error>;
+
+/// Errors of a benchmark run, as text.
+pub type BenchResult<T> = std::result::Result<T, String>;
+
+struct Window {
+    permits: Arc<Semaphore>,
+    confirmed: u64,
+}
+
+#[async_trait]
+impl ChannelCallback for Window {
+    async fn close(&mut self, _: &Channel, _: CloseChannel) -> AmqpResult<()> {
+        Ok(())
+    }
+    async fn cancel(&mut self, _: &Channel, _: Cancel) -> AmqpResult<()> {
+        Ok(())
+    }
+    async fn flow(&mut self, _: &Channel, active: bool) -> AmqpResult<bool> {
+        Ok(active)
+    }
+    async fn publish_ack(&mut self, _: &Channel, ack: Ack) {
+        let tag = ack.delivery_tag();
+        let n = if ack.mutiple() {
+            tag.saturating_sub(self.confirmed)
+        } else {
+            1
+        };
+        self.confirmed = self.confirmed.max(tag);
+        self.permits.add_permits(n as usize);
+    }
+    async fn publish_nack(&mut self, _: &Channel, nack: Nack) {
+        let tag = nack.delivery_tag();
+        let n = if nack.multiple() {
+            tag.saturating_sub(self.confirmed)
+        } else {
+            1
+        };
+        self.confirmed = self.confirmed.max(tag);
+        self.permits.add_permits(n as usize);
+    }
+    async fn publish_return(&mut self, _: &Channel, _: Return, _: BasicProperties, _: Vec<u8>) {}
+}
+
+async fn open(name: &str) -> BenchResult<Connection> {
+    let args = crate::amqp_args(name)?;
+    let conn = Connection::open(&args).await.map_err(|e| e.to_string())?;
+    conn.register_callback(DefaultConnectionCallback)
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(conn)
+}
+
+/// Run W1 with `events` events on a classic (or quorum) queue. With `with_headers`, each message
+/// carries the same CloudEvents headers and properties Herald writes (the same wire format), which
+/// separates the cost of the wire format from the cost of the client.
+pub async fn run(events: u64, quorum: bool, with_headers: bool) -> BenchResult<W1Figures> {
+    let queue = run_name("bench-raw");
+    let exchange = format!("{queue}.x");
+    let pub_conn = open("bench raw publisher").await?;
+    let con_conn = open("bench raw consumer").await?;
+    let admin = pub_conn
+        .open_channel(None)
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut qargs = FieldTable::new();
+    if quorum {
+        qargs.insert(
+            "x-queue-type".try_into().map_err(|_| "name")?,
+            FieldValue::from("quorum"),
+        );
+    }
+    admin
+        .queue_declare(
+            QueueDeclareArguments::new(&queue)
+                .durable(true)
+                .arguments(qargs)
+                .finish(),
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+
+    admin
+        .exchange_declare(
+            ExchangeDeclareArguments::new(&exchange, "topic")
+                .durable(true)
+                .finish(),
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+    admin
+        .queue_bind(QueueBindArguments::new(&queue, &exchange, "w1.#"))
+        .await
+        .map_err(|e| e.to_string())?;
+
+    let con_ch = con_conn
+        .open_channel(None)
+        .await
+        .map_err(|e| e.to_string())?;
+    con_ch
+        .basic_qos(BasicQosArguments::new(0, 200, false))
+        .await
+        .map_err(|e| e.to_string())?;
+    let (_tag, mut rx) = con_ch
+        .basic_consume_rx(
+            BasicConsumeArguments::new(&queue, "bench-raw")
+                .manual_ack(true)
+                .finish(),
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+
+    let pub_ch = pub_conn
+        .open_channel(None)
+        .await
+        .map_err(|e| e.to_string())?;
+    let permits = Arc::new(Semaphore::new(256));
+    pub_ch
+        .register_callback(Window {
+            permits: permits.clone(),
+            confirmed: 0,
+        })
+        .await
+        .map_err(|e| e.to_string())?;
+    pub_ch
+        .confirm_select(ConfirmSelectArguments::new(false))
+        .await
+        .map_err(|e| e.to_string())?;
+
+    let meter = Meter::start();
+    let consumer = tokio::spawn(async move {
+        let mut got = 0u64;
+        while got < events {
+            let Some(m) = rx.recv().await else { break };
+            let (Some(d), Some(body)) = (m.deliver, m.content) else {
+                continue;
+            };
+            let _v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+            let _ = con_ch
+                .basic_ack(BasicAckArguments::new(d.delivery_tag(), false))
+                .await;
+            got += 1;
+        }
+        (got, con_ch)
+    });
+    for n in 0..events {
+        permits.acquire().await.map_err(|e| e.to_string())?.forget();
+        let mut props = BasicProperties::default();
+        if with_headers {
+            let e = herald::Envelope::new("w1.event", 1, "w1.event", "bench", Default::default());
+            let mut t = FieldTable::new();
+            for (k, v) in e.wire_headers() {
+                if let Ok(k) = k.try_into() {
+                    t.insert(k, FieldValue::from(v));
+                }
+            }
+            props
+                .with_headers(t)
+                .with_message_type(&e.event_type)
+                .with_app_id(&e.source)
+                .with_timestamp(e.time.timestamp() as u64);
+        }
+        props
+            .with_persistence(true)
+            .with_content_type("application/json")
+            .with_message_id(&n.to_string());
+        pub_ch
+            .basic_publish(
+                props.finish(),
+                w1_body(n),
+                BasicPublishArguments::new(&exchange, "w1.event"),
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+    }
+    let publish_elapsed = meter.elapsed();
+    let (got, con_ch) = consumer.await.map_err(|e| e.to_string())?;
+    let mut figures = meter.finish(got);
+    figures.publish_elapsed = publish_elapsed;
+    let _ = con_ch.close().await;
+    let _ = admin.queue_delete(QueueDeleteArguments::new(&queue)).await;
+    let _ = admin
+        .exchange_delete(ExchangeDeleteArguments::new(&exchange))
+        .await;
+    let _ = pub_ch.close().await;
+    let _ = pub_conn.close().await;
+    let _ = con_conn.close().await;
+    if got < events {
+        return Err(format!("raw run consumed {got} of {events}"));
+    }
+    Ok(figures)
+}
+
+/// The latency run on plain amqprs: `events` events at `rate` per second, publish to handler.
+/// Same shape as [`crate::rabbit_w1::latency`], as a baseline for what the broker and the
+/// machine add.
+pub async fn latency(events: u64, rate: u64) -> BenchResult<crate::LatencyFigures> {
+    use std::time::{Duration, Instant};
+    let queue = run_name("bench-rawlat");
+    let pub_conn = open("bench raw latency publisher").await?;
+    let con_conn = open("bench raw latency consumer").await?;
+    let admin = pub_conn
+        .open_channel(None)
+        .await
+        .map_err(|e| e.to_string())?;
+    admin
+        .queue_declare(QueueDeclareArguments::new(&queue).durable(true).finish())
+        .await
+        .map_err(|e| e.to_string())?;
+    let con_ch = con_conn
+        .open_channel(None)
+        .await
+        .map_err(|e| e.to_string())?;
+    con_ch
+        .basic_qos(BasicQosArguments::new(0, 200, false))
+        .await
+        .map_err(|e| e.to_string())?;
+    let (_tag, mut rx) = con_ch
+        .basic_consume_rx(
+            BasicConsumeArguments::new(&queue, "bench-rawlat")
+                .manual_ack(true)
+                .finish(),
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+    let pub_ch = pub_conn
+        .open_channel(None)
+        .await
+        .map_err(|e| e.to_string())?;
+    let permits = Arc::new(Semaphore::new(256));
+    pub_ch
+        .register_callback(Window {
+            permits: permits.clone(),
+            confirmed: 0,
+        })
+        .await
+        .map_err(|e| e.to_string())?;
+    pub_ch
+        .confirm_select(ConfirmSelectArguments::new(false))
+        .await
+        .map_err(|e| e.to_string())?;
+    let origin = Instant::now();
+    let consumer = tokio::spawn(async move {
+        let mut lat = Vec::with_capacity(events as usize);
+        while (lat.len() as u64) < events {
+            let Some(m) = rx.recv().await else { break };
+            let (Some(d), Some(body)) = (m.deliver, m.content) else {
+                continue;
+            };
+            let now = origin.elapsed().as_nanos() as u64;
+            let sent = serde_json::from_slice::<serde_json::Value>(&body)
+                .ok()
+                .and_then(|v| v["sent_ns"].as_u64())
+                .unwrap_or(now);
+            lat.push(now.saturating_sub(sent) as f64 / 1e6);
+            let _ = con_ch
+                .basic_ack(BasicAckArguments::new(d.delivery_tag(), false))
+                .await;
+        }
+        (lat, con_ch)
+    });
+    let mut tick = tokio::time::interval(Duration::from_nanos(1_000_000_000 / rate.max(1)));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    for i in 0..events {
+        tick.tick().await;
+        permits.acquire().await.map_err(|e| e.to_string())?.forget();
+        let sent_ns = origin.elapsed().as_nanos() as u64;
+        let body = serde_json::to_vec(&serde_json::json!({ "n": i, "sent_ns": sent_ns }))
+            .unwrap_or_default();
+        let mut props = BasicProperties::default();
+        props
+            .with_persistence(true)
+            .with_content_type("application/json");
+        pub_ch
+            .basic_publish(props, body, BasicPublishArguments::new("", &queue))
+            .await
+            .map_err(|e| e.to_string())?;
+    }
+    let (mut lat, con_ch) = tokio::time::timeout(Duration::from_secs(60), consumer)
+        .await
+        .map_err(|_| "raw latency run timed out".to_string())?
+        .map_err(|e| e.to_string())?;
+    let _ = con_ch.close().await;
+    let _ = admin.queue_delete(QueueDeleteArguments::new(&queue)).await;
+    let _ = pub_ch.close().await;
+    let _ = pub_conn.close().await;
+    let _ = con_conn.close().await;
+    lat.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
+    Ok(crate::LatencyFigures {
+        events: lat.len() as u64,
+        rate,
+        p50_ms: crate::percentile(&lat, 0.50),
+        p99_ms: crate::percentile(&lat, 0.99),
+        max_ms: lat.last().copied().unwrap_or(0.0),
+    })
+}

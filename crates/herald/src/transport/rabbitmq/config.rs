@@ -1,0 +1,249 @@
+//! Configuration of the RabbitMQ transport: broker URLs, naming, timeouts and windows.
+
+use std::time::Duration;
+
+use amqprs::connection::OpenConnectionArguments;
+
+use crate::error::{Error, Result};
+use crate::transport::redact_url;
+
+/// How [`RabbitTransport`](super::RabbitTransport) connects and behaves.
+///
+/// Only the URLs and the service name are required; the rest has production defaults.
+#[derive(Debug, Clone)]
+pub struct RabbitConfig {
+    /// Broker URLs (`amqp://user:pass@host:port/vhost?heartbeat=30`), tried in turn: list every
+    /// node of a cluster.
+    pub urls: Vec<String>,
+    /// The service name: part of the client-provided connection names and consumer tags.
+    pub service: String,
+    /// Heartbeat interval in seconds (overridden by a `heartbeat=` query parameter).
+    pub heartbeat: u16,
+    /// Confirm channels used for publishing (the channel pool).
+    pub publish_channels: usize,
+    /// Messages published and not yet confirmed, at most (the confirm window).
+    pub confirm_window: usize,
+    /// How long a publish (or any call needing the broker) waits through an outage or a
+    /// `connection.blocked` alarm before failing with [`Error::Unavailable`].
+    pub outage_timeout: Duration,
+    /// First reconnect delay; doubled on each failure up to [`max_backoff`](Self::max_backoff),
+    /// with jitter.
+    pub min_backoff: Duration,
+    /// Largest reconnect delay.
+    pub max_backoff: Duration,
+    /// Retry delay levels used for a queue that declares none.
+    pub default_retry_delays: Vec<Duration>,
+    /// Acks are sent as one `multiple` ack once this many are waiting ...
+    pub ack_batch: usize,
+    /// ... or after this long, whichever comes first.
+    pub ack_flush_interval: Duration,
+}
+
+impl RabbitConfig {
+    /// Defaults for `urls` (one URL per cluster node) and the service `service`.
+    pub fn new(urls: Vec<String>, service: &str) -> Self {
+        RabbitConfig {
+            urls,
+            service: service.to_string(),
+            heartbeat: 30,
+            publish_channels: 2,
+            confirm_window: 256,
+            outage_timeout: Duration::from_secs(30),
+            min_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_secs(5),
+            default_retry_delays: vec![
+                Duration::from_secs(1),
+                Duration::from_secs(10),
+                Duration::from_secs(60),
+                Duration::from_secs(600),
+            ],
+            ack_batch: 64,
+            ack_flush_interval: Duration::from_millis(1),
+        }
+    }
+
+    /// The connection arguments for one URL, named `<service> herald <role>`.
+    pub(crate) fn open_args(&self, raw: &str, role: &str) -> Result<OpenConnectionArguments> {
+        let invalid = |reason: &str| Error::InvalidUrl {
+            url: redact_url(raw),
+            reason: reason.to_string(),
+        };
+        let url = url::Url::parse(raw.trim()).map_err(|e| invalid(&e.to_string()))?;
+        let tls = match url.scheme() {
+            "amqp" => false,
+            "amqps" => true,
+            _ => return Err(invalid("expected amqp:// or amqps://")),
+        };
+        let host = url
+            .host_str()
+            .ok_or_else(|| invalid("missing host, e.g. amqp://guest:guest@127.0.0.1:5672/%2f"))?;
+        let port = url.port().unwrap_or(if tls { 5671 } else { 5672 });
+        let decode = |s: &str| -> String {
+            url::form_urlencoded::parse(format!("x={}", s.replace('+', "%2B")).as_bytes())
+                .next()
+                .map(|(_, v)| v.into_owned())
+                .unwrap_or_default()
+        };
+        let user = if url.username().is_empty() {
+            "guest".to_string()
+        } else {
+            decode(url.username())
+        };
+        let password = url
+            .password()
+            .map(decode)
+            .unwrap_or_else(|| "guest".to_string());
+        let path = url.path().trim_start_matches('/');
+        let vhost = if path.is_empty() {
+            "/".to_string()
+        } else {
+            decode(path)
+        };
+        let mut heartbeat = self.heartbeat;
+        let (mut cacert, mut cert, mut key) = (None, None, None);
+        for (k, v) in url.query_pairs() {
+            match k.as_ref() {
+                "heartbeat" => {
+                    heartbeat = v
+                        .parse()
+                        .map_err(|_| invalid("heartbeat must be a number of seconds"))?
+                }
+                "cacertfile" => cacert = Some(v.into_owned()),
+                "certfile" => cert = Some(v.into_owned()),
+                "keyfile" => key = Some(v.into_owned()),
+                _ => {}
+            }
+        }
+        let mut args = OpenConnectionArguments::new(host, port, &user, &password);
+        args.virtual_host(&vhost)
+            .heartbeat(heartbeat)
+            .connection_name(&format!("{} herald {role}", self.service));
+        if tls {
+            #[cfg(feature = "rabbitmq-tls")]
+            args.tls_adaptor(tls_adaptor(host, cacert, cert, key).map_err(|r| invalid(&r))?);
+            #[cfg(not(feature = "rabbitmq-tls"))]
+            return Err(invalid(
+                "amqps:// needs Herald built with the `rabbitmq-tls` feature",
+            ));
+        } else if cacert.is_some() || cert.is_some() || key.is_some() {
+            return Err(invalid("certificate options need an amqps:// URL"));
+        }
+        Ok(args.finish())
+    }
+
+    /// Check every URL parses, so a typo fails at start-up rather than in the reconnect loop.
+    pub(crate) fn validate(&self) -> Result<()> {
+        if self.urls.is_empty() {
+            return Err(Error::Config(
+                "the RabbitMQ transport needs at least one amqp:// URL".into(),
+            ));
+        }
+        for u in &self.urls {
+            self.open_args(u, "check")?;
+        }
+        Ok(())
+    }
+
+    /// The retry levels of a queue: its own, or the defaults, sorted.
+    pub(crate) fn retry_levels(&self, declared: &[Duration]) -> Vec<Duration> {
+        let mut levels: Vec<Duration> = if declared.is_empty() {
+            self.default_retry_delays.clone()
+        } else {
+            declared.to_vec()
+        };
+        levels.retain(|d| !d.is_zero());
+        levels.sort();
+        levels.dedup();
+        levels
+    }
+}
+
+/// rustls for `amqps://`: the system's webpki roots, or `cacertfile`; a client certificate with
+/// `certfile` + `keyfile`.
+#[cfg(feature = "rabbitmq-tls")]
+fn tls_adaptor(
+    host: &str,
+    cacert: Option<String>,
+    cert: Option<String>,
+    key: Option<String>,
+) -> std::result::Result<amqprs::tls::TlsAdaptor, String> {
+    use std::path::Path;
+    // rustls needs a process-wide crypto provider; install ring unless one already is.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let ca = cacert.as_deref().map(Path::new);
+    let adaptor = match (cert, key) {
+        (Some(c), Some(k)) => amqprs::tls::TlsAdaptor::with_client_auth(
+            ca,
+            Path::new(&c),
+            Path::new(&k),
+            host.to_string(),
+        ),
+        (None, None) => amqprs::tls::TlsAdaptor::without_client_auth(ca, host.to_string()),
+        _ => return Err("certfile and keyfile go together".into()),
+    };
+    adaptor.map_err(|e| format!("TLS setup failed: {e}; check cacertfile/certfile/keyfile"))
+}
+
+/// The level a retry with `delay` goes through: the smallest level at least `delay`, or the
+/// largest level when `delay` exceeds them all.
+pub(crate) fn pick_level(levels: &[Duration], delay: Duration) -> Option<Duration> {
+    levels
+        .iter()
+        .copied()
+        .find(|l| *l >= delay)
+        .or_else(|| levels.last().copied())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_urls() {
+        let c = RabbitConfig::new(vec![], "svc");
+        let a = c
+            .open_args(
+                "amqp://u%40x:p%2Fw@host:5673/v%2Fh?heartbeat=7",
+                "publisher",
+            )
+            .unwrap();
+        assert_eq!(a.get_host(), "host");
+        assert_eq!(a.get_port(), 5673);
+        assert_eq!(a.get_virtual_host(), "v/h");
+        assert_eq!(a.get_heartbeat(), 7);
+        assert_eq!(a.get_connection_name(), Some("svc herald publisher"));
+        let b = c.open_args("amqp://localhost", "x").unwrap();
+        assert_eq!(b.get_virtual_host(), "/");
+        assert_eq!(b.get_port(), 5672);
+    }
+
+    #[test]
+    fn amqps_needs_the_tls_feature_or_builds_rustls() {
+        let c = RabbitConfig::new(vec![], "svc");
+        let r = c.open_args("amqps://u:p@broker.example:5671/%2f", "publisher");
+        #[cfg(feature = "rabbitmq-tls")]
+        {
+            let a = r.expect("rustls adaptor with webpki roots");
+            assert_eq!(a.get_port(), 5671);
+            assert!(a.get_tls_adaptor().is_some());
+            assert!(c
+                .open_args(
+                    "amqps://broker.example/?cacertfile=/nonexistent/ca.pem",
+                    "x"
+                )
+                .is_err());
+        }
+        #[cfg(not(feature = "rabbitmq-tls"))]
+        assert!(matches!(r, Err(Error::InvalidUrl { .. })));
+        assert!(c.open_args("amqp://h/?cacertfile=/x.pem", "x").is_err());
+    }
+
+    #[test]
+    fn picks_levels() {
+        let l = [Duration::from_millis(300), Duration::from_secs(1)];
+        assert_eq!(pick_level(&l, Duration::from_millis(10)), Some(l[0]));
+        assert_eq!(pick_level(&l, Duration::from_millis(300)), Some(l[0]));
+        assert_eq!(pick_level(&l, Duration::from_millis(301)), Some(l[1]));
+        assert_eq!(pick_level(&l, Duration::from_secs(9)), Some(l[1]));
+    }
+}

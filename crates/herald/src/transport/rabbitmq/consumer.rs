@@ -1,0 +1,564 @@
+//! Consuming: one channel per consumer on the consuming connection, manual acks, recovery.
+//!
+//! Settlement: `Ack` is batched. Acks wait at most `ack_flush_interval` (or until `ack_batch` are
+//! waiting) and go out as one `basic.ack multiple` covering every tag below the oldest delivery
+//! still being handled (that is when `multiple` is safe); later tags are acked one by one.
+//! `Retry`/`DeadLetter`/`Release{delay>0}` publish a copy (with confirms) to the retry level or
+//! the dead-letter queue through the default exchange, then ack the original; if that publish
+//! fails the original is requeued, so nothing is lost. `Release{0}` is `basic.nack requeue`.
+//!
+//! Recovery: when the channel or connection goes, the consumer waits for the supervisor's new
+//! connection, re-declares its queue if the broker lost it, and consumes again. Deliveries from
+//! the old channel can no longer be settled (the broker requeued them); settling them is a no-op.
+//! A broker-sent `basic.cancel` (queue deleted) is handled the same way.
+
+use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use amqprs::callbacks::ChannelCallback;
+use amqprs::channel::{
+    BasicAckArguments, BasicCancelArguments, BasicConsumeArguments, BasicNackArguments,
+    BasicQosArguments, Channel, ConsumerMessage,
+};
+use amqprs::{Ack, BasicProperties, Cancel, CloseChannel, Nack, Return};
+use async_trait::async_trait;
+use chrono::Utc;
+use tokio::sync::{mpsc, Notify};
+use tokio_util::sync::CancellationToken;
+
+use super::config::{pick_level, RabbitConfig};
+use super::connection::Link;
+use super::properties::from_message;
+use super::publisher::{Outgoing, Publisher};
+use super::topology::{self, CloseSlot};
+use crate::envelope::{format_time, header, Envelope};
+use crate::error::{Error, Result};
+use crate::topology::{QueueSpec, Topology};
+use crate::transport::{Delivery, Outcome, Settle};
+
+const EPOCH_SHIFT: u32 = 40;
+
+fn encode(epoch: u64, dtag: u64) -> u64 {
+    (epoch << EPOCH_SHIFT) | (dtag & ((1 << EPOCH_SHIFT) - 1))
+}
+
+fn decode(tag: u64) -> (u64, u64) {
+    (tag >> EPOCH_SHIFT, tag & ((1 << EPOCH_SHIFT) - 1))
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+#[derive(Default)]
+struct AckState {
+    epoch: u64,
+    channel: Option<Channel>,
+    /// Delivered and not yet settled by the application.
+    outstanding: BTreeSet<u64>,
+    /// Acked by the application, not yet sent.
+    acked: BTreeSet<u64>,
+}
+
+/// Settles the deliveries of one consumer.
+pub(crate) struct ConsumerSettler {
+    queue: String,
+    levels: Vec<Duration>,
+    publisher: Arc<Publisher>,
+    cfg: Arc<RabbitConfig>,
+    state: Mutex<AckState>,
+    send_lock: tokio::sync::Mutex<()>,
+    wake: Arc<Notify>,
+    stop: CancellationToken,
+}
+
+impl ConsumerSettler {
+    pub fn new(spec: &QueueSpec, publisher: Arc<Publisher>, cfg: Arc<RabbitConfig>) -> Arc<Self> {
+        let s = Arc::new(ConsumerSettler {
+            queue: spec.name.clone(),
+            levels: cfg.retry_levels(&spec.retry_delays),
+            publisher,
+            state: Mutex::new(AckState::default()),
+            send_lock: tokio::sync::Mutex::new(()),
+            wake: Arc::new(Notify::new()),
+            stop: CancellationToken::new(),
+            cfg,
+        });
+        let weak = Arc::downgrade(&s);
+        let (wake, stop, interval) = (s.wake.clone(), s.stop.clone(), s.cfg.ack_flush_interval);
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => break,
+                    _ = wake.notified() => {}
+                }
+                tokio::time::sleep(interval).await;
+                match weak.upgrade() {
+                    Some(s) => s.flush().await,
+                    None => break,
+                }
+            }
+        });
+        s
+    }
+
+    fn set_channel(&self, epoch: u64, channel: Channel) {
+        let mut st = lock(&self.state);
+        st.epoch = epoch;
+        st.channel = Some(channel);
+        st.outstanding.clear();
+        st.acked.clear();
+    }
+
+    fn track(&self, epoch: u64, dtag: u64) {
+        let mut st = lock(&self.state);
+        if st.epoch == epoch {
+            st.outstanding.insert(dtag);
+        }
+    }
+
+    /// Send the acks waiting, as one `multiple` ack where that is safe.
+    pub async fn flush(&self) {
+        let _g = self.send_lock.lock().await;
+        let (ch, multi, singles) = {
+            let mut st = lock(&self.state);
+            if st.acked.is_empty() {
+                return;
+            }
+            let Some(ch) = st.channel.clone() else { return };
+            let acked = std::mem::take(&mut st.acked);
+            let (below, above): (Vec<u64>, Vec<u64>) = match st.outstanding.first() {
+                Some(&min) => acked.into_iter().partition(|t| *t < min),
+                None => (acked.into_iter().collect(), Vec::new()),
+            };
+            let multi = below.last().map(|&t| (t, below.len() > 1));
+            (ch, multi, above)
+        };
+        if let Some((tag, multiple)) = multi {
+            if let Err(e) = ch.basic_ack(BasicAckArguments::new(tag, multiple)).await {
+                tracing::debug!(error = %e, "ack failed; the broker will redeliver");
+            }
+        }
+        for tag in singles {
+            if let Err(e) = ch.basic_ack(BasicAckArguments::new(tag, false)).await {
+                tracing::debug!(error = %e, "ack failed; the broker will redeliver");
+            }
+        }
+    }
+
+    async fn ack(&self, epoch: u64, dtag: u64) {
+        let n = {
+            let mut st = lock(&self.state);
+            if st.epoch != epoch {
+                return;
+            }
+            st.outstanding.remove(&dtag);
+            st.acked.insert(dtag);
+            st.acked.len()
+        };
+        if n >= self.cfg.ack_batch {
+            self.flush().await;
+        } else {
+            self.wake.notify_one();
+        }
+    }
+
+    async fn nack(&self, epoch: u64, dtag: u64, requeue: bool, tracked: bool) {
+        let _g = self.send_lock.lock().await;
+        let ch = {
+            let mut st = lock(&self.state);
+            if st.epoch != epoch {
+                return;
+            }
+            if tracked {
+                st.outstanding.remove(&dtag);
+            }
+            st.channel.clone()
+        };
+        if let Some(ch) = ch {
+            let mut args = BasicNackArguments::new(dtag, false, requeue);
+            args.requeue = requeue;
+            if let Err(e) = ch.basic_nack(args).await {
+                tracing::debug!(error = %e, "nack failed; the broker will redeliver");
+            }
+        }
+    }
+
+    /// Publish `envelope` to `queue` through the default exchange (confirmed), then ack.
+    async fn move_to(
+        &self,
+        queue: String,
+        mut envelope: Envelope,
+        epoch: u64,
+        dtag: u64,
+    ) -> Result<()> {
+        envelope.ttl = None;
+        let out = Outgoing {
+            exchange: "",
+            routing_key: &queue,
+            mandatory: true,
+            envelope: &envelope,
+            routing_key_header: true,
+        };
+        match self.publisher.publish_all(std::slice::from_ref(&out)).await {
+            Ok(()) => {
+                self.ack(epoch, dtag).await;
+                Ok(())
+            }
+            Err(e) => {
+                tracing::warn!(queue = %queue, error = %e, "could not move a message; requeueing the original");
+                self.nack(epoch, dtag, true, true).await;
+                Err(e)
+            }
+        }
+    }
+
+    fn level_queue(&self, delay: Duration) -> Option<String> {
+        pick_level(&self.levels, delay)
+            .map(|l| crate::topology::QueueSpec::new(self.queue.clone(), "").retry_queue(l))
+    }
+}
+
+#[async_trait]
+impl Settle for ConsumerSettler {
+    async fn settle(&self, tag: u64, envelope: &Envelope, outcome: Outcome) -> Result<()> {
+        let (epoch, dtag) = decode(tag);
+        {
+            let st = lock(&self.state);
+            if st.epoch != epoch {
+                tracing::debug!(queue = %self.queue, "settling a delivery from a lost channel: the broker redelivers it");
+                return Ok(());
+            }
+            if !st.outstanding.contains(&dtag) {
+                return Err(Error::transport(
+                    "rabbitmq",
+                    format!("delivery {dtag} on `{}` was already settled", self.queue),
+                ));
+            }
+        }
+        match outcome {
+            Outcome::Ack => {
+                self.ack(epoch, dtag).await;
+                Ok(())
+            }
+            Outcome::Retry { delay, failure } => {
+                let mut next = envelope.clone();
+                failure.record(&mut next);
+                next.attempt = next.attempt.saturating_add(1);
+                match self.level_queue(delay) {
+                    Some(q) => self.move_to(q, next, epoch, dtag).await,
+                    None => {
+                        self.nack(epoch, dtag, true, true).await;
+                        Ok(())
+                    }
+                }
+            }
+            Outcome::DeadLetter(failure) => {
+                let mut dead = envelope.clone();
+                failure.record(&mut dead);
+                dead.headers
+                    .insert(header::DEAD_LETTERED_AT.into(), format_time(&Utc::now()));
+                self.move_to(
+                    crate::topology::dead_letter_queue_name(&self.queue),
+                    dead,
+                    epoch,
+                    dtag,
+                )
+                .await
+            }
+            Outcome::Release { delay } if delay.is_zero() => {
+                self.nack(epoch, dtag, true, true).await;
+                Ok(())
+            }
+            Outcome::Release { delay } => match self.level_queue(delay) {
+                Some(q) => self.move_to(q, envelope.clone(), epoch, dtag).await,
+                None => {
+                    self.nack(epoch, dtag, true, true).await;
+                    Ok(())
+                }
+            },
+        }
+    }
+}
+
+impl Drop for ConsumerSettler {
+    fn drop(&mut self) {
+        self.stop.cancel();
+        let st = std::mem::take(&mut *lock(&self.state));
+        let Some(ch) = st.channel else { return };
+        let acked: Vec<u64> = st.acked.into_iter().collect();
+        // Send what was acked, then let the channel close: the broker requeues the rest.
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move {
+                for tag in acked {
+                    let _ = ch.basic_ack(BasicAckArguments::new(tag, false)).await;
+                }
+                if ch.is_open() {
+                    let _ = tokio::time::timeout(Duration::from_secs(5), ch.close()).await;
+                }
+            });
+        }
+    }
+}
+
+struct ConsumerCallback {
+    slot: CloseSlot,
+    broker_cancelled: Arc<AtomicBool>,
+    queue: String,
+}
+
+#[async_trait]
+impl ChannelCallback for ConsumerCallback {
+    async fn close(
+        &mut self,
+        _channel: &Channel,
+        close: CloseChannel,
+    ) -> std::result::Result<(), amqprs::error::Error> {
+        tracing::warn!(queue = %self.queue, code = close.reply_code(), reason = %close.reply_text(), "the broker closed a consumer channel");
+        *lock(&self.slot) = Some((close.reply_code(), close.reply_text().clone()));
+        Ok(())
+    }
+    async fn cancel(
+        &mut self,
+        _channel: &Channel,
+        _cancel: Cancel,
+    ) -> std::result::Result<(), amqprs::error::Error> {
+        tracing::warn!(queue = %self.queue, "the broker cancelled the consumer (queue deleted?); resuming");
+        self.broker_cancelled.store(true, Ordering::SeqCst);
+        Ok(())
+    }
+    async fn flow(
+        &mut self,
+        _channel: &Channel,
+        active: bool,
+    ) -> std::result::Result<bool, amqprs::error::Error> {
+        Ok(active)
+    }
+    async fn publish_ack(&mut self, _channel: &Channel, _ack: Ack) {}
+    async fn publish_nack(&mut self, _channel: &Channel, _nack: Nack) {}
+    async fn publish_return(&mut self, _: &Channel, _: Return, _: BasicProperties, _: Vec<u8>) {}
+}
+
+/// A consumer channel with its subscription.
+pub(crate) struct Subscription {
+    channel: Channel,
+    tag: String,
+    rx: mpsc::UnboundedReceiver<ConsumerMessage>,
+}
+
+/// Open a channel on `conn` and subscribe to `queue`.
+pub(crate) async fn subscribe(
+    conn: &amqprs::connection::Connection,
+    queue: &str,
+    prefetch: usize,
+    service: &str,
+) -> Result<Subscription> {
+    let channel = conn.open_channel(None).await.map_err(|e| {
+        Error::transport(
+            "rabbitmq",
+            format!("could not open a consumer channel: {e}"),
+        )
+    })?;
+    let slot: CloseSlot = Arc::new(Mutex::new(None));
+    channel
+        .register_callback(ConsumerCallback {
+            slot: slot.clone(),
+            broker_cancelled: Arc::new(AtomicBool::new(false)),
+            queue: queue.to_string(),
+        })
+        .await
+        .map_err(|e| Error::transport("rabbitmq", e))?;
+    let prefetch = prefetch.clamp(1, u16::MAX as usize) as u16;
+    if let Err(e) = channel
+        .basic_qos(BasicQosArguments::new(0, prefetch, false))
+        .await
+    {
+        return Err(topology::broker_error(e, &slot, queue, "setting prefetch on").await);
+    }
+    let id = uuid::Uuid::new_v4().simple().to_string();
+    let mut tag: String = format!("{service}.{queue}");
+    if tag.len() > 200 {
+        tag = tag.chars().take(100).collect();
+    }
+    let tag = format!("{tag}.{}", &id[..8]);
+    let mut args = BasicConsumeArguments::new(queue, &tag);
+    args.manual_ack(true);
+    match channel.basic_consume_rx(args.finish()).await {
+        Ok((tag, rx)) => Ok(Subscription { channel, tag, rx }),
+        Err(e) => Err(topology::broker_error(e, &slot, queue, "consuming from queue").await),
+    }
+}
+
+/// Everything a consumer task needs.
+pub(crate) struct ConsumerTask {
+    pub link: Link,
+    pub spec: QueueSpec,
+    pub prefetch: usize,
+    pub settler: Arc<ConsumerSettler>,
+    pub tx: mpsc::Sender<Delivery>,
+    pub cancel: CancellationToken,
+    pub topologies: Arc<Mutex<Vec<Topology>>>,
+    pub cfg: Arc<RabbitConfig>,
+}
+
+/// The settler as the deliveries hold it.
+fn as_settle(s: &Arc<ConsumerSettler>) -> Arc<dyn Settle> {
+    s.clone()
+}
+
+impl ConsumerTask {
+    /// Run until cancelled or the receiver is dropped, resubscribing after failures.
+    pub async fn run(self, first: Subscription) {
+        let mut sub = Some(first);
+        let mut epoch: u64 = 0;
+        let mut failures: u32 = 0;
+        'outer: loop {
+            let current = match sub.take() {
+                Some(s) => s,
+                None => {
+                    let Some(session) = self.link.session_or_cancel(&self.cancel).await else {
+                        break;
+                    };
+                    match subscribe(
+                        &session.conn,
+                        &self.spec.name,
+                        self.prefetch,
+                        &self.cfg.service,
+                    )
+                    .await
+                    {
+                        Ok(s) => s,
+                        Err(e) => {
+                            failures = failures.saturating_add(1);
+                            tracing::warn!(queue = %self.spec.name, error = %e, "resubscribing failed; re-declaring the queue and retrying");
+                            self.redeclare(&session.conn).await;
+                            let delay = Duration::from_millis(100 * u64::from(failures.min(50)));
+                            tokio::select! {
+                                _ = self.cancel.cancelled() => break,
+                                _ = tokio::time::sleep(delay) => continue,
+                            }
+                        }
+                    }
+                }
+            };
+            failures = 0;
+            epoch += 1;
+            let Subscription {
+                channel,
+                tag,
+                mut rx,
+            } = current;
+            self.settler.set_channel(epoch, channel.clone());
+            loop {
+                let msg = tokio::select! {
+                    biased;
+                    _ = self.cancel.cancelled() => {
+                        self.stop(&channel, &tag, &mut rx, epoch).await;
+                        break 'outer;
+                    }
+                    // The receiver was dropped: stop consuming, the broker keeps the rest.
+                    _ = self.tx.closed() => {
+                        self.stop(&channel, &tag, &mut rx, epoch).await;
+                        break 'outer;
+                    }
+                    m = rx.recv() => m,
+                };
+                let Some(msg) = msg else {
+                    if self.cancel.is_cancelled() {
+                        break 'outer;
+                    }
+                    tracing::warn!(queue = %self.spec.name, "consumer channel lost; resubscribing");
+                    break;
+                };
+                let (Some(deliver), Some(props), Some(body)) =
+                    (msg.deliver, msg.basic_properties, msg.content)
+                else {
+                    continue;
+                };
+                let dtag = deliver.delivery_tag();
+                let (envelope, _) = from_message(deliver.routing_key(), &props, body);
+                self.settler.track(epoch, dtag);
+                let delivery = Delivery::new(
+                    envelope,
+                    deliver.redelivered(),
+                    encode(epoch, dtag),
+                    as_settle(&self.settler),
+                );
+                tokio::select! {
+                    biased;
+                    permit = self.tx.reserve() => match permit {
+                        Ok(p) => p.send(delivery),
+                        Err(_) => {
+                            // The receiver is gone: give everything back.
+                            let _ = delivery.settle(Outcome::Release { delay: Duration::ZERO }).await;
+                            self.stop(&channel, &tag, &mut rx, epoch).await;
+                            break 'outer;
+                        }
+                    },
+                    _ = self.cancel.cancelled() => {
+                        let _ = delivery.settle(Outcome::Release { delay: Duration::ZERO }).await;
+                        self.stop(&channel, &tag, &mut rx, epoch).await;
+                        break 'outer;
+                    }
+                }
+            }
+            tokio::select! {
+                _ = self.cancel.cancelled() => break,
+                _ = tokio::time::sleep(Duration::from_millis(50)) => {}
+            }
+        }
+        self.settler.flush().await;
+    }
+
+    /// basic.cancel, then requeue what arrived but was never handed out, then flush acks.
+    async fn stop(
+        &self,
+        channel: &Channel,
+        tag: &str,
+        rx: &mut mpsc::UnboundedReceiver<ConsumerMessage>,
+        epoch: u64,
+    ) {
+        if channel.is_open() {
+            let cancel = channel.basic_cancel(BasicCancelArguments::new(tag));
+            if tokio::time::timeout(Duration::from_secs(5), cancel)
+                .await
+                .is_err()
+            {
+                tracing::warn!(queue = %self.spec.name, "basic.cancel timed out");
+            }
+        }
+        while let Ok(m) = rx.try_recv() {
+            if let Some(d) = m.deliver {
+                self.settler
+                    .nack(epoch, d.delivery_tag(), true, false)
+                    .await;
+            }
+        }
+        self.settler.flush().await;
+    }
+
+    async fn redeclare(&self, conn: &amqprs::connection::Connection) {
+        let known: Vec<Topology> = lock(&self.topologies).clone();
+        for topo in known {
+            if let Some(q) = topo.queues.iter().find(|q| q.name == self.spec.name) {
+                let single = Topology {
+                    exchange: topo.exchange.clone(),
+                    queues: vec![q.clone()],
+                };
+                if let Err(e) = topology::declare(conn, &single, &self.cfg).await {
+                    tracing::warn!(queue = %q.name, error = %e, "re-declaring the queue failed");
+                }
+                return;
+            }
+        }
+    }
+}
+
+/// Keep a weak list of settlers so `close` can flush their acks.
+pub(crate) fn remember(list: &Mutex<Vec<Weak<ConsumerSettler>>>, s: &Arc<ConsumerSettler>) {
+    let mut l = lock(list);
+    l.retain(|w| w.strong_count() > 0);
+    l.push(Arc::downgrade(s));
+}

@@ -1,0 +1,313 @@
+//! Envelope <-> AMQP: the standard basic properties plus the CloudEvents / Herald headers.
+//!
+//! Herald sets `content_type`, `delivery_mode` (persistent), `message_id`, `timestamp`, `type`,
+//! `app_id`, `correlation_id`, `priority` and `expiration`, and every wire header as a string, so
+//! a plain AMQP client reads a Herald event as ordinary JSON with ordinary properties. Reading,
+//! the headers win; the standard properties fill in what a foreign publisher left out.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use amqprs::{BasicProperties, FieldName, FieldTable, FieldValue};
+use bytes::Bytes;
+use chrono::{DateTime, TimeZone, Utc};
+
+use crate::envelope::{format_time, header, Envelope};
+
+/// Header carrying the envelope's routing key on copies Herald moves through the default
+/// exchange (retry levels, dead letters, replays), where the AMQP routing key is a queue name.
+pub(crate) const ROUTING_KEY_HEADER: &str = "x-herald-routing-key";
+
+fn name(s: &str) -> Option<FieldName> {
+    s.try_into().ok()
+}
+
+/// Insert a string header, skipping names AMQP cannot carry (over 255 bytes).
+fn put(table: &mut FieldTable, k: &str, v: &str) {
+    if let Some(n) = name(k) {
+        table.insert(n, FieldValue::from(v));
+    }
+}
+
+/// The AMQP properties for an envelope. `routing_key_header` adds [`ROUTING_KEY_HEADER`].
+pub(crate) fn to_properties(e: &Envelope, routing_key_header: bool) -> BasicProperties {
+    let mut headers = FieldTable::new();
+    for (k, v) in &e.headers {
+        if k != super::request_reply::REPLY_TO_HEADER {
+            put(&mut headers, k, v);
+        }
+    }
+    for (k, v) in e.wire_headers() {
+        if let Some(n) = name(k) {
+            headers.insert(n, FieldValue::from(v));
+        }
+    }
+    if routing_key_header {
+        put(&mut headers, ROUTING_KEY_HEADER, &e.routing_key);
+    }
+    // Short-string properties hold at most 255 bytes (amqprs panics beyond); longer values still
+    // travel in the CloudEvents headers.
+    let fits = |v: &str| v.len() <= 255;
+    let mut p = BasicProperties::default();
+    p.with_persistence(true)
+        .with_timestamp(e.time.timestamp().max(0) as u64)
+        .with_headers(headers);
+    if fits(&e.content_type) {
+        p.with_content_type(&e.content_type);
+    }
+    if fits(&e.id) {
+        p.with_message_id(&e.id);
+    }
+    if fits(&e.event_type) {
+        p.with_message_type(&e.event_type);
+    }
+    if fits(&e.source) {
+        p.with_app_id(&e.source);
+    }
+    if let Some(c) = e.correlation_id.as_deref().filter(|c| fits(c)) {
+        p.with_correlation_id(c);
+    }
+    if e.priority > 0 {
+        p.with_priority(e.priority.min(9));
+    }
+    if let Some(ttl) = e.ttl {
+        p.with_expiration(&ttl.as_millis().max(1).to_string());
+    }
+    // Not `finish()`: it clones the whole property set, headers included.
+    p
+}
+
+/// A header value as a string, for the values that are scalars.
+fn scalar(v: &FieldValue) -> Option<String> {
+    Some(match v {
+        FieldValue::S(s) => s.as_ref().clone(),
+        FieldValue::t(b) => b.to_string(),
+        FieldValue::b(n) => n.to_string(),
+        FieldValue::B(n) => n.to_string(),
+        FieldValue::s(n) => n.to_string(),
+        FieldValue::u(n) => n.to_string(),
+        FieldValue::I(n) => n.to_string(),
+        FieldValue::i(n) => n.to_string(),
+        FieldValue::l(n) => n.to_string(),
+        FieldValue::f(n) => n.to_string(),
+        FieldValue::d(n) => n.to_string(),
+        FieldValue::T(t) => Utc
+            .timestamp_opt(*t as i64, 0)
+            .single()
+            .map(|t| format_time(&t))?,
+        FieldValue::x(b) => String::from_utf8(Vec::from(b.clone())).ok()?,
+        _ => return None,
+    })
+}
+
+/// The first entry of RabbitMQ's `x-death` header: why and where the broker dead-lettered it.
+#[derive(Debug, Default, Clone)]
+pub(crate) struct Death {
+    pub reason: String,
+    pub queue: String,
+    pub routing_key: Option<String>,
+    pub time: Option<DateTime<Utc>>,
+}
+
+fn first_death(table: &FieldTable) -> Option<Death> {
+    let deaths = table.get(&name("x-death")?)?;
+    let FieldValue::A(arr) = deaths else {
+        return None;
+    };
+    let list: Vec<FieldValue> = arr.clone().into();
+    let FieldValue::F(first) = list.into_iter().next()? else {
+        return None;
+    };
+    let get = |k: &str| first.get(&name(k)?).and_then(scalar);
+    let routing_key = first.get(&name("routing-keys")?).and_then(|v| match v {
+        FieldValue::A(a) => {
+            let keys: Vec<FieldValue> = a.clone().into();
+            keys.first().and_then(scalar)
+        }
+        _ => None,
+    });
+    let time = match first.get(&name("time")?) {
+        Some(FieldValue::T(t)) => Utc.timestamp_opt(*t as i64, 0).single(),
+        _ => None,
+    };
+    Some(Death {
+        reason: get("reason").unwrap_or_default(),
+        queue: get("queue").unwrap_or_default(),
+        routing_key,
+        time,
+    })
+}
+
+/// A received message as an envelope, plus the broker's `x-death` record if any.
+pub(crate) fn from_message(
+    routing_key: &str,
+    props: &BasicProperties,
+    body: Vec<u8>,
+) -> (Envelope, Option<Death>) {
+    let mut map = BTreeMap::new();
+    let mut death = None;
+    if let Some(h) = props.headers() {
+        death = first_death(h);
+        for (k, v) in h.as_ref() {
+            let k: &String = k.as_ref();
+            if k == "x-death" || k.starts_with("x-first-death") || k.starts_with("x-last-death") {
+                continue;
+            }
+            if let Some(v) = scalar(v) {
+                map.insert(k.clone(), v);
+            }
+        }
+    }
+    let key = map
+        .remove(ROUTING_KEY_HEADER)
+        .or_else(|| death.as_ref().and_then(|d| d.routing_key.clone()))
+        .unwrap_or_else(|| routing_key.to_string());
+    // Fill CloudEvents attributes a foreign publisher left out from the standard properties.
+    fn fill(map: &mut BTreeMap<String, String>, k: &str, v: impl FnOnce() -> Option<String>) {
+        if !map.contains_key(k) {
+            if let Some(v) = v() {
+                map.insert(k.to_string(), v);
+            }
+        }
+    }
+    fill(&mut map, header::ID, || props.message_id().cloned());
+    fill(&mut map, header::TYPE, || props.message_type().cloned());
+    fill(&mut map, header::SOURCE, || props.app_id().cloned());
+    fill(&mut map, header::CONTENT_TYPE, || {
+        props.content_type().cloned()
+    });
+    fill(&mut map, header::CORRELATION_ID, || {
+        props.correlation_id().cloned()
+    });
+    fill(&mut map, header::TIME, || {
+        props
+            .timestamp()
+            .and_then(|t| Utc.timestamp_opt(t as i64, 0).single())
+            .map(|t| format_time(&t))
+    });
+    if let Some(r) = props.reply_to() {
+        map.insert(super::request_reply::REPLY_TO_HEADER.to_string(), r.clone());
+    }
+    let mut e = Envelope::from_headers(map, &key, Bytes::from(body));
+    e.priority = props.priority().unwrap_or(0);
+    e.ttl = props
+        .expiration()
+        .and_then(|x| x.parse::<u64>().ok())
+        .map(Duration::from_millis);
+    (e, death)
+}
+
+/// Fill the failure headers of a message the broker dead-lettered on its own (TTL expiry,
+/// overflow, a plain reject), so it reads like one Herald dead-lettered.
+pub(crate) fn record_broker_death(e: &mut Envelope, death: &Death) {
+    if e.headers.contains_key(header::ERROR_KIND)
+        && e.headers.contains_key(header::DEAD_LETTERED_AT)
+    {
+        return;
+    }
+    let (kind, error) = match death.reason.as_str() {
+        "expired" => ("expired", "message TTL expired before delivery"),
+        "maxlen" => (
+            "overflow",
+            "dropped by the broker: the queue was at its max-length",
+        ),
+        "delivery_limit" => ("delivery_limit", "quorum queue delivery limit reached"),
+        _ => ("rejected", "rejected by a consumer without requeue"),
+    };
+    let when = format_time(&death.time.unwrap_or_else(Utc::now));
+    let h = &mut e.headers;
+    h.insert(header::ERROR.into(), error.into());
+    h.insert(header::ERROR_KIND.into(), kind.into());
+    h.insert(header::ORIGINAL_QUEUE.into(), death.queue.clone());
+    h.entry(header::ORIGINAL_ROUTING_KEY.into())
+        .or_insert_with(|| e.routing_key.clone());
+    h.entry(header::FIRST_FAILURE.into())
+        .or_insert(when.clone());
+    h.insert(header::LAST_FAILURE.into(), when.clone());
+    h.insert(header::DEAD_LETTERED_AT.into(), when);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trips_through_properties() {
+        let mut e = Envelope::new("a.b", 2, "a.b.v2", "svc", Bytes::from_static(b"{\"x\":1}"));
+        e.correlation_id = Some("c".into());
+        e.priority = 5;
+        e.headers.insert("x-tenant".into(), "acme".into());
+        let p = to_properties(&e, true);
+        assert_eq!(p.delivery_mode(), Some(2));
+        assert_eq!(p.message_id(), Some(&e.id));
+        let (back, death) = from_message("queue-name", &p, e.body.to_vec());
+        assert!(death.is_none());
+        assert_eq!(back.routing_key, "a.b.v2");
+        assert_eq!(back.id, e.id);
+        assert_eq!(back.priority, 5);
+        assert_eq!(
+            back.headers.get("x-tenant").map(String::as_str),
+            Some("acme")
+        );
+        assert_eq!(back.correlation_id.as_deref(), Some("c"));
+    }
+
+    #[test]
+    fn long_values_do_not_panic() {
+        let mut e = Envelope::new("a.b", 1, "a.b", "svc", Bytes::new());
+        e.id = "i".repeat(300);
+        e.correlation_id = Some("c".repeat(300));
+        let p = to_properties(&e, false);
+        assert!(p.message_id().is_none());
+        let (back, _) = from_message("a.b", &p, Vec::new());
+        assert_eq!(back.id, e.id);
+        assert_eq!(back.correlation_id, e.correlation_id);
+    }
+
+    #[test]
+    fn foreign_message_uses_standard_properties() {
+        let mut p = BasicProperties::default();
+        p.with_message_id("m1")
+            .with_message_type("user.registered")
+            .with_app_id("py");
+        let (e, _) = from_message("user.registered", &p.finish(), b"{}".to_vec());
+        assert_eq!(e.id, "m1");
+        assert_eq!(e.event_type, "user.registered");
+        assert_eq!(e.source, "py");
+    }
+}
+
+#[cfg(test)]
+mod speed {
+    use super::*;
+
+    /// `cargo test --release ... properties::speed -- --ignored --nocapture`
+    #[test]
+    #[ignore]
+    fn encode_decode_cost() {
+        let n = 100_000;
+        let body = Bytes::from(vec![b'x'; 200]);
+        let envs: Vec<Envelope> = (0..n)
+            .map(|_| Envelope::new("w1.event", 1, "w1.event", "bench", body.clone()))
+            .collect();
+        let t = std::time::Instant::now();
+        let props: Vec<BasicProperties> = envs.iter().map(|e| to_properties(e, false)).collect();
+        let enc = t.elapsed();
+        let t = std::time::Instant::now();
+        for p in &props {
+            let _ = from_message("w1.event", p, b"{}".to_vec());
+        }
+        let dec = t.elapsed();
+        let t = std::time::Instant::now();
+        for _ in 0..n {
+            let _ = Envelope::new("w1.event", 1, "w1.event", "bench", body.clone());
+        }
+        let new = t.elapsed();
+        println!(
+            "to_properties {:.2} us, from_message {:.2} us, Envelope::new {:.2} us",
+            enc.as_secs_f64() * 1e6 / n as f64,
+            dec.as_secs_f64() * 1e6 / n as f64,
+            new.as_secs_f64() * 1e6 / n as f64
+        );
+    }
+}

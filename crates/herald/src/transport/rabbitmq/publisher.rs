@@ -1,0 +1,401 @@
+//! Publishing with pipelined publisher confirms.
+//!
+//! A pool of confirm channels on the publishing connection. Each message gets the channel's next
+//! publish sequence number and a pending entry *before* it is sent; `basic.ack`/`basic.nack`
+//! (single or `multiple`) resolve entries in order, and a `basic.return` (mandatory, no route)
+//! marks its entry so the following ack resolves it as [`Error::Unroutable`]. At most
+//! `confirm_window` messages are unconfirmed at once. When a channel or the connection is lost,
+//! every unconfirmed message is published again on a fresh channel once the supervisor has
+//! reconnected (at-least-once), bounded by `outage_timeout`.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use amqprs::callbacks::ChannelCallback;
+use amqprs::channel::{BasicPublishArguments, Channel, ConfirmSelectArguments};
+use amqprs::{Ack, BasicProperties, Cancel, CloseChannel, Nack, Return};
+use async_trait::async_trait;
+use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
+
+use super::config::RabbitConfig;
+use super::connection::Link;
+use super::properties::to_properties;
+use crate::envelope::Envelope;
+use crate::error::{Error, Result};
+
+/// One message to publish; its AMQP properties are built when it is sent (again on a retry).
+pub(crate) struct Outgoing<'a> {
+    pub exchange: &'a str,
+    pub routing_key: &'a str,
+    pub mandatory: bool,
+    pub envelope: &'a Envelope,
+    /// Add the envelope's routing key as a header (copies sent through the default exchange).
+    pub routing_key_header: bool,
+}
+
+enum Confirm {
+    Ack,
+    Nack,
+    Returned { code: u16, text: String },
+}
+
+struct Pending {
+    id: String,
+    returned: Option<(u16, String)>,
+    tx: oneshot::Sender<Confirm>,
+    _permit: OwnedSemaphorePermit,
+}
+
+#[derive(Default)]
+struct ConfirmState {
+    pending: Mutex<BTreeMap<u64, Pending>>,
+    closed: AtomicBool,
+    /// Why the broker closed the channel, when it did (e.g. 404 for a missing exchange).
+    close_reason: Mutex<Option<(u16, String)>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl ConfirmState {
+    fn resolve(&self, tag: u64, multiple: bool, ok: bool) {
+        let done: Vec<Pending> = {
+            let mut p = lock(&self.pending);
+            if multiple {
+                let rest = p.split_off(&(tag + 1));
+                std::mem::replace(&mut *p, rest).into_values().collect()
+            } else {
+                p.remove(&tag).into_iter().collect()
+            }
+        };
+        for d in done {
+            let c = match (ok, d.returned) {
+                (true, Some((code, text))) => Confirm::Returned { code, text },
+                (true, None) => Confirm::Ack,
+                (false, _) => Confirm::Nack,
+            };
+            let _ = d.tx.send(c);
+        }
+    }
+
+    /// Drop every pending entry: their publishers see the loss and publish again.
+    fn fail_all(&self) {
+        let drained = {
+            let mut p = lock(&self.pending);
+            self.closed.store(true, Ordering::SeqCst);
+            std::mem::take(&mut *p)
+        };
+        drop(drained);
+    }
+}
+
+struct ConfirmCallback(Arc<ConfirmState>);
+
+impl Drop for ConfirmCallback {
+    fn drop(&mut self) {
+        // The channel's dispatcher is gone (channel or connection closed).
+        self.0.fail_all();
+    }
+}
+
+#[async_trait]
+impl ChannelCallback for ConfirmCallback {
+    async fn close(
+        &mut self,
+        _channel: &Channel,
+        close: CloseChannel,
+    ) -> std::result::Result<(), amqprs::error::Error> {
+        *lock(&self.0.close_reason) = Some((close.reply_code(), close.reply_text().clone()));
+        tracing::warn!(code = close.reply_code(), reason = %close.reply_text(), "the broker closed a publishing channel; unconfirmed messages are published again");
+        self.0.fail_all();
+        Ok(())
+    }
+    async fn cancel(
+        &mut self,
+        _channel: &Channel,
+        _cancel: Cancel,
+    ) -> std::result::Result<(), amqprs::error::Error> {
+        Ok(())
+    }
+    async fn flow(
+        &mut self,
+        _channel: &Channel,
+        active: bool,
+    ) -> std::result::Result<bool, amqprs::error::Error> {
+        Ok(active)
+    }
+    async fn publish_ack(&mut self, _channel: &Channel, ack: Ack) {
+        self.0.resolve(ack.delivery_tag(), ack.mutiple(), true);
+    }
+    async fn publish_nack(&mut self, _channel: &Channel, nack: Nack) {
+        self.0.resolve(nack.delivery_tag(), nack.multiple(), false);
+    }
+    async fn publish_return(
+        &mut self,
+        _channel: &Channel,
+        ret: Return,
+        props: BasicProperties,
+        _content: Vec<u8>,
+    ) {
+        let Some(id) = props.message_id() else { return };
+        let mut p = lock(&self.0.pending);
+        if let Some(entry) = p.values_mut().find(|e| e.returned.is_none() && &e.id == id) {
+            entry.returned = Some((ret.reply_code(), ret.reply_text().clone()));
+        }
+    }
+}
+
+struct ConfirmChannel {
+    channel: Channel,
+    generation: u64,
+    state: Arc<ConfirmState>,
+    /// The next publish sequence number; held while sending so numbers match the wire order.
+    seq: tokio::sync::Mutex<u64>,
+}
+
+impl ConfirmChannel {
+    fn usable(&self, generation: u64) -> bool {
+        self.generation == generation
+            && self.channel.is_open()
+            && !self.state.closed.load(Ordering::SeqCst)
+    }
+
+    async fn send(
+        &self,
+        m: &Outgoing<'_>,
+        permit: OwnedSemaphorePermit,
+    ) -> Option<oneshot::Receiver<Confirm>> {
+        let properties = to_properties(m.envelope, m.routing_key_header);
+        let body = m.envelope.body.to_vec();
+        let mut args = BasicPublishArguments::new(m.exchange, m.routing_key);
+        args.mandatory(m.mandatory);
+        let mut seq = self.seq.lock().await;
+        let next = *seq + 1;
+        let (tx, rx) = oneshot::channel();
+        {
+            // Checked under the lock `fail_all` clears with, so no entry is ever stranded.
+            let mut pending = lock(&self.state.pending);
+            if self.state.closed.load(Ordering::SeqCst) {
+                return None;
+            }
+            pending.insert(
+                next,
+                Pending {
+                    id: m.envelope.id.clone(),
+                    returned: None,
+                    tx,
+                    _permit: permit,
+                },
+            );
+        }
+        match self.channel.basic_publish(properties, body, args).await {
+            Ok(()) => {
+                *seq = next;
+                Some(rx)
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "publish failed on a closing channel; will retry");
+                lock(&self.state.pending).remove(&next);
+                self.state.fail_all();
+                None
+            }
+        }
+    }
+}
+
+/// The publishing side of a transport.
+pub(crate) struct Publisher {
+    link: Link,
+    cfg: Arc<RabbitConfig>,
+    window: Arc<Semaphore>,
+    pool: Vec<tokio::sync::Mutex<Option<Arc<ConfirmChannel>>>>,
+    next: AtomicUsize,
+}
+
+enum Outcome {
+    Done,
+    Failed(Error),
+    Lost,
+}
+
+impl Publisher {
+    pub fn new(link: Link, cfg: Arc<RabbitConfig>) -> Self {
+        let n = cfg.publish_channels.max(1);
+        Publisher {
+            link,
+            window: Arc::new(Semaphore::new(cfg.confirm_window.max(1))),
+            pool: (0..n).map(|_| tokio::sync::Mutex::new(None)).collect(),
+            next: AtomicUsize::new(0),
+            cfg,
+        }
+    }
+
+    async fn channel(&self, deadline: Instant) -> Result<Arc<ConfirmChannel>> {
+        let slot = &self.pool[self.next.fetch_add(1, Ordering::Relaxed) % self.pool.len()];
+        loop {
+            let session = self.link.session(deadline).await?;
+            let mut guard = slot.lock().await;
+            if let Some(ch) = guard.as_ref() {
+                if ch.usable(session.generation) {
+                    return Ok(ch.clone());
+                }
+            }
+            match open_confirm_channel(&session.conn, session.generation).await {
+                Ok(ch) => {
+                    *guard = Some(ch.clone());
+                    return Ok(ch);
+                }
+                Err(e) => {
+                    drop(guard);
+                    if Instant::now() >= deadline {
+                        return Err(e);
+                    }
+                    tracing::debug!(error = %e, "opening a confirm channel failed; retrying");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+    }
+
+    /// Publish every message and wait for the broker's confirms. Messages lost to a channel or
+    /// connection failure are published again (so a message may arrive twice, never zero
+    /// times) until `outage_timeout`. Returns the first nack / return as an error after the
+    /// rest of the batch was settled.
+    pub async fn publish_all(&self, msgs: &[Outgoing<'_>]) -> Result<()> {
+        let deadline = Instant::now() + self.cfg.outage_timeout;
+        let mut todo: Vec<usize> = (0..msgs.len()).collect();
+        let mut first_error: Option<Error> = None;
+        let mut broker_closes = 0u32;
+        while !todo.is_empty() {
+            self.link.wait_unblocked(deadline).await?;
+            let ch = self.channel(deadline).await?;
+            let mut waiting = Vec::with_capacity(todo.len());
+            let mut again = Vec::new();
+            let mut iter = todo.into_iter();
+            for i in iter.by_ref() {
+                let permit = self
+                    .window
+                    .clone()
+                    .acquire_owned()
+                    .await
+                    .map_err(|_| Error::Closed)?;
+                match ch.send(&msgs[i], permit).await {
+                    Some(rx) => waiting.push((i, rx)),
+                    None => {
+                        again.push(i);
+                        break;
+                    }
+                }
+            }
+            again.extend(iter);
+            let (indices, receivers): (Vec<usize>, Vec<_>) = waiting.into_iter().unzip();
+            let mut all = futures::future::join_all(receivers);
+            let results = loop {
+                tokio::select! {
+                    r = &mut all => break r,
+                    // A safety net: a channel that died without its callback noticing.
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {
+                        if !ch.channel.is_open() || !ch.channel.is_connection_open() {
+                            ch.state.fail_all();
+                        }
+                    }
+                }
+            };
+            for (i, r) in indices.into_iter().zip(results) {
+                match outcome(r, &msgs[i]) {
+                    Outcome::Done => {}
+                    Outcome::Failed(e) => {
+                        first_error.get_or_insert(e);
+                    }
+                    Outcome::Lost => again.push(i),
+                }
+            }
+            again.sort_unstable();
+            if !again.is_empty() {
+                // A channel the broker closed twice for this call (a missing exchange, access
+                // refused) will not get better by publishing again.
+                if let Some((code, text)) = lock(&ch.state.close_reason).clone() {
+                    broker_closes += 1;
+                    if broker_closes >= 2 {
+                        let hint = if code == 404 {
+                            "; declare the exchange first (apply the topology)"
+                        } else {
+                            ""
+                        };
+                        return Err(Error::transport(
+                            "rabbitmq",
+                            format!("the broker refused the publish: {code} {text}{hint}"),
+                        ));
+                    }
+                }
+            }
+            todo = again;
+            if !todo.is_empty() {
+                if Instant::now() >= deadline {
+                    return Err(Error::Unavailable {
+                        waited: self.cfg.outage_timeout,
+                        reason: format!("{} messages were not confirmed by the broker", todo.len()),
+                    });
+                }
+                tracing::info!(count = todo.len(), "publishing unconfirmed messages again");
+                // Never spin: give the supervisor a moment to notice a dead connection.
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+        match first_error {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+}
+
+fn outcome(
+    r: std::result::Result<Confirm, oneshot::error::RecvError>,
+    m: &Outgoing<'_>,
+) -> Outcome {
+    match r {
+        Ok(Confirm::Ack) => Outcome::Done,
+        Ok(Confirm::Nack) => Outcome::Failed(Error::Rejected(format!(
+            "negative confirm for message `{}` to `{}` (a full queue with reject-publish, or a broker-side failure); retry later or raise the queue's max_length",
+            m.envelope.id, m.routing_key
+        ))),
+        Ok(Confirm::Returned { code, text }) => {
+            tracing::debug!(code, %text, id = %m.envelope.id, "message returned as unroutable");
+            Outcome::Failed(Error::Unroutable {
+                exchange: m.exchange.to_string(),
+                routing_key: m.routing_key.to_string(),
+            })
+        }
+        Err(_) => Outcome::Lost,
+    }
+}
+
+async fn open_confirm_channel(
+    conn: &amqprs::connection::Connection,
+    generation: u64,
+) -> Result<Arc<ConfirmChannel>> {
+    let channel = conn.open_channel(None).await.map_err(|e| {
+        Error::transport(
+            "rabbitmq",
+            format!("could not open a publishing channel: {e}"),
+        )
+    })?;
+    let state = Arc::new(ConfirmState::default());
+    channel
+        .register_callback(ConfirmCallback(state.clone()))
+        .await
+        .map_err(|e| Error::transport("rabbitmq", e))?;
+    channel
+        .confirm_select(ConfirmSelectArguments::new(false))
+        .await
+        .map_err(|e| Error::transport("rabbitmq", format!("confirm.select failed: {e}")))?;
+    Ok(Arc::new(ConfirmChannel {
+        channel,
+        generation,
+        state,
+        seq: tokio::sync::Mutex::new(0),
+    }))
+}

@@ -1,0 +1,294 @@
+//! Declaring a [`Topology`] on RabbitMQ.
+//!
+//! Per work queue `<q>` on exchange `<x>` (durable topic):
+//! - `<q>`: classic or quorum, `x-dead-letter-exchange = <x>.dlx` and
+//!   `x-dead-letter-routing-key = <q>` so broker-expired and rejected messages reach the DLQ,
+//!   plus `x-max-priority`, `x-message-ttl`, `x-max-length` with `x-overflow = reject-publish`
+//!   when configured; bound to `<x>` with each pattern.
+//! - `<q>.dlq`: the dead letters, bound to the direct exchange `<x>.dlx` with key `<q>`.
+//! - `<q>.retry.<n>ms` per delay level (classic, durable): `x-message-ttl = n`, dead-lettering
+//!   through the default exchange back to `<q>` only, so levels never block each other.
+//!
+//! Quorum work queues: RabbitMQ before 3.12 supports neither `x-message-ttl` nor per-message
+//! expiration on them, and no priorities; declare classic queues where those matter.
+//!
+//! Declarations are idempotent. A queue that exists with other arguments makes the broker answer
+//! `PRECONDITION_FAILED`; that becomes [`Error::TopologyConflict`] naming the differing argument.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use amqprs::callbacks::ChannelCallback;
+use amqprs::channel::{
+    Channel, ExchangeDeclareArguments, QueueBindArguments, QueueDeclareArguments,
+};
+use amqprs::connection::Connection;
+use amqprs::{Ack, BasicProperties, Cancel, CloseChannel, FieldTable, FieldValue, Nack, Return};
+use async_trait::async_trait;
+
+use super::config::RabbitConfig;
+use crate::error::{Error, Result};
+use crate::topology::{dead_letter_exchange_name, QueueKind, QueueSpec, Topology};
+
+/// Why the broker closed a channel: (reply code, reply text).
+pub(crate) type CloseSlot = Arc<Mutex<Option<(u16, String)>>>;
+
+/// A channel callback that remembers why the broker closed the channel.
+pub(crate) struct RecordClose(pub CloseSlot);
+
+#[async_trait]
+impl ChannelCallback for RecordClose {
+    async fn close(
+        &mut self,
+        _channel: &Channel,
+        close: CloseChannel,
+    ) -> std::result::Result<(), amqprs::error::Error> {
+        if let Ok(mut slot) = self.0.lock() {
+            *slot = Some((close.reply_code(), close.reply_text().clone()));
+        }
+        Ok(())
+    }
+    async fn cancel(
+        &mut self,
+        _channel: &Channel,
+        _cancel: Cancel,
+    ) -> std::result::Result<(), amqprs::error::Error> {
+        Ok(())
+    }
+    async fn flow(
+        &mut self,
+        _channel: &Channel,
+        active: bool,
+    ) -> std::result::Result<bool, amqprs::error::Error> {
+        Ok(active)
+    }
+    async fn publish_ack(&mut self, _channel: &Channel, _ack: Ack) {}
+    async fn publish_nack(&mut self, _channel: &Channel, _nack: Nack) {}
+    async fn publish_return(
+        &mut self,
+        _channel: &Channel,
+        _ret: Return,
+        _basic_properties: BasicProperties,
+        _content: Vec<u8>,
+    ) {
+    }
+}
+
+/// Open a channel whose close reason is recorded.
+pub(crate) async fn open_channel(conn: &Connection) -> Result<(Channel, CloseSlot)> {
+    let ch = conn
+        .open_channel(None)
+        .await
+        .map_err(|e| Error::transport("rabbitmq", format!("could not open a channel: {e}")))?;
+    let slot: CloseSlot = Arc::new(Mutex::new(None));
+    ch.register_callback(RecordClose(slot.clone()))
+        .await
+        .map_err(|e| {
+            Error::transport(
+                "rabbitmq",
+                format!("could not register a channel callback: {e}"),
+            )
+        })?;
+    Ok((ch, slot))
+}
+
+/// Turn an amqprs error into a Herald one, using the broker's close reason when there is one.
+pub(crate) async fn broker_error(
+    e: amqprs::error::Error,
+    slot: &CloseSlot,
+    object: &str,
+    what: &str,
+) -> Error {
+    // The close frame may arrive just after the failed call returns.
+    for _ in 0..20 {
+        if slot.lock().map(|s| s.is_some()).unwrap_or(false) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let reason = slot.lock().ok().and_then(|s| s.clone());
+    match reason {
+        Some((406, text)) => Error::TopologyConflict {
+            object: object.to_string(),
+            detail: text,
+        },
+        Some((404, text)) => Error::transport(
+            "rabbitmq",
+            format!("{what} `{object}`: {text}; apply the topology first"),
+        ),
+        Some((code, text)) => Error::transport(
+            "rabbitmq",
+            format!("{what} `{object}` failed: {code} {text}"),
+        ),
+        None => Error::transport("rabbitmq", format!("{what} `{object}` failed: {e}")),
+    }
+}
+
+fn ms(d: Duration) -> FieldValue {
+    FieldValue::l(d.as_millis().min(i64::MAX as u128) as i64)
+}
+
+fn put(t: &mut FieldTable, k: &str, v: FieldValue) {
+    if let Ok(k) = k.try_into() {
+        t.insert(k, v);
+    }
+}
+
+/// The arguments of a work queue.
+pub(crate) fn work_queue_args(exchange: &str, q: &QueueSpec) -> FieldTable {
+    let mut t = FieldTable::new();
+    if q.kind == QueueKind::Quorum && !q.auto_delete {
+        put(&mut t, "x-queue-type", FieldValue::from("quorum"));
+    }
+    put(
+        &mut t,
+        "x-dead-letter-exchange",
+        FieldValue::from(dead_letter_exchange_name(exchange)),
+    );
+    put(
+        &mut t,
+        "x-dead-letter-routing-key",
+        FieldValue::from(q.name.clone()),
+    );
+    if let Some(p) = q.max_priority {
+        if q.kind == QueueKind::Quorum {
+            tracing::warn!(queue = %q.name, "quorum queues ignore max_priority; declare a classic queue for priorities");
+        } else {
+            put(&mut t, "x-max-priority", FieldValue::l(i64::from(p)));
+        }
+    }
+    if let Some(ttl) = q.message_ttl {
+        put(&mut t, "x-message-ttl", ms(ttl));
+    }
+    if let Some(max) = q.max_length {
+        put(
+            &mut t,
+            "x-max-length",
+            FieldValue::l(max.min(i64::MAX as u64) as i64),
+        );
+        put(&mut t, "x-overflow", FieldValue::from("reject-publish"));
+    }
+    t
+}
+
+fn side_queue_args(q: &QueueSpec) -> FieldTable {
+    let mut t = FieldTable::new();
+    if q.kind == QueueKind::Quorum && !q.auto_delete {
+        put(&mut t, "x-queue-type", FieldValue::from("quorum"));
+    }
+    t
+}
+
+async fn declare_queue(
+    ch: &Channel,
+    slot: &CloseSlot,
+    name: &str,
+    durable: bool,
+    auto_delete: bool,
+    args: FieldTable,
+) -> Result<()> {
+    let a = QueueDeclareArguments::new(name)
+        .durable(durable)
+        .auto_delete(auto_delete)
+        .arguments(args)
+        .finish();
+    match ch.queue_declare(a).await {
+        Ok(_) => Ok(()),
+        Err(e) => Err(broker_error(e, slot, name, "declaring queue").await),
+    }
+}
+
+async fn bind(
+    ch: &Channel,
+    slot: &CloseSlot,
+    queue: &str,
+    exchange: &str,
+    key: &str,
+) -> Result<()> {
+    match ch
+        .queue_bind(QueueBindArguments::new(queue, exchange, key))
+        .await
+    {
+        Ok(()) => Ok(()),
+        Err(e) => Err(broker_error(e, slot, queue, "binding queue").await),
+    }
+}
+
+async fn declare_exchange(ch: &Channel, slot: &CloseSlot, name: &str, kind: &str) -> Result<()> {
+    let a = ExchangeDeclareArguments::new(name, kind)
+        .durable(true)
+        .finish();
+    match ch.exchange_declare(a).await {
+        Ok(()) => Ok(()),
+        Err(e) => Err(broker_error(e, slot, name, "declaring exchange").await),
+    }
+}
+
+/// Declare one queue with its dead-letter queue, retry levels and bindings.
+pub(crate) async fn declare_queue_set(
+    ch: &Channel,
+    slot: &CloseSlot,
+    exchange: &str,
+    q: &QueueSpec,
+    cfg: &RabbitConfig,
+) -> Result<()> {
+    let durable = !q.auto_delete;
+    let dlx = dead_letter_exchange_name(exchange);
+    let dlq = q.dead_letter_queue();
+    declare_queue(ch, slot, &dlq, durable, q.auto_delete, side_queue_args(q)).await?;
+    bind(ch, slot, &dlq, &dlx, &q.name).await?;
+    for level in cfg.retry_levels(&q.retry_delays) {
+        // Always classic: quorum queues before RabbitMQ 3.12 ignore message TTL, and a retry
+        // level is only a waiting room whose messages are also in no other queue.
+        let mut args = FieldTable::new();
+        put(&mut args, "x-message-ttl", ms(level));
+        put(&mut args, "x-dead-letter-exchange", FieldValue::from(""));
+        put(
+            &mut args,
+            "x-dead-letter-routing-key",
+            FieldValue::from(q.name.clone()),
+        );
+        declare_queue(
+            ch,
+            slot,
+            &q.retry_queue(level),
+            durable,
+            q.auto_delete,
+            args,
+        )
+        .await?;
+    }
+    declare_queue(
+        ch,
+        slot,
+        &q.name,
+        durable,
+        q.auto_delete,
+        work_queue_args(exchange, q),
+    )
+    .await?;
+    for pattern in &q.bindings {
+        bind(ch, slot, &q.name, exchange, pattern).await?;
+    }
+    Ok(())
+}
+
+/// Declare a whole topology on `conn`. Idempotent.
+pub(crate) async fn declare(conn: &Connection, topo: &Topology, cfg: &RabbitConfig) -> Result<()> {
+    let (ch, slot) = open_channel(conn).await?;
+    declare_exchange(&ch, &slot, &topo.exchange, "topic").await?;
+    declare_exchange(
+        &ch,
+        &slot,
+        &dead_letter_exchange_name(&topo.exchange),
+        "direct",
+    )
+    .await?;
+    for q in &topo.queues {
+        declare_queue_set(&ch, &slot, &topo.exchange, q, cfg).await?;
+    }
+    if ch.is_open() {
+        let _ = ch.close().await;
+    }
+    Ok(())
+}

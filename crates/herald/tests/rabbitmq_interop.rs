@@ -1,0 +1,142 @@
+//! Interop with a plain AMQP client in another language (Python pika), both directions:
+//! pika reads Herald's events as plain JSON with standard properties, and Herald consumes
+//! events pika published without any CloudEvents headers.
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use bytes::Bytes;
+use herald::transport::rabbitmq::{RabbitConfig, RabbitTransport};
+use herald::transport::{ConsumeOptions, PublishOptions};
+use herald::{Envelope, QueueSpec, Topology, Transport};
+use tokio_util::sync::CancellationToken;
+
+mod common;
+
+const SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/interop/pika_peer.py");
+
+fn ensure_pika() {
+    let has = |py: &str| {
+        Command::new(py)
+            .args(["-c", "import pika"])
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false)
+    };
+    if !has("python3") {
+        let _ = Command::new("python3")
+            .args(["-m", "pip", "install", "--quiet", "pika"])
+            .status();
+    }
+    assert!(
+        has("python3"),
+        "python3 with pika is needed: python3 -m pip install pika"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pika_reads_herald_and_herald_reads_pika() {
+    common::wait_for_broker(Duration::from_secs(60)).await;
+    ensure_pika();
+    let id = uuid::Uuid::new_v4().simple().to_string();
+    let exchange = format!("interop.{}", &id[..8]);
+    let queue = QueueSpec::new(format!("interop-{}.from-python", &id[..8]), "user.#");
+    let mut topo = Topology::new(&exchange);
+    topo.add_queue(queue.clone());
+    let t = RabbitTransport::connect(RabbitConfig::new(vec![common::amqp_url()], "interop"))
+        .await
+        .expect("connect");
+    t.apply_topology(&topo).await.expect("topology");
+
+    // Herald -> pika.
+    let mut child = Command::new("python3")
+        .args([SCRIPT, "consume", &exchange, "order.#", "3"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("start python");
+    let stdout = child.stdout.take().expect("stdout");
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let ready = rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("python consumer ready");
+    assert_eq!(ready, "READY");
+    let mut sent = Vec::new();
+    for i in 0..3u32 {
+        let body = serde_json::to_vec(&serde_json::json!({ "order": i, "total": 9.5 })).unwrap();
+        let mut e = Envelope::new("order.placed", 2, "order.placed", "shop", Bytes::from(body));
+        e.correlation_id = Some(format!("corr-{i}"));
+        sent.push(e);
+    }
+    // Nothing Herald-side is bound to order.*, only pika's queue: mandatory still succeeds.
+    t.publish(&exchange, &sent, PublishOptions::default())
+        .await
+        .expect("publish");
+    for e in &sent {
+        let line = rx
+            .recv_timeout(Duration::from_secs(30))
+            .expect("pika got a message");
+        let v: serde_json::Value = serde_json::from_str(&line).expect("json line");
+        assert_eq!(v["content_type"], "application/json");
+        assert_eq!(v["delivery_mode"], 2);
+        assert_eq!(v["message_id"], e.id.as_str());
+        assert_eq!(v["type"], "order.placed");
+        assert_eq!(v["app_id"], "shop");
+        assert_eq!(
+            v["correlation_id"],
+            e.correlation_id.clone().unwrap().as_str()
+        );
+        assert_eq!(v["routing_key"], "order.placed");
+        assert_eq!(v["headers"]["cloudEvents_id"], e.id.as_str());
+        assert_eq!(v["headers"]["cloudEvents_specversion"], "1.0");
+        assert_eq!(
+            v["body"],
+            serde_json::from_slice::<serde_json::Value>(&e.body).unwrap()
+        );
+    }
+    assert!(child.wait().expect("python exit").success());
+
+    // pika -> Herald.
+    let out = Command::new("python3")
+        .args([SCRIPT, "publish", &exchange, "user.registered", "3"])
+        .output()
+        .expect("run python publisher");
+    assert!(
+        out.status.success(),
+        "pika publisher failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let cancel = CancellationToken::new();
+    let mut deliveries = t
+        .consume(&queue, ConsumeOptions::default(), cancel.clone())
+        .await
+        .expect("consume");
+    for i in 0..3 {
+        let d = tokio::time::timeout(Duration::from_secs(10), deliveries.recv())
+            .await
+            .expect("delivery in time")
+            .expect("delivery");
+        let e = &d.envelope;
+        assert_eq!(e.id, format!("py-{i}"));
+        assert_eq!(e.event_type, "user.registered");
+        assert_eq!(e.source, "python-service");
+        assert_eq!(e.routing_key, "user.registered");
+        assert_eq!(
+            e.correlation_id.as_deref(),
+            Some(format!("flow-{i}").as_str())
+        );
+        assert_eq!(e.attempt, 1);
+        let body: serde_json::Value = serde_json::from_slice(&e.body).unwrap();
+        assert_eq!(body["n"], i);
+        d.ack().await.unwrap();
+    }
+    cancel.cancel();
+    t.close().await.unwrap();
+    common::delete_queue_set(&exchange, &queue).await;
+}
