@@ -276,38 +276,3 @@ mod tests {
         assert_eq!(e.source, "py");
     }
 }
-
-#[cfg(test)]
-mod speed {
-    use super::*;
-
-    /// `cargo test --release ... properties::speed -- --ignored --nocapture`
-    #[test]
-    #[ignore]
-    fn encode_decode_cost() {
-        let n = 100_000;
-        let body = Bytes::from(vec![b'x'; 200]);
-        let envs: Vec<Envelope> = (0..n)
-            .map(|_| Envelope::new("w1.event", 1, "w1.event", "bench", body.clone()))
-            .collect();
-        let t = std::time::Instant::now();
-        let props: Vec<BasicProperties> = envs.iter().map(|e| to_properties(e, false)).collect();
-        let enc = t.elapsed();
-        let t = std::time::Instant::now();
-        for p in &props {
-            let _ = from_message("w1.event", p, b"{}".to_vec());
-        }
-        let dec = t.elapsed();
-        let t = std::time::Instant::now();
-        for _ in 0..n {
-            let _ = Envelope::new("w1.event", 1, "w1.event", "bench", body.clone());
-        }
-        let new = t.elapsed();
-        println!(
-            "to_properties {:.2} us, from_message {:.2} us, Envelope::new {:.2} us",
-            enc.as_secs_f64() * 1e6 / n as f64,
-            dec.as_secs_f64() * 1e6 / n as f64,
-            new.as_secs_f64() * 1e6 / n as f64
-        );
-    }
-}
