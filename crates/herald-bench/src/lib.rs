@@ -173,11 +173,30 @@ pub fn amqp_url() -> String {
         .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".to_string())
 }
 
-/// Connection arguments for the raw amqprs client, from [`amqp_url`].
+/// Connection arguments for the raw amqprs client, from [`amqp_url`]. Parsed here rather than
+/// by amqprs, which does not percent-decode the vhost (`%2f` is `/`).
 pub fn amqp_args(name: &str) -> Result<amqprs::connection::OpenConnectionArguments, String> {
-    let mut args = amqprs::connection::OpenConnectionArguments::try_from(amqp_url().as_str())
-        .map_err(|e| format!("bad AMQP URL: {e}"))?;
-    args.connection_name(name);
+    let raw = amqp_url();
+    let url = url::Url::parse(&raw).map_err(|e| format!("bad AMQP URL: {e}"))?;
+    let decode = |s: &str| {
+        url::form_urlencoded::parse(format!("x={s}").as_bytes())
+            .next()
+            .map(|(_, v)| v.into_owned())
+            .unwrap_or_default()
+    };
+    let user = if url.username().is_empty() { "guest".to_string() } else { decode(url.username()) };
+    let password = decode(url.password().unwrap_or("guest"));
+    let vhost = match url.path().trim_start_matches('/') {
+        "" => "/".to_string(),
+        v => decode(v),
+    };
+    let mut args = amqprs::connection::OpenConnectionArguments::new(
+        url.host_str().unwrap_or("127.0.0.1"),
+        url.port().unwrap_or(5672),
+        &user,
+        &password,
+    );
+    args.virtual_host(&vhost).connection_name(name);
     Ok(args)
 }
 

@@ -50,7 +50,9 @@ async fn setup(
     Ok((publisher, consumer, exchange, queue))
 }
 
-async fn cleanup(exchange: &str, queue: &QueueSpec) {
+/// Delete what a benchmark run declared on the broker: the queue, its dead-letter and retry
+/// queues, and the exchanges. Best effort: a failure leaves an empty queue behind.
+pub async fn cleanup(exchange: &str, queue: &QueueSpec) {
     let Ok(args) = crate::amqp_args("bench cleanup") else {
         return;
     };
@@ -58,11 +60,9 @@ async fn cleanup(exchange: &str, queue: &QueueSpec) {
         return;
     };
     if let Ok(ch) = conn.open_channel(None).await {
-        for q in [
-            queue.name.clone(),
-            queue.dead_letter_queue(),
-            queue.retry_queue(Duration::from_secs(1)),
-        ] {
+        let retry_queues = queue.retry_delays.iter().map(|d| queue.retry_queue(*d));
+        let names = [queue.name.clone(), queue.dead_letter_queue(), queue.retry_queue(Duration::from_secs(1))];
+        for q in names.into_iter().chain(retry_queues) {
             let _ = ch.queue_delete(QueueDeleteArguments::new(&q)).await;
         }
         for x in [exchange.to_string(), format!("{exchange}.dlx")] {

@@ -73,13 +73,19 @@ pub struct W1Figures {
     pub cpu_us_per_event: f64,
 }
 
-/// The consumer's subscription options: ack after decode, prefetch 200.
-fn consumer_options(kind: herald::QueueKind) -> SubscribeOptions {
+/// The consumer's subscription options: ack after decode, prefetch 200, a queue of this run's
+/// own (queues outlive a run on a real broker).
+fn consumer_options(exchange: &str, kind: herald::QueueKind) -> SubscribeOptions {
     SubscribeOptions::new()
         .prefetch(200)
         .concurrency(8)
-        .queue("bench-consumer.w1")
+        .queue(queue_name(exchange))
         .queue_kind(kind)
+}
+
+/// The W1 queue of the run on `exchange`.
+pub fn queue_name(exchange: &str) -> String {
+    format!("{exchange}.consumer")
 }
 
 /// Subscribe a counting consumer; returns the counter and a notifier fired at `events`.
@@ -98,7 +104,7 @@ pub fn subscribe_counter(
             }
             std::future::ready(())
         },
-        consumer_options(kind),
+        consumer_options(bus.publisher().exchange(), kind),
     )?;
     Ok((count, done))
 }
@@ -228,7 +234,7 @@ pub async fn latency(
             }
             std::future::ready(())
         },
-        consumer_options(herald::QueueKind::Classic).queue("bench-latency.w1"),
+        consumer_options(exchange, herald::QueueKind::Classic),
     )?;
     consumer.start().await?;
     let publisher = Bus::builder()

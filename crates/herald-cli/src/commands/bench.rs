@@ -98,10 +98,14 @@ pub async fn run(mut config: Config, args: Args) -> CliResult<()> {
         None
     };
     let figures = if transport == "memory" {
-        w1::run_in_process(&config.broker, &config.exchange, args.events).await?
+        w1::run_in_process(&config.broker, &config.exchange, args.events)
+            .await
+            .map_err(Into::into)
     } else {
-        split_run(&config, args.events, args.quorum).await?
+        split_run(&config, args.events, args.quorum).await
     };
+    cleanup(&config, transport).await;
+    let figures = figures?;
     eprintln!(
         "W1 on {transport}{}: {} events, published {:.0}/s, end to end {:.0}/s, {:.1} µs CPU per event",
         if args.quorum { " (quorum)" } else { "" },
@@ -140,7 +144,9 @@ async fn latency(config: &Config, transport: &str, args: &Args) -> CliResult<()>
     } else {
         None
     };
-    let l = w1::latency(&config.broker, &config.exchange, args.events, args.rate).await?;
+    let l = w1::latency(&config.broker, &config.exchange, args.events, args.rate).await;
+    cleanup(config, transport).await;
+    let l = l?;
     eprintln!(
         "latency on {transport}: {} events at {}/s, p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
         l.events, l.rate, l.p50_ms, l.p99_ms, l.max_ms
@@ -154,6 +160,15 @@ async fn latency(config: &Config, transport: &str, args: &Args) -> CliResult<()>
     }
     println!("{line}");
     Ok(())
+}
+
+/// On RabbitMQ, delete the run's queues and exchange (they outlive the processes).
+async fn cleanup(config: &Config, transport: &str) {
+    if transport == "rabbitmq" {
+        let mut queue = herald::QueueSpec::new(w1::queue_name(&config.exchange), "");
+        queue.retry_delays = herald::middleware::RetryPolicy::default().delay_levels();
+        herald_bench::rabbit_w1::cleanup(&config.exchange, &queue).await;
+    }
 }
 
 async fn consumer_role(config: Config, events: u64, kind: QueueKind) -> CliResult<()> {

@@ -66,7 +66,11 @@ pub async fn run(config: Config, cmd: Command) -> CliResult<()> {
                     "QUEUE", "READY", "DELAYED", "DEAD"
                 );
                 let fmt = |v: Option<u64>| v.map_or("-".to_string(), |v| v.to_string());
-                for s in t.queue_stats().await? {
+                let stats = t.queue_stats().await?;
+                if stats.is_empty() {
+                    super::explain_empty_listing(&*t);
+                }
+                for s in stats {
                     println!(
                         "{:<50} {:>8} {:>8} {:>8}",
                         s.queue,

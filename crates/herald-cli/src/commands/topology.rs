@@ -34,6 +34,9 @@ pub async fn run(config: Config, args: Args) -> CliResult<()> {
     if args.live {
         let bus = cli_bus(&config).await?;
         let stats = bus.transport().queue_stats().await;
+        if stats.as_ref().is_ok_and(|s| s.is_empty()) {
+            super::explain_empty_listing(&**bus.transport());
+        }
         bus.shutdown().await?;
         let stats = stats?;
         if args.json {
