@@ -1,6 +1,6 @@
 //! The transport conformance suite: one set of behaviours every transport must show.
 //!
-//! A transport's test file provides a [`Harness`] and expands [`conformance_tests!`]:
+//! A transport's test file provides a [`Harness`] and expands [`conformance_tests!`](crate::conformance_tests):
 //!
 //! ```text
 //! struct Mem;
