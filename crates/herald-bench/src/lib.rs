@@ -184,7 +184,11 @@ pub fn amqp_args(name: &str) -> Result<amqprs::connection::OpenConnectionArgumen
             .map(|(_, v)| v.into_owned())
             .unwrap_or_default()
     };
-    let user = if url.username().is_empty() { "guest".to_string() } else { decode(url.username()) };
+    let user = if url.username().is_empty() {
+        "guest".to_string()
+    } else {
+        decode(url.username())
+    };
     let password = decode(url.password().unwrap_or("guest"));
     let vhost = match url.path().trim_start_matches('/') {
         "" => "/".to_string(),

@@ -61,7 +61,11 @@ pub async fn cleanup(exchange: &str, queue: &QueueSpec) {
     };
     if let Ok(ch) = conn.open_channel(None).await {
         let retry_queues = queue.retry_delays.iter().map(|d| queue.retry_queue(*d));
-        let names = [queue.name.clone(), queue.dead_letter_queue(), queue.retry_queue(Duration::from_secs(1))];
+        let names = [
+            queue.name.clone(),
+            queue.dead_letter_queue(),
+            queue.retry_queue(Duration::from_secs(1)),
+        ];
         for q in names.into_iter().chain(retry_queues) {
             let _ = ch.queue_delete(QueueDeleteArguments::new(&q)).await;
         }
