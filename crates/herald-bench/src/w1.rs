@@ -109,6 +109,16 @@ pub fn subscribe_counter(
     Ok((count, done))
 }
 
+/// A bus for one side of a benchmark run.
+async fn bench_bus(broker: &str, exchange: &str, service: &str) -> herald::Result<Bus> {
+    Bus::builder()
+        .broker(broker)
+        .exchange(exchange)
+        .service(service)
+        .build()
+        .await
+}
+
 /// Publish `events` W1 events with [`PUBLISH_WINDOW`] in flight; returns how long it took.
 pub async fn publish_all(bus: &Bus, events: u64) -> herald::Result<Duration> {
     let started = Instant::now();
@@ -130,20 +140,10 @@ pub async fn run_in_process(
     exchange: &str,
     events: u64,
 ) -> herald::Result<W1Figures> {
-    let consumer = Bus::builder()
-        .broker(broker)
-        .exchange(exchange)
-        .service("bench-consumer")
-        .build()
-        .await?;
+    let consumer = bench_bus(broker, exchange, "bench-consumer").await?;
     let (_count, done) = subscribe_counter(&consumer, events, herald::QueueKind::Classic)?;
     consumer.start().await?;
-    let publisher = Bus::builder()
-        .broker(broker)
-        .exchange(exchange)
-        .service("bench-publisher")
-        .build()
-        .await?;
+    let publisher = bench_bus(broker, exchange, "bench-publisher").await?;
     let cpu_before = process_cpu();
     let started = Instant::now();
     let notified = done.notified();
@@ -215,12 +215,7 @@ pub async fn latency(
     events: u64,
     rate: u64,
 ) -> herald::Result<LatencyFigures> {
-    let consumer = Bus::builder()
-        .broker(broker)
-        .exchange(exchange)
-        .service("bench-latency")
-        .build()
-        .await?;
+    let consumer = bench_bus(broker, exchange, "bench-latency").await?;
     let samples = Arc::new(std::sync::Mutex::new(Vec::with_capacity(events as usize)));
     let done = Arc::new(Notify::new());
     let (s, d) = (samples.clone(), done.clone());
@@ -237,12 +232,7 @@ pub async fn latency(
         consumer_options(exchange, herald::QueueKind::Classic),
     )?;
     consumer.start().await?;
-    let publisher = Bus::builder()
-        .broker(broker)
-        .exchange(exchange)
-        .service("bench-publisher")
-        .build()
-        .await?;
+    let publisher = bench_bus(broker, exchange, "bench-publisher").await?;
     let notified = done.notified();
     let interval = Duration::from_secs_f64(1.0 / rate.max(1) as f64);
     let mut ticker = tokio::time::interval(interval);
