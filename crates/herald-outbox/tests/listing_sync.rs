@@ -7,6 +7,7 @@
 #[path = "../examples/listing-sync/app.rs"]
 mod app;
 mod common;
+mod listing_sync_checks;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -14,7 +15,7 @@ use std::time::Duration;
 
 use common::*;
 use herald::Bus;
-use herald_outbox::{RelayConfig, Status};
+use herald_outbox::RelayConfig;
 use tokio_util::sync::CancellationToken;
 
 async fn terminate_relay_connections(c: &tokio_postgres::Client) -> i64 {
@@ -118,51 +119,7 @@ async fn listing_sync_index_matches_the_table_after_faults() {
         .await
         .unwrap();
 
-    assert_eq!(app.search(&db, "zeppelin").await.unwrap(), vec![ids[13]]);
-    let bikes = app.search(&db, "bicycles").await.unwrap();
-    let live: i64 = db
-        .query_one(&format!("SELECT count(*) FROM {schema}.listings"), &[])
-        .await
-        .unwrap()
-        .get(0);
-    assert_eq!(
-        bikes.len() as i64,
-        live - 1,
-        "stemmed full-text search finds every bicycle"
-    );
-
-    let logged = db
-        .query(&format!("SELECT routing_key FROM {schema}.status_log"), &[])
-        .await
-        .unwrap();
-    assert_eq!(
-        logged.len(),
-        status_changes,
-        "the status consumer saw each status change once"
-    );
-    assert!(logged
-        .iter()
-        .all(|r| r.get::<_, String>(0).starts_with("listing.status.")));
-
-    let status = app.outbox.status(&db).await.unwrap();
-    let total: u64 = status.counts.values().sum();
-    assert_eq!(
-        status.count(Status::Completed),
-        total,
-        "every job completed by the search sync: {status}"
-    );
-    let inbox: i64 = db
-        .query_one(
-            &format!("SELECT count(*) FROM {schema}.herald_inbox WHERE consumer = 'search-sync'"),
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
-    assert_eq!(
-        inbox as u64, total,
-        "one inbox record per event, duplicates absorbed"
-    );
+    listing_sync_checks::assert_in_sync(&app, &db, ids[13], status_changes).await;
 
     cancel.cancel();
     task_b.await.unwrap();
