@@ -17,20 +17,34 @@ pub fn topic_matches(pattern: &str, routing_key: &str) -> bool {
     if !pattern.contains(['*', '#']) {
         return pattern == routing_key;
     }
-    let p: Vec<&str> = pattern.split('.').collect();
-    let k: Vec<&str> = routing_key.split('.').collect();
-    match_words(&p, &k)
+    // Runs on every publish: walk the words without collecting them.
+    match_words(pattern.split('.'), routing_key.split('.'))
 }
 
-fn match_words(p: &[&str], k: &[&str]) -> bool {
-    match p.split_first() {
-        None => k.is_empty(),
-        Some((&"#", rest)) => {
-            // `#` may swallow 0..=len words; try each split.
-            (0..=k.len()).any(|n| match_words(rest, &k[n..]))
+fn match_words(mut p: std::str::Split<'_, char>, mut k: std::str::Split<'_, char>) -> bool {
+    loop {
+        match p.next() {
+            None => return k.next().is_none(),
+            // `#` may swallow zero or more words: try the rest of the pattern at each point.
+            Some("#") => loop {
+                if match_words(p.clone(), k.clone()) {
+                    return true;
+                }
+                if k.next().is_none() {
+                    return false;
+                }
+            },
+            Some("*") => {
+                if k.next().is_none() {
+                    return false;
+                }
+            }
+            Some(word) => {
+                if k.next() != Some(word) {
+                    return false;
+                }
+            }
         }
-        Some((&"*", rest)) => !k.is_empty() && match_words(rest, &k[1..]),
-        Some((word, rest)) => k.first() == Some(word) && match_words(rest, &k[1..]),
     }
 }
 
