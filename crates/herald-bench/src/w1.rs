@@ -255,16 +255,11 @@ pub async fn latency(
     consumer.shutdown().await?;
     let mut v = samples.lock().unwrap_or_else(|e| e.into_inner()).clone();
     v.sort_by(|a, b| a.total_cmp(b));
-    let pct = |p: f64| {
-        v.get(((v.len().saturating_sub(1)) as f64 * p).round() as usize)
-            .copied()
-            .unwrap_or(0.0)
-    };
     Ok(LatencyFigures {
         events: v.len() as u64,
         rate,
-        p50_ms: pct(0.50),
-        p99_ms: pct(0.99),
+        p50_ms: crate::percentile(&v, 0.50),
+        p99_ms: crate::percentile(&v, 0.99),
         max_ms: v.last().copied().unwrap_or(0.0),
     })
 }

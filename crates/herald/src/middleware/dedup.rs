@@ -1,7 +1,9 @@
 //! Deduplication: skip a message whose event id this subscription already handled successfully,
 //! within a bounded window. Delivery is at-least-once (a consumer that crashes after its handler
 //! ran but before the ack sees the message again); this absorbs such redeliveries in-process.
-//! For duplicates across processes and restarts, use a durable inbox (SQL/Redis) instead.
+//! For duplicates across processes and restarts, use the durable inbox instead:
+//! `herald_outbox::inbox::InboxLayer` (PostgreSQL, SQLite or Redis, or the handler's own
+//! transaction).
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
