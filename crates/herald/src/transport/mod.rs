@@ -288,6 +288,12 @@ pub trait Transport: Send + Sync + 'static {
     /// Counts for every queue the transport knows.
     async fn queue_stats(&self) -> Result<Vec<QueueStats>>;
 
+    /// Whether [`queue_stats`](Self::queue_stats) sees every queue on the broker, or only those
+    /// this handle declared (AMQP 0-9-1 has no way to list queues).
+    fn lists_all_queues(&self) -> bool {
+        true
+    }
+
     /// Whether the broker connection is up (for health checks). Embedded transports are always up.
     fn is_connected(&self) -> bool {
         true

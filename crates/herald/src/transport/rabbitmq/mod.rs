@@ -456,6 +456,10 @@ impl Transport for RabbitTransport {
         Ok(picked.len() as u64)
     }
 
+    fn lists_all_queues(&self) -> bool {
+        false
+    }
+
     async fn queue_stats(&self) -> Result<Vec<QueueStats>> {
         self.check_open()?;
         let known: Vec<Topology> = lock(&self.shared.topologies).clone();
