@@ -86,6 +86,9 @@ ensure_python_pika() {
   fi
 }
 
+# The amqps test makes its own CA and certificates with the openssl command.
+command -v openssl >/dev/null 2>&1 || apt_install openssl
+
 ensure_rabbitmq
 ensure_postgres
 ensure_redis
