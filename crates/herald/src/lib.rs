@@ -17,6 +17,7 @@ pub mod event;
 pub mod handler;
 pub mod middleware;
 pub mod pattern;
+pub mod telemetry;
 pub mod topology;
 pub mod transport;
 

@@ -8,7 +8,7 @@
 //! transport's consumer is cancelled.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::stream::{FuturesUnordered, StreamExt};
 use tokio::sync::mpsc;
@@ -16,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::bus::metrics::Metrics;
 use crate::middleware::{Disposition, FailureKind, Handle, HandlerError, Message};
+use crate::telemetry::handles::ConsumerTelemetry;
 use crate::topology::QueueSpec;
 use crate::transport::{ConsumeOptions, Delivery, Failure, Outcome, Transport};
 
@@ -36,6 +37,7 @@ pub(crate) async fn run(
     shutdown: CancellationToken,
 ) {
     let queue_name: Arc<str> = Arc::from(spec.queue.name.as_str());
+    let telemetry = Arc::new(ConsumerTelemetry::new(queue_name.clone()));
     let mut backoff = Duration::from_millis(100);
     while !shutdown.is_cancelled() {
         let stream_stop = shutdown.child_token();
@@ -59,12 +61,16 @@ pub(crate) async fn run(
         };
         backoff = Duration::from_millis(100);
         tracing::debug!(queue = %queue_name, concurrency = spec.concurrency, "consumer started");
-        consume_stream(&mut rx, &spec, &queue_name, &metrics, &shutdown).await;
+        consume_stream(&mut rx, &spec, &queue_name, &metrics, &telemetry, &shutdown).await;
         stream_stop.cancel();
         // Whatever the transport had already handed over goes back untouched.
         rx.close();
         while let Some(d) = rx.recv().await {
             metrics.released();
+            telemetry
+                .event(&d.envelope.event_type)
+                .released
+                .increment(1);
             if let Err(e) = d
                 .settle(Outcome::Release {
                     delay: Duration::ZERO,
@@ -84,6 +90,7 @@ async fn consume_stream(
     spec: &Arc<ConsumerSpec>,
     queue: &Arc<str>,
     metrics: &Arc<Metrics>,
+    telemetry: &Arc<ConsumerTelemetry>,
     shutdown: &CancellationToken,
 ) {
     let mut in_flight = FuturesUnordered::new();
@@ -96,7 +103,7 @@ async fn consume_stream(
             _ = shutdown.cancelled() => break,
             Some(()) = in_flight.next(), if !in_flight.is_empty() => {}
             next = rx.recv(), if can_take => match next {
-                Some(d) => in_flight.push(process(d, spec.clone(), queue.clone(), metrics.clone())),
+                Some(d) => in_flight.push(process(d, spec.clone(), queue.clone(), metrics.clone(), telemetry.clone())),
                 // The transport ended the stream (queue deleted, connection gone for good).
                 None => open = false,
             },
@@ -112,9 +119,14 @@ async fn process(
     spec: Arc<ConsumerSpec>,
     queue: Arc<str>,
     metrics: Arc<Metrics>,
+    telemetry: Arc<ConsumerTelemetry>,
 ) {
     let (envelope, settler) = delivery.into_parts();
     let envelope = Arc::new(envelope);
+    let counters = telemetry.event(&envelope.event_type);
+    counters.consumed.increment(1);
+    telemetry.in_flight.increment(1.0);
+    let started = Instant::now();
     let result = if envelope.body.len() > spec.max_message_bytes {
         Err(HandlerError::new(
             FailureKind::TooLarge,
@@ -132,16 +144,20 @@ async fn process(
         };
         spec.pipeline.call(msg).await
     };
+    counters.handled_in(started.elapsed());
     let outcome = match result {
         Ok(()) => {
             metrics.handled();
+            counters.acked.increment(1);
             Outcome::Ack
         }
         Err(e) => {
+            counters.failed(e.kind.as_str());
             let failure = || Failure::now(&envelope, &queue, e.kind.as_str(), e.message.clone());
             match e.disposition {
                 Some(Disposition::RetryAfter(delay)) => {
                     metrics.retried();
+                    counters.retried.increment(1);
                     Outcome::Retry {
                         delay,
                         failure: failure(),
@@ -149,17 +165,22 @@ async fn process(
                 }
                 Some(Disposition::Release(delay)) => {
                     metrics.released();
+                    counters.released.increment(1);
                     Outcome::Release { delay }
                 }
                 Some(Disposition::DeadLetter) | None => {
                     metrics.dead_lettered();
+                    counters.dead_lettered.increment(1);
                     Outcome::DeadLetter(failure())
                 }
             }
         }
     };
-    if let Err(e) = settler.settle(&envelope, outcome).await {
+    let settled = settler.settle(&envelope, outcome).await;
+    telemetry.in_flight.decrement(1.0);
+    if let Err(e) = settled {
         metrics.settle_error();
+        telemetry.settle_errors.increment(1);
         tracing::warn!(id = %envelope.id, queue = %queue, error = %e, "could not settle; the transport will redeliver it");
     }
 }

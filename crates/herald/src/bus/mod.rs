@@ -61,6 +61,7 @@ use publisher::PublishCore;
 pub struct BusBuilder {
     config: Config,
     transport: Option<Arc<dyn Transport>>,
+    queue_depth_interval: Option<Duration>,
 }
 
 impl BusBuilder {
@@ -110,6 +111,13 @@ impl BusBuilder {
         self
     }
 
+    /// Sample every queue's depth into `herald_queue_depth{queue,state}` at this interval while
+    /// the bus runs (see [`crate::telemetry::spawn_queue_depth_sampler`]).
+    pub fn sample_queue_depth(mut self, interval: Duration) -> Self {
+        self.queue_depth_interval = Some(interval);
+        self
+    }
+
     /// Validate the configuration, open the transport and declare the exchange.
     pub async fn build(self) -> Result<Bus> {
         self.config.validate()?;
@@ -128,7 +136,16 @@ impl BusBuilder {
             max_message_bytes: self.config.max_message_bytes,
             allow_unroutable: self.config.allow_unroutable,
             metrics: metrics.clone(),
+            telemetry: Default::default(),
         });
+        let shutdown = CancellationToken::new();
+        if let Some(interval) = self.queue_depth_interval {
+            crate::telemetry::spawn_queue_depth_sampler(
+                transport.clone(),
+                interval,
+                shutdown.clone(),
+            );
+        }
         Ok(Bus {
             inner: Arc::new(BusInner {
                 config: self.config,
@@ -136,7 +153,7 @@ impl BusBuilder {
                 publisher,
                 metrics,
                 subscriptions: Mutex::new(Vec::new()),
-                shutdown: CancellationToken::new(),
+                shutdown,
             }),
         })
     }

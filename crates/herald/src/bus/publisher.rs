@@ -8,6 +8,7 @@ use crate::bus::metrics::Metrics;
 use crate::envelope::Envelope;
 use crate::error::{Error, Result};
 use crate::event::Event;
+use crate::telemetry::handles::PublishTelemetry;
 use crate::transport::{PublishOptions, Transport};
 
 /// Per-message options for [`Publisher::publish_with`].
@@ -83,6 +84,7 @@ pub(crate) struct PublishCore {
     pub max_message_bytes: usize,
     pub allow_unroutable: bool,
     pub metrics: Arc<Metrics>,
+    pub telemetry: PublishTelemetry,
 }
 
 impl Publisher {
@@ -152,11 +154,22 @@ impl Publisher {
         let options = PublishOptions {
             require_route: !(allow_unroutable || self.core.allow_unroutable),
         };
-        self.core
+        let result = self
+            .core
             .transport
             .publish(&self.core.exchange, &envelopes, options)
-            .await?;
+            .await;
+        record_publish(&self.core, &envelopes, &result);
+        result?;
         self.core.metrics.add_published(envelopes.len() as u64);
         Ok(())
+    }
+}
+
+/// Count a publish call per event type (a batch is usually of one type: one lookup per run).
+fn record_publish(core: &PublishCore, envelopes: &[Envelope], result: &Result<()>) {
+    for run in envelopes.chunk_by(|a, b| a.event_type == b.event_type) {
+        core.telemetry
+            .record(&core.service, &run[0].event_type, run.len() as u64, result);
     }
 }

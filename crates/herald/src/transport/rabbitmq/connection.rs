@@ -268,6 +268,7 @@ async fn supervise(inner: Arc<LinkInner>, topologies: Option<Arc<Mutex<Vec<Topol
                 if attempt > 0 {
                     tracing::info!(role = inner.role, generation, "reconnected to RabbitMQ");
                 }
+                record_connected(inner.role, generation);
                 attempt = 0;
                 inner.current.send_replace(Some(Session {
                     conn: conn.clone(),
@@ -275,6 +276,7 @@ async fn supervise(inner: Arc<LinkInner>, topologies: Option<Arc<Mutex<Vec<Topol
                 }));
                 wait_closed(&conn, &inner.shutdown).await;
                 inner.current.send_replace(None);
+                crate::telemetry::connection_state(TRANSPORT, inner.role, false);
                 if inner.shutdown.is_cancelled() {
                     if conn.is_open() {
                         let _ = tokio::time::timeout(Duration::from_secs(5), conn.close()).await;
@@ -298,5 +300,15 @@ async fn supervise(inner: Arc<LinkInner>, topologies: Option<Arc<Mutex<Vec<Topol
             _ = inner.shutdown.cancelled() => break,
             _ = tokio::time::sleep(delay) => {}
         }
+    }
+}
+
+const TRANSPORT: &str = "rabbitmq";
+
+/// Metrics for a new session: the connection is up, and from the second one on it is a reconnect.
+fn record_connected(role: &'static str, generation: u64) {
+    crate::telemetry::connection_state(TRANSPORT, role, true);
+    if generation > 1 {
+        crate::telemetry::reconnected(TRANSPORT, role);
     }
 }
