@@ -29,6 +29,7 @@ mod relay;
 mod row;
 mod status;
 mod store;
+pub mod telemetry;
 
 #[cfg(feature = "postgres")]
 pub mod postgres;

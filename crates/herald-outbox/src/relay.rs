@@ -201,10 +201,12 @@ impl<S: OutboxStore> Relay<S> {
     pub async fn run(&self, cancel: CancellationToken) {
         let mut last_prune: Option<Instant> = None;
         let mut error_backoff = Duration::from_millis(100);
+        let mut status_gauges = crate::telemetry::StatusSampler::default();
         loop {
             if cancel.is_cancelled() {
                 return;
             }
+            status_gauges.tick(&*self.store).await;
             if last_prune.is_none_or(|t| t.elapsed() >= self.config.prune_every) {
                 last_prune = Some(Instant::now());
                 if let Err(e) = self.prune().await {
