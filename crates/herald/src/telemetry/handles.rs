@@ -5,7 +5,7 @@
 //! Handles are bound to the recorder installed when they are registered: install the recorder
 //! (e.g. `herald_http::metrics::install_prometheus`) before building the bus.
 
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use metrics::{Counter, Gauge, Histogram};
@@ -13,19 +13,23 @@ use metrics::{Counter, Gauge, Histogram};
 use super::names::*;
 use crate::error::Error;
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
 /// Find `event_type` in a small cache or register it. A queue or a publisher sees a handful of
-/// event types, so a linear scan beats hashing.
+/// event types, so a linear scan beats hashing; a read lock keeps concurrent publishers from
+/// queueing behind each other once every type is known.
 fn cached<T>(
-    cache: &Mutex<Vec<Arc<T>>>,
+    cache: &RwLock<Vec<Arc<T>>>,
     event_type: &str,
     key: impl Fn(&T) -> &str,
     make: impl FnOnce() -> T,
 ) -> Arc<T> {
-    let mut entries = lock(cache);
+    {
+        let entries = cache.read().unwrap_or_else(|e| e.into_inner());
+        if let Some(found) = entries.iter().find(|e| key(e) == event_type) {
+            return found.clone();
+        }
+    }
+    let mut entries = cache.write().unwrap_or_else(|e| e.into_inner());
+    // Another caller may have registered it between the two locks.
     if let Some(found) = entries.iter().find(|e| key(e) == event_type) {
         return found.clone();
     }
@@ -45,7 +49,7 @@ pub(crate) struct PublishCounters {
 /// The publisher's handles, per event type.
 #[derive(Default)]
 pub(crate) struct PublishTelemetry {
-    by_type: Mutex<Vec<Arc<PublishCounters>>>,
+    by_type: RwLock<Vec<Arc<PublishCounters>>>,
 }
 
 impl PublishTelemetry {
@@ -119,7 +123,7 @@ pub(crate) struct ConsumerTelemetry {
     pub in_flight: Gauge,
     /// Settlements refused by the transport.
     pub settle_errors: Counter,
-    by_type: Mutex<Vec<Arc<ConsumeCounters>>>,
+    by_type: RwLock<Vec<Arc<ConsumeCounters>>>,
 }
 
 impl ConsumerTelemetry {
@@ -129,7 +133,7 @@ impl ConsumerTelemetry {
             in_flight: metrics::gauge!(IN_FLIGHT, LABEL_QUEUE => queue.to_string()),
             settle_errors: metrics::counter!(SETTLE_ERRORS, LABEL_QUEUE => queue.to_string()),
             queue,
-            by_type: Mutex::new(Vec::new()),
+            by_type: RwLock::new(Vec::new()),
         }
     }
 

@@ -291,6 +291,7 @@ async fn supervise(inner: Arc<LinkInner>, topologies: Option<Arc<Mutex<Vec<Topol
             }
             Err(e) => {
                 tracing::warn!(role = inner.role, error = %e, attempt, "could not connect to RabbitMQ");
+                crate::telemetry::connection_state(TRANSPORT, inner.role, false);
                 *lock(&inner.last_error) = e;
             }
         }
