@@ -236,9 +236,14 @@ impl Catalog {
     /// URL of a cluster list becomes a server (credentials left out); an embedded broker
     /// (`sqlite://`, `memory://`) is not a network server, so it is recorded as the extension
     /// `x-herald-broker` instead.
+    /// An empty URL means the default embedded broker, as everywhere else.
     pub fn broker(mut self, url: &str) -> Result<Self> {
         BrokerUrl::parse(url)?;
-        self.broker = Some(url.to_string());
+        let url = match url.trim() {
+            "" => format!("sqlite://{}", crate::transport::DEFAULT_SQLITE_PATH),
+            url => url.to_string(),
+        };
+        self.broker = Some(url);
         Ok(self)
     }
 
@@ -321,6 +326,41 @@ impl CatalogEvent {
         {
             self.consumers.push(consumer);
         }
+    }
+}
+
+impl std::fmt::Display for Catalog {
+    /// A short text summary per event, like [`EventDescriptor`](crate::EventDescriptor)'s:
+    /// name, description, publishers, consumers with their queues, routing key.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (i, e) in self.events.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            writeln!(f, "{} v{} ({})", e.name, e.version, e.type_name)?;
+            for line in e.description.lines().filter(|l| !l.trim().is_empty()) {
+                writeln!(f, "  {line}")?;
+            }
+            let publishers = if e.publishers.is_empty() {
+                "(not declared)".to_string()
+            } else {
+                e.publishers.join(", ")
+            };
+            writeln!(f, "  Published by: {publishers}")?;
+            if e.consumers.is_empty() {
+                writeln!(f, "  Consumed by:  (not declared)")?;
+            }
+            for (j, c) in e.consumers.iter().enumerate() {
+                let label = if j == 0 {
+                    "Consumed by: "
+                } else {
+                    "             "
+                };
+                writeln!(f, "  {label} {} (queue {})", c.service, c.queue)?;
+            }
+            writeln!(f, "  Routing key:  {}", e.routing_key)?;
+        }
+        Ok(())
     }
 }
 
