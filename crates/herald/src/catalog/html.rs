@@ -64,14 +64,24 @@ fn event_section(out: &mut String, event: &CatalogEvent) {
         .iter()
         .map(|c| format!("{} {}", c.service, c.queue))
         .collect();
+    // Field names are searchable too: the schema's properties, else the example's keys.
+    let fields: Vec<&str> = event
+        .schema
+        .as_ref()
+        .and_then(|s| s.get("properties"))
+        .or(event.example.as_ref())
+        .and_then(Value::as_object)
+        .map(|o| o.keys().map(String::as_str).collect())
+        .unwrap_or_default();
     let search = format!(
-        "{} {} {} {} {} {}",
+        "{} {} {} {} {} {} {}",
         event.name,
         event.routing_key,
         event.type_name,
         event.description,
         event.publishers.join(" "),
-        consumers.join(" ")
+        consumers.join(" "),
+        fields.join(" ")
     )
     .to_lowercase();
     let _ = write!(

@@ -226,6 +226,20 @@ fn html_escapes_every_text_it_shows() {
     // The only script is the search box's.
     assert_eq!(html.matches("<script>").count(), 1);
     assert!(html.contains("id=\"search\""));
+    // Search covers services, queues and field names.
+    let search = html
+        .split("data-search=\"")
+        .nth(1)
+        .and_then(|s| s.split('"').next())
+        .unwrap();
+    for word in [
+        "course-service",
+        "mailer.course.enrolled.v2",
+        "enrollment_id",
+        "level",
+    ] {
+        assert!(search.contains(word), "{word} not searchable: {search}");
+    }
     assert!(!html.contains("src=\"http") && !html.contains("href=\"http"));
     assert_eq!(html::escape("a'b"), "a&#39;b");
 }
