@@ -345,3 +345,33 @@ fn markdown_lists_every_event() {
     );
     assert!(md.contains("```json"), "{md}");
 }
+
+#[tokio::test]
+async fn with_bus_lists_its_queues_under_the_bus_service() {
+    let bus = Bus::builder()
+        .broker("memory://catalog-with-bus")
+        .service("mailer")
+        .build()
+        .await
+        .unwrap();
+    // A custom queue name: the service cannot be read from it, the bus knows it.
+    bus.subscribe_with(
+        |_: Enrolled| async {},
+        crate::SubscribeOptions::new().queue("outbound-mail"),
+    )
+    .unwrap();
+    let catalog = Catalog::new("herald.events")
+        .event::<Enrolled>()
+        .with_bus(&bus);
+    assert_eq!(
+        services(&catalog),
+        vec![
+            (
+                "notification-service".into(),
+                "notification-service.course.enrolled.v2".into()
+            ),
+            ("mailer".into(), "outbound-mail".into()),
+        ]
+    );
+    bus.shutdown().await.unwrap();
+}
