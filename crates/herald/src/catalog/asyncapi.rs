@@ -145,7 +145,8 @@ fn add_servers(root: &mut Map<String, Value>, url: &str) {
                         "host": format!("{host}:{port}"),
                         "protocol": parsed.scheme(),
                         "protocolVersion": "0.9.1",
-                        "pathname": if vhost == "/" { "/".to_string() } else { format!("/{vhost}") },
+                        // The URL's own (percent-encoded) path, as an AMQP URI spells the vhost.
+                        "pathname": if parsed.path().is_empty() { "/" } else { parsed.path() },
                         "description": format!("RabbitMQ, virtual host `{vhost}`"),
                     }),
                 );
@@ -159,17 +160,12 @@ fn add_servers(root: &mut Map<String, Value>, url: &str) {
     }
 }
 
-/// `%2f` → `/` in a virtual host.
+/// Percent-decode a virtual host (`%2f` → `/`) the way the RabbitMQ transport does; `+` stays.
 fn url_decode(s: &str) -> String {
-    url::form_urlencoded::parse(s.as_bytes())
-        .map(|(k, v)| {
-            if v.is_empty() {
-                k.into_owned()
-            } else {
-                format!("{k}={v}")
-            }
-        })
-        .collect()
+    url::form_urlencoded::parse(format!("x={}", s.replace('+', "%2B")).as_bytes())
+        .next()
+        .map(|(_, v)| v.into_owned())
+        .unwrap_or_default()
 }
 
 fn message(event: &CatalogEvent, schemas: &mut Map<String, Value>) -> Value {

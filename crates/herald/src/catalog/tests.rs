@@ -281,14 +281,22 @@ fn json_round_trips_and_fills_missing_examples() {
 fn asyncapi_servers_follow_the_broker() {
     let catalog = Catalog::new("ex")
         .event::<Enrolled>()
-        .broker("amqps://user:secret@rabbit-1:5671/prod,amqp://user:secret@rabbit-2/%2f")
+        .broker("amqps://user:secret@rabbit-1:5671/a%2Fb+c,amqp://user:secret@rabbit-2/%2f")
         .unwrap();
     let doc = catalog.to_asyncapi();
     assert_eq!(doc["servers"]["broker-1"]["host"], "rabbit-1:5671");
     assert_eq!(doc["servers"]["broker-1"]["protocol"], "amqps");
-    assert_eq!(doc["servers"]["broker-1"]["pathname"], "/prod");
+    assert_eq!(doc["servers"]["broker-1"]["pathname"], "/a%2Fb+c");
+    assert_eq!(
+        doc["servers"]["broker-1"]["description"],
+        "RabbitMQ, virtual host `a/b+c`"
+    );
     assert_eq!(doc["servers"]["broker-2"]["host"], "rabbit-2:5672");
-    assert_eq!(doc["servers"]["broker-2"]["pathname"], "/");
+    assert_eq!(doc["servers"]["broker-2"]["pathname"], "/%2f");
+    assert_eq!(
+        doc["servers"]["broker-2"]["description"],
+        "RabbitMQ, virtual host `/`"
+    );
     assert!(!doc.to_string().contains("secret"));
 
     let embedded = Catalog::new("ex")
