@@ -213,9 +213,10 @@ impl Catalog {
 
     /// Add the consumers a topology implies: every queue with a binding that matches an event's
     /// routing key consumes it. The service is read from the queue name (`<service>.<binding>`,
-    /// the name `Bus::subscribe` gives); a queue named otherwise is listed under its own name —
-    /// use [`Catalog::with_bus`] when the service is known. Temporary queues (`herald tail`)
-    /// are skipped.
+    /// the name `Bus::subscribe` gives); for a queue named otherwise it is the name's first
+    /// dot-separated word (`subscribe_pattern`'s `<service>.<suffix>`), or the whole name when
+    /// there is no dot. Use [`Catalog::with_bus`] when the service is known. Temporary queues
+    /// (`herald tail`) are skipped.
     pub fn with_topology(mut self, topology: &Topology) -> Self {
         for queue in &topology.queues {
             self.add_queue(None, queue);
