@@ -2,4 +2,8 @@
 //! web dashboard of `herald serve`. The routes and JSON shapes are in `docs/http-api.md`.
 #![warn(missing_docs)]
 
+mod error;
 pub mod health;
+pub mod serve;
+
+pub use error::{Error, Result};
