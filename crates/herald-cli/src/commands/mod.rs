@@ -4,6 +4,7 @@ pub mod demo;
 pub mod dlq;
 pub mod outbox;
 pub mod publish;
+pub mod serve;
 pub mod tail;
 pub mod topology;
 

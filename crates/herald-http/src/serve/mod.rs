@@ -39,6 +39,7 @@ use history::History;
 use stream::EventView;
 
 /// What `herald serve` serves and how.
+#[derive(Clone)]
 pub struct ServeConfig {
     /// Where to listen. Anything but loopback requires `token`.
     pub listen: SocketAddr,
@@ -90,13 +91,25 @@ pub struct Server {
 
 impl Server {
     /// Check the configuration, subscribe the live stream on `bus` (and start it), bind the
-    /// listener. Refuses a non-loopback address without a token.
+    /// listener. Refuses a non-loopback address without a token; an address in use is
+    /// [`Error::Bind`] and leaves the bus as it was.
     pub async fn new(bus: Bus, config: ServeConfig) -> Result<Server> {
         let token = config.token.filter(|t| !t.is_empty());
         if token.is_none() && !config.listen.ip().is_loopback() {
             return Err(Error::NonLoopbackWithoutToken(config.listen));
         }
         let catalog = Arc::new(Catalog::new(config.catalog, &bus.config().exchange)?);
+        // Bind before subscribing, so a port in use leaves the bus untouched.
+        let listener = TcpListener::bind(config.listen)
+            .await
+            .map_err(|source| Error::Bind {
+                addr: config.listen,
+                source,
+            })?;
+        let local_addr = listener.local_addr().map_err(|source| Error::Bind {
+            addr: config.listen,
+            source,
+        })?;
         let history = Arc::new(History::default());
         let (stream_queue, events) = stream::subscribe(&bus, history.clone())?;
         bus.start().await?;
@@ -126,16 +139,6 @@ impl Server {
                 token,
                 auth::require_token,
             ));
-        let listener = TcpListener::bind(config.listen)
-            .await
-            .map_err(|source| Error::Bind {
-                addr: config.listen,
-                source,
-            })?;
-        let local_addr = listener.local_addr().map_err(|source| Error::Bind {
-            addr: config.listen,
-            source,
-        })?;
         Ok(Server {
             listener,
             app,

@@ -1,0 +1,176 @@
+//! `herald serve`: the HTTP API and web dashboard (`docs/http-api.md`), and the server that
+//! `herald demo` starts beside the reference system.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use herald::{Bus, Config};
+use herald_http::serve::{ServeConfig, Server};
+use herald_outbox::health::RelayHealth;
+use herald_outbox::postgres::PgOutbox;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::CliResult;
+
+/// The default `--listen` address.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:7878";
+
+/// Serve the HTTP API and web dashboard.
+#[derive(clap::Args)]
+pub struct Args {
+    /// Address to listen on; anything but loopback requires --token
+    #[arg(long, default_value = DEFAULT_LISTEN)]
+    listen: SocketAddr,
+    /// Bearer token required by /api/* and /metrics
+    #[arg(long, env = "HERALD_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// Event catalog JSON (`herald docs --format json`): shown on the dashboard, validates
+    /// published bodies
+    #[arg(long)]
+    catalog: Option<PathBuf>,
+    /// PostgreSQL conninfo of an outbox to report on (/api/outbox, /health/ready)
+    #[arg(long)]
+    outbox_database: Option<String>,
+    /// Schema of the outbox table
+    #[arg(long, default_value = "public", requires = "outbox_database")]
+    outbox_schema: String,
+    /// Name of the outbox table
+    #[arg(long, default_value = "herald_outbox", requires = "outbox_database")]
+    outbox_table: String,
+}
+
+pub async fn run(config: Config, args: Args) -> CliResult<()> {
+    let catalog = match &args.catalog {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| format!("cannot read the catalog {}: {e}", path.display()))?;
+            Some(
+                serde_json::from_str(&text)
+                    .map_err(|e| format!("the catalog {} is not JSON: {e}", path.display()))?,
+            )
+        }
+        None => None,
+    };
+    let outbox = match &args.outbox_database {
+        Some(db) => Some(RelayHealth::postgres(
+            db.clone(),
+            PgOutbox::new("herald-serve")?
+                .schema(&args.outbox_schema)?
+                .table(&args.outbox_table)?,
+        )),
+        None => None,
+    };
+    let mut serve = ServeConfig::new(args.listen);
+    serve.token = args.token;
+    serve.catalog = catalog;
+    serve.outbox = outbox;
+    let running = start(&config, serve, false).await?;
+    eprintln!(
+        "herald serve on {} — dashboard: {} (Ctrl-C to stop)",
+        crate::broker_display(&config),
+        running.url()
+    );
+    let _ = tokio::signal::ctrl_c().await;
+    running.stop().await
+}
+
+/// A server running in the background on its own bus.
+pub struct Running {
+    bus: Bus,
+    addr: SocketAddr,
+    cancel: CancellationToken,
+    task: JoinHandle<Result<(), herald_http::Error>>,
+}
+
+impl Running {
+    /// The dashboard's URL.
+    pub fn url(&self) -> String {
+        format!("http://{}/", self.addr)
+    }
+
+    /// Stop serving and shut the server's bus down.
+    pub async fn stop(self) -> CliResult<()> {
+        self.cancel.cancel();
+        let served = self.task.await;
+        self.bus.shutdown().await?;
+        served.map_err(|e| format!("the HTTP server task failed: {e}"))??;
+        Ok(())
+    }
+}
+
+/// Open a bus (service `herald-serve`) and start serving on it. With `fallback`, an address in
+/// use falls back to an ephemeral port on the same interface, with a warning.
+pub async fn start(config: &Config, serve: ServeConfig, fallback: bool) -> CliResult<Running> {
+    let bus = Bus::builder()
+        .config(config.clone())
+        .service("herald-serve")
+        .build()
+        .await?;
+    let listen = serve.listen;
+    let server = match Server::new(bus.clone(), serve.clone()).await {
+        Err(herald_http::Error::Bind { source, .. })
+            if fallback && source.kind() == std::io::ErrorKind::AddrInUse =>
+        {
+            let any = SocketAddr::new(listen.ip(), 0);
+            tracing::warn!(%listen, "address in use; serving the dashboard on an ephemeral port");
+            eprintln!("warning: {listen} is in use; the dashboard uses another port");
+            Server::new(
+                bus.clone(),
+                ServeConfig {
+                    listen: any,
+                    ..serve
+                },
+            )
+            .await
+        }
+        other => other,
+    };
+    let server = match server {
+        Ok(s) => s,
+        Err(e) => {
+            bus.shutdown().await?;
+            return Err(e.into());
+        }
+    };
+    let addr = server.local_addr();
+    let cancel = CancellationToken::new();
+    let task = tokio::spawn(server.serve(cancel.clone()));
+    Ok(Running {
+        bus,
+        addr,
+        cancel,
+        task,
+    })
+}
+
+/// The dashboard beside `herald demo`: the demo's catalog, the given address or an ephemeral
+/// port when it is taken. Prints the URL.
+pub async fn start_for_demo(config: &Config, listen: SocketAddr) -> CliResult<Running> {
+    let mut serve = ServeConfig::new(listen);
+    serve.catalog = Some(demo_catalog_json(&config.exchange));
+    let running = start(config, serve, true).await?;
+    eprintln!("dashboard: {}", running.url());
+    Ok(running)
+}
+
+/// The demo's event catalog as contract JSON (schemas and examples unknown here).
+pub fn demo_catalog_json(exchange: &str) -> serde_json::Value {
+    let events: Vec<serde_json::Value> = crate::demo::events::catalog()
+        .into_iter()
+        .map(|d| {
+            let consumers: Vec<serde_json::Value> = d
+                .consumers
+                .iter()
+                .map(|s| serde_json::json!({"service": s, "queue": format!("{s}.{}", d.routing_key)}))
+                .collect();
+            serde_json::json!({
+                "name": d.name, "version": d.version, "routing_key": d.routing_key,
+                "type_name": d.type_name, "description": d.description,
+                "publishers": d.publisher.into_iter().collect::<Vec<_>>(),
+                "consumers": consumers, "schema": null, "example": null,
+            })
+        })
+        .collect();
+    serde_json::json!({"exchange": exchange, "events": events})
+}
