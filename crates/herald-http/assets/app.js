@@ -272,17 +272,17 @@ async function refreshDlq() {
   }
   const letters = await api(`/api/dlq/${encodeURIComponent(queue)}?limit=100`);
   const msgs = letters.map((d) => el("tr", { "data-testid": "dlq-row", "data-id": d.id },
-    el("td", { class: "data", text: d.id }),
+    el("td", { class: "nowrap" },
+      el("button", { "data-testid": "replay", "data-id": d.id, onclick: () => dlqAction("replay", { ids: [d.id] }), text: "Replay" }),
+      " ",
+      el("button", { "data-testid": "purge", "data-id": d.id, class: "danger", onclick: () => dlqAction("purge", { ids: [d.id] }), text: "Purge" })),
+    el("td", { class: "id", title: d.id, text: d.id.slice(-12) }),
     el("td", { text: d.type }),
     el("td", { text: String(d.attempt) }),
     el("td", { class: "error", "data-testid": "dlq-error", text: `${d.error_kind ? "[" + d.error_kind + "] " : ""}${d.error}` }),
-    el("td", { text: timeOf(d.last_failure) }),
+    el("td", { class: "nowrap", text: timeOf(d.last_failure) }),
     el("td", {}, d.correlation_id ? el("a", { class: "corr", text: short(d.correlation_id, 24), onclick: () => { showTab("events"); followFlow(d.correlation_id); } }) : ""),
-    el("td", { class: "data", title: JSON.stringify(d.data), text: short(d.data, 80) }),
-    el("td", {},
-      el("button", { "data-testid": "replay", "data-id": d.id, onclick: () => dlqAction("replay", { ids: [d.id] }) , text: "Replay" }),
-      " ",
-      el("button", { "data-testid": "purge", "data-id": d.id, class: "danger", onclick: () => dlqAction("purge", { ids: [d.id] }), text: "Purge" }))));
+    el("td", { class: "data", title: JSON.stringify(d.data), text: short(d.data, 80) })));
   document.getElementById("dlq-messages").replaceChildren(...msgs);
 }
 

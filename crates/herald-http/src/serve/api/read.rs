@@ -16,11 +16,20 @@ pub(crate) async fn info(State(s): State<AppState>) -> Json<Value> {
     let config = s.bus.config();
     Json(serde_json::json!({
         "service": "herald-serve",
-        "broker": config.broker_redacted(),
+        "broker": broker_display(config),
         "transport": s.bus.transport().kind(),
         "exchange": config.exchange,
         "version": env!("CARGO_PKG_VERSION"),
     }))
+}
+
+/// The broker URL to show: redacted, and the default spelled out.
+fn broker_display(config: &herald::Config) -> String {
+    if config.broker.is_empty() {
+        format!("sqlite://{}", herald::transport::DEFAULT_SQLITE_PATH)
+    } else {
+        config.broker_redacted()
+    }
 }
 
 /// `GET /api/catalog`.
