@@ -136,3 +136,91 @@ fn stage_one(path: &std::path::Path, outbox: &SqliteOutbox) -> rusqlite::Connect
     outbox.stage_envelope(&db, &envelope).unwrap();
     db
 }
+
+/// Close this service's RabbitMQ connections from the broker side, and only those (other tests
+/// share the broker): the transport names them `<service> herald <role>`.
+fn close_connections_of(service: &str) -> usize {
+    let out = std::process::Command::new("rabbitmqctl")
+        .args([
+            "-q",
+            "list_connections",
+            "--no-table-headers",
+            "pid",
+            "client_properties",
+        ])
+        .output()
+        .expect("rabbitmqctl runs");
+    let listing = String::from_utf8_lossy(&out.stdout);
+    let needle = format!("{{\"connection_name\",\"{service} herald ");
+    let mut closed = 0;
+    for line in listing.lines() {
+        let Some((pid, properties)) = line.split_once('\t') else {
+            continue;
+        };
+        if properties.contains(&needle) {
+            let ok = std::process::Command::new("rabbitmqctl")
+                .args(["-q", "close_connection", pid, "herald health test"])
+                .status()
+                .unwrap()
+                .success();
+            assert!(ok, "rabbitmqctl close_connection {pid}");
+            closed += 1;
+        }
+    }
+    closed
+}
+
+#[tokio::test]
+async fn rabbitmq_connection_closed_by_the_broker_is_down_until_reconnected() {
+    let service = format!(
+        "health-close-{}-{:08x}",
+        std::process::id(),
+        rand::random::<u32>()
+    );
+    let bus = bus_with_consumer("amqp://guest:guest@127.0.0.1:5672/%2f", &service).await;
+    let base = serve(Health::new().with(Arc::new(bus.clone()))).await;
+    assert_eq!(ready(&base).await.0, 200);
+
+    // Watch readiness closely: the supervisor reconnects within a few hundred milliseconds.
+    let watcher = tokio::spawn({
+        let base = base.clone();
+        async move {
+            loop {
+                let (code, r) = ready(&base).await;
+                if code == 503 {
+                    return r;
+                }
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        }
+    });
+    let closed = tokio::task::spawn_blocking({
+        let service = service.clone();
+        move || close_connections_of(&service)
+    })
+    .await
+    .unwrap();
+    assert!(closed >= 1, "found this service's connections");
+    let down = tokio::time::timeout(Duration::from_secs(10), watcher)
+        .await
+        .expect("ready went 503 after the broker closed the connection")
+        .unwrap();
+    let broker = component(&down, "broker");
+    assert_eq!(broker.status, HealthStatus::Down, "{down:?}");
+    assert!(broker.detail.contains("disconnected"), "{down:?}");
+
+    // The supervisor reconnects and readiness comes back.
+    let start = std::time::Instant::now();
+    loop {
+        let (code, r) = ready(&base).await;
+        if code == 200 {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "still not ready: {r:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    bus.shutdown().await.unwrap();
+}
