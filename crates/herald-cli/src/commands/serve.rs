@@ -67,12 +67,28 @@ pub async fn run(config: Config, args: Args) -> CliResult<()> {
     serve.outbox = outbox;
     let running = start(&config, serve, false).await?;
     eprintln!(
-        "herald serve on {} — dashboard: {} (Ctrl-C to stop)",
+        "herald serve on {}\ndashboard: {} (Ctrl-C to stop)",
         crate::broker_display(&config),
         running.url()
     );
-    let _ = tokio::signal::ctrl_c().await;
+    wait_for_signal().await;
     running.stop().await
+}
+
+/// Ctrl-C, or SIGTERM (a service manager stopping the server).
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        if let Ok(mut term) = signal(SignalKind::terminate()) {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            return;
+        }
+    }
+    let _ = tokio::signal::ctrl_c().await;
 }
 
 /// A server running in the background on its own bus.
@@ -113,8 +129,7 @@ pub async fn start(config: &Config, serve: ServeConfig, fallback: bool) -> CliRe
             if fallback && source.kind() == std::io::ErrorKind::AddrInUse =>
         {
             let any = SocketAddr::new(listen.ip(), 0);
-            tracing::warn!(%listen, "address in use; serving the dashboard on an ephemeral port");
-            eprintln!("warning: {listen} is in use; the dashboard uses another port");
+            eprintln!("warning: {listen} is in use; serving the dashboard on an ephemeral port");
             Server::new(
                 bus.clone(),
                 ServeConfig {
