@@ -106,7 +106,7 @@ async fn dead_letters_list_replay_and_purge() {
     .await;
 
     let list: Vec<Value> = http
-        .get(shop.url(&format!("/api/dlq/{QUEUE}?limit=10")))
+        .get(shop.url(&format!("/api/dlq/{}?limit=10", shop.queue)))
         .send()
         .await
         .unwrap()
@@ -132,7 +132,7 @@ async fn dead_letters_list_replay_and_purge() {
     shop.cure.store(true, std::sync::atomic::Ordering::SeqCst);
     let (code, b) = post(
         &http,
-        &shop.url(&format!("/api/dlq/{QUEUE}/replay")),
+        &shop.url(&format!("/api/dlq/{}/replay", shop.queue)),
         &json!({"ids": [ids[0]]}).to_string(),
     )
     .await;
@@ -147,21 +147,21 @@ async fn dead_letters_list_replay_and_purge() {
     // Purge one by id, then the rest.
     let (code, b) = post(
         &http,
-        &shop.url(&format!("/api/dlq/{QUEUE}/purge")),
+        &shop.url(&format!("/api/dlq/{}/purge", shop.queue)),
         &json!({"ids": [ids[1]]}).to_string(),
     )
     .await;
     assert_eq!((code, b), (200, json!({"purged": 1})));
     let (code, b) = post(
         &http,
-        &shop.url(&format!("/api/dlq/{QUEUE}/purge")),
+        &shop.url(&format!("/api/dlq/{}/purge", shop.queue)),
         r#"{}"#,
     )
     .await;
     assert_eq!(code, 400, "neither ids nor all: {b}");
     let (code, b) = post(
         &http,
-        &shop.url(&format!("/api/dlq/{QUEUE}/purge")),
+        &shop.url(&format!("/api/dlq/{}/purge", shop.queue)),
         r#"{"all": true}"#,
     )
     .await;
@@ -439,4 +439,77 @@ async fn topology_queues_catalog_and_history() {
         .unwrap()
         .contains("--outbox-database"));
     shop.stop().await;
+}
+
+/// The same API on RabbitMQ: publish (the transport cannot list queues, so no 409 guess), the
+/// stream through a temporary queue, dead letters replayed.
+#[tokio::test]
+async fn rabbitmq_publish_stream_and_replay() {
+    let service = format!(
+        "serve-rmq-{}-{:08x}",
+        std::process::id(),
+        rand::random::<u32>()
+    );
+    let shop = Shop::start_on(
+        "amqp://guest:guest@127.0.0.1:5672/%2f",
+        &service,
+        None,
+        None,
+        tempfile::tempdir().unwrap(),
+    )
+    .await;
+    let http = reqwest::Client::new();
+    let r = http
+        .get(shop.url("/api/stream?type=order.placed"))
+        .send()
+        .await
+        .unwrap();
+    let mut stream = r.bytes_stream();
+    let mut buf = String::new();
+    let (code, b) = post(
+        &http,
+        &shop.url("/api/events/order.placed"),
+        r#"{"order": 5}"#,
+    )
+    .await;
+    assert_eq!(code, 201, "{b}");
+    let e = next_data(&mut stream, &mut buf).await;
+    assert_eq!(e["data"]["order"], 5);
+    assert_eq!(e["source"], service.as_str());
+    eventually(WAIT, "order 5 handled", || async {
+        shop.handled().contains(&5).then_some(())
+    })
+    .await;
+
+    let (code, _) = post(
+        &http,
+        &shop.url("/api/events/order.placed"),
+        r#"{"order": 6, "poison": true}"#,
+    )
+    .await;
+    assert_eq!(code, 201);
+    eventually(WAIT, "the dead letter", || async {
+        (dead_letter_count(&http, &shop).await == 1).then_some(())
+    })
+    .await;
+    shop.cure.store(true, std::sync::atomic::Ordering::SeqCst);
+    let url = shop.url(&format!("/api/dlq/{}/replay", shop.queue));
+    assert_eq!(
+        post(&http, &url, r#"{"all": true}"#).await,
+        (200, json!({"replayed": 1}))
+    );
+    eventually(WAIT, "order 6 handled after replay", || async {
+        shop.handled().contains(&6).then_some(())
+    })
+    .await;
+    assert_eq!(dead_letter_count(&http, &shop).await, 0);
+    drop(stream);
+    let queue = shop.queue.clone();
+    shop.stop().await;
+    // Durable queues outlive the test; remove this run's.
+    for q in [queue.clone(), format!("{queue}.dlq")] {
+        let _ = std::process::Command::new("rabbitmqctl")
+            .args(["-q", "delete_queue", &q])
+            .output();
+    }
 }

@@ -51,6 +51,7 @@ pub struct ServeConfig {
     /// The outbox to report on `/api/outbox` and in `/health/ready`.
     pub outbox: Option<RelayHealth>,
     /// More routes merged into the app (e.g. `/metrics`); the token protects `/metrics` too.
+    /// It must not set a fallback (the server has its own JSON 404).
     pub extra: Router,
 }
 

@@ -37,6 +37,8 @@ pub fn catalog() -> serde_json::Value {
 
 pub struct Shop {
     pub bus: Bus,
+    /// The billing service's work queue.
+    pub queue: String,
     pub base: String,
     pub addr: std::net::SocketAddr,
     /// Order numbers the handler accepted.
@@ -49,11 +51,23 @@ pub struct Shop {
 }
 
 impl Shop {
+    /// On a fresh SQLite broker, with the catalog.
     pub async fn start(token: Option<&str>) -> Shop {
         let dir = tempfile::tempdir().unwrap();
         let broker = format!("sqlite://{}", dir.path().join("broker.db").display());
+        Shop::start_on(&broker, "billing", token, Some(catalog()), dir).await
+    }
+
+    /// On any broker, as `service`.
+    pub async fn start_on(
+        broker: &str,
+        service: &str,
+        token: Option<&str>,
+        catalog: Option<serde_json::Value>,
+        dir: tempfile::TempDir,
+    ) -> Shop {
         let bus = Bus::builder()
-            .service("billing")
+            .service(service)
             .broker(broker)
             .max_message_bytes(16 * 1024)
             .build()
@@ -82,7 +96,7 @@ impl Shop {
         bus.start().await.unwrap();
         let mut config = ServeConfig::new("127.0.0.1:0".parse().unwrap());
         config.token = token.map(String::from);
-        config.catalog = Some(catalog());
+        config.catalog = catalog;
         let server = Server::new(bus.clone(), config).await.unwrap();
         let addr = server.local_addr();
         let cancel = CancellationToken::new();
@@ -90,6 +104,7 @@ impl Shop {
         let server = tokio::spawn(async move { server.serve(stop).await.unwrap() });
         Shop {
             bus,
+            queue: format!("{service}.order.placed"),
             base: format!("http://{addr}"),
             addr,
             handled,
@@ -147,7 +162,7 @@ pub async fn dead_letter_count(http: &reqwest::Client, shop: &Shop) -> u64 {
     list.as_array()
         .unwrap()
         .iter()
-        .find(|q| q["queue"] == QUEUE)
+        .find(|q| q["queue"] == shop.queue.as_str())
         .and_then(|q| q["dead_letters"].as_u64())
         .unwrap_or(0)
 }

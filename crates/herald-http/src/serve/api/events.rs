@@ -84,7 +84,8 @@ pub(crate) async fn publish(
 /// Whether a queue other than the dashboard's own stream receives `routing_key`. The stream's
 /// queue is bound to `#`, so the broker itself would route everything; this looks at the
 /// bindings the server knows (this bus, the catalog) and at the queues the transport lists,
-/// named `<service>.<routing key>` by convention.
+/// named `<service>.<routing key>` by convention; a transport that cannot list queues
+/// (RabbitMQ) gets the benefit of the doubt.
 async fn routable(s: &AppState, routing_key: &str) -> ApiResult<bool> {
     let ours = s
         .bus
@@ -104,8 +105,14 @@ async fn routable(s: &AppState, routing_key: &str) -> ApiResult<bool> {
     if in_catalog {
         return Ok(true);
     }
+    let transport = s.bus.transport();
+    if !transport.lists_all_queues() {
+        // RabbitMQ cannot list queues over AMQP: without a catalog entry there is no way to
+        // tell, so publish rather than refuse what may well have consumers.
+        return Ok(true);
+    }
     let suffix = format!(".{routing_key}");
-    let stats = s.bus.transport().queue_stats().await?;
+    let stats = transport.queue_stats().await?;
     Ok(stats
         .iter()
         .any(|q| q.queue != s.stream_queue && q.queue.ends_with(&suffix)))
