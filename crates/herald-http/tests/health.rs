@@ -37,7 +37,10 @@ async fn bus_with_consumer(broker: &str, service: &str) -> Bus {
         "all",
         "health.#",
         |_: serde_json::Value, _: Context| async {},
-        SubscribeOptions::new().temporary(),
+        // No retry levels: fewer queues left behind on RabbitMQ.
+        SubscribeOptions::new()
+            .temporary()
+            .retry(herald::middleware::RetryPolicy::none()),
     )
     .unwrap();
     bus.start().await.unwrap();

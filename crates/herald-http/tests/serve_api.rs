@@ -504,12 +504,25 @@ async fn rabbitmq_publish_stream_and_replay() {
     .await;
     assert_eq!(dead_letter_count(&http, &shop).await, 0);
     drop(stream);
-    let queue = shop.queue.clone();
     shop.stop().await;
-    // Durable queues outlive the test; remove this run's.
-    for q in [queue.clone(), format!("{queue}.dlq")] {
-        let _ = std::process::Command::new("rabbitmqctl")
-            .args(["-q", "delete_queue", &q])
-            .output();
+    // Durable queues (work, dead letters, retry levels) outlive the test; remove this run's.
+    let listed = std::process::Command::new("rabbitmqctl")
+        .args(["-q", "list_queues", "--no-table-headers", "name"])
+        .output()
+        .unwrap();
+    // In parallel: each rabbitmqctl call starts an Erlang VM.
+    let deleting: Vec<_> = String::from_utf8_lossy(&listed.stdout)
+        .lines()
+        .filter(|q| q.starts_with(&service))
+        .filter_map(|q| {
+            std::process::Command::new("rabbitmqctl")
+                .args(["-q", "delete_queue", q])
+                .stdout(std::process::Stdio::null())
+                .spawn()
+                .ok()
+        })
+        .collect();
+    for mut d in deleting {
+        let _ = d.wait();
     }
 }

@@ -8,6 +8,7 @@ use std::time::Duration;
 use axum::extract::{Query, State};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use futures::Stream;
+use herald::middleware::RetryPolicy;
 use herald::{Bus, Context, Envelope, SubscribeOptions};
 use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
@@ -73,7 +74,12 @@ pub(crate) fn subscribe(
             let _ = sender.send(Arc::new(view));
             std::future::ready(())
         },
-        SubscribeOptions::new().temporary().concurrency(1),
+        // No retries: the handler cannot fail, and retry levels would leave delay queues behind
+        // on RabbitMQ.
+        SubscribeOptions::new()
+            .temporary()
+            .concurrency(1)
+            .retry(RetryPolicy::none()),
     )?;
     Ok((queue, tx))
 }
