@@ -1,6 +1,7 @@
 //! The dashboard in headless Chromium (Debian's `chromium` + `chromium-driver`, installed by
 //! `scripts/services.sh`), driven over WebDriver: live events arrive on the page, a correlation
-//! id click follows one flow, and a dead letter is replayed by clicking its Replay button.
+//! id click follows one flow, a dead letter is replayed by clicking its Replay button, and a
+//! server with a token makes the page ask for it.
 
 mod common;
 
@@ -154,10 +155,48 @@ async fn dashboard_shows_live_events_and_replays_a_dead_letter_by_click() {
     let driver = start_driver().await;
     let profile = tempfile::tempdir().unwrap();
     let client = browser(&driver, profile.path()).await;
-    let result = scenario(&client, &shop, &http).await;
-    client.close().await.unwrap();
+    scenario(&client, &shop, &http).await;
     shop.stop().await;
-    result
+    // Same browser, a server with a token: the page asks for it.
+    let guarded = Shop::start(Some("open-sesame")).await;
+    token_prompt(&client, &guarded).await;
+    client.close().await.unwrap();
+    guarded.stop().await;
+}
+
+async fn token_prompt(client: &Client, shop: &Shop) {
+    client.goto(&shop.base).await.unwrap();
+    page_until(
+        client,
+        "the token prompt",
+        "!document.getElementById('token-prompt').hidden",
+    )
+    .await;
+    client
+        .find(Locator::Id("token-input"))
+        .await
+        .unwrap()
+        .send_keys("open-sesame")
+        .await
+        .unwrap();
+    click(client, "#token-save").await;
+    let info = page_until(
+        client,
+        "the API answering with the token",
+        "(t => t.includes('sqlite') && t)(document.getElementById('info').textContent)",
+    )
+    .await;
+    assert!(info.as_str().unwrap().contains("herald.events"), "{info}");
+    assert_eq!(
+        js(client, "localStorage.getItem('herald-token')").await,
+        "open-sesame"
+    );
+    page_until(
+        client,
+        "the stream with ?token=",
+        "document.getElementById('stream-status').textContent === 'live'",
+    )
+    .await;
 }
 
 async fn scenario(client: &Client, shop: &Shop, http: &reqwest::Client) {
