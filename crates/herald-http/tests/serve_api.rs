@@ -526,3 +526,57 @@ async fn rabbitmq_publish_stream_and_replay() {
         let _ = d.wait();
     }
 }
+
+#[tokio::test]
+async fn outbox_status_and_readiness_come_from_the_outbox_table() {
+    use herald_outbox::health::RelayHealth;
+    use herald_outbox::sqlite::SqliteOutbox;
+    let dir = tempfile::tempdir().unwrap();
+    let app_db = dir.path().join("app.db");
+    let outbox = SqliteOutbox::new("app").unwrap();
+    let db = rusqlite::Connection::open(&app_db).unwrap();
+    outbox.migrate(&db).unwrap();
+    let staged = herald::Envelope::new("order.placed", 1, "order.placed", "app", "{}".into());
+    outbox.stage_envelope(&db, &staged).unwrap();
+
+    let bus = herald::Bus::builder()
+        .service("svc")
+        .broker(format!("sqlite://{}", dir.path().join("b.db").display()))
+        .build()
+        .await
+        .unwrap();
+    let mut config = ServeConfig::new("127.0.0.1:0".parse().unwrap());
+    config.outbox =
+        Some(RelayHealth::sqlite(&app_db, outbox).threshold(Duration::from_millis(100)));
+    let server = Server::new(bus.clone(), config).await.unwrap();
+    let base = format!("http://{}", server.local_addr());
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let serving = tokio::spawn(server.serve(cancel.clone()));
+
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let status: Value = reqwest::get(format!("{base}/api/outbox"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(status["counts"]["pending"], 1, "{status}");
+    assert!(status["oldest_pending_age_secs"].as_f64().unwrap() >= 0.1);
+    assert_eq!(status["health"]["status"], "degraded", "{status}");
+
+    let ready = reqwest::get(format!("{base}/health/ready")).await.unwrap();
+    assert_eq!(ready.status().as_u16(), 503);
+    let report: Value = ready.json().await.unwrap();
+    assert_eq!(report["status"], "degraded", "{report}");
+    let names: Vec<&str> = report["components"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["broker", "consumers", "outbox"]);
+
+    cancel.cancel();
+    serving.await.unwrap().unwrap();
+    bus.shutdown().await.unwrap();
+}
