@@ -56,6 +56,8 @@ enum Command {
     Bench(commands::bench::Args),
     /// Serve the HTTP API and web dashboard (docs/http-api.md).
     Serve(commands::serve::Args),
+    /// Generate the event catalog (HTML, JSON, Markdown) and an AsyncAPI 3.0 document.
+    Docs(commands::docs::Args),
 }
 
 fn load_config(cli: &Cli) -> CliResult<Config> {
@@ -90,6 +92,7 @@ async fn run(cli: Cli) -> CliResult<()> {
         Command::Topology(args) => commands::topology::run(config, args).await,
         Command::Bench(args) => commands::bench::run(config, args).await,
         Command::Serve(args) => commands::serve::run(config, args).await,
+        Command::Docs(args) => commands::docs::run(config, args).await,
     }
 }
 

@@ -17,11 +17,17 @@ fn herald(dir: &std::path::Path) -> Command {
 
 /// `GET path` over plain HTTP/1.1; returns (status, body).
 fn get(addr: &str, path: &str) -> std::io::Result<(u16, String)> {
+    request(addr, "GET", path, "")
+}
+
+/// One HTTP/1.1 request with a JSON body; returns (status, body).
+fn request(addr: &str, method: &str, path: &str, body: &str) -> std::io::Result<(u16, String)> {
     let mut s = TcpStream::connect(addr)?;
     s.set_read_timeout(Some(Duration::from_secs(5)))?;
     write!(
         s,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
     )?;
     let mut text = String::new();
     s.read_to_string(&mut text)?;
@@ -150,6 +156,16 @@ fn demo_serves_the_dashboard_and_falls_back_when_the_port_is_taken() {
         catalog.contains("analytics-service.course.enrolled"),
         "{catalog}"
     );
+    // The demo's catalog has schemas: a body that breaks one is refused with the violations.
+    let (code, body) = request(
+        &served,
+        "POST",
+        "/api/events/user.registered",
+        r#"{"user_id": "not a number"}"#,
+    )
+    .unwrap();
+    assert_eq!(code, 422, "{body}");
+    assert!(body.contains("/user_id"), "{body}");
     let (_, topo) = get(&served, "/api/topology").unwrap();
     assert!(
         topo.contains("notification-service.user.registered"),

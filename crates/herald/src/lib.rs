@@ -9,6 +9,7 @@
 #![warn(missing_docs)]
 
 pub mod bus;
+pub mod catalog;
 pub mod config;
 mod context;
 pub mod envelope;

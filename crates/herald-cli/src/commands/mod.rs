@@ -2,6 +2,7 @@
 pub mod bench;
 pub mod demo;
 pub mod dlq;
+pub mod docs;
 pub mod outbox;
 pub mod publish;
 pub mod serve;

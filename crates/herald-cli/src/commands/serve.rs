@@ -163,29 +163,8 @@ pub async fn start(config: &Config, serve: ServeConfig, fallback: bool) -> CliRe
 /// port when it is taken. Prints the URL.
 pub async fn start_for_demo(config: &Config, listen: SocketAddr) -> CliResult<Running> {
     let mut serve = ServeConfig::new(listen);
-    serve.catalog = Some(demo_catalog_json(&config.exchange));
+    serve.catalog = Some(crate::demo::catalog(config).await?.to_json());
     let running = start(config, serve, true).await?;
     eprintln!("dashboard: {}", running.url());
     Ok(running)
-}
-
-/// The demo's event catalog as contract JSON (schemas and examples unknown here).
-pub fn demo_catalog_json(exchange: &str) -> serde_json::Value {
-    let events: Vec<serde_json::Value> = crate::demo::events::catalog()
-        .into_iter()
-        .map(|d| {
-            let consumers: Vec<serde_json::Value> = d
-                .consumers
-                .iter()
-                .map(|s| serde_json::json!({"service": s, "queue": format!("{s}.{}", d.routing_key)}))
-                .collect();
-            serde_json::json!({
-                "name": d.name, "version": d.version, "routing_key": d.routing_key,
-                "type_name": d.type_name, "description": d.description,
-                "publishers": d.publisher.into_iter().collect::<Vec<_>>(),
-                "consumers": consumers, "schema": null, "example": null,
-            })
-        })
-        .collect();
-    serde_json::json!({"exchange": exchange, "events": events})
 }

@@ -21,13 +21,11 @@ pub struct Args {
 
 pub async fn run(config: Config, args: Args) -> CliResult<()> {
     if args.catalog {
-        let events = crate::demo::events::catalog();
+        let catalog = crate::demo::catalog(&config).await?;
         if args.json {
-            println!("{}", serde_json::to_string_pretty(&events)?);
+            println!("{}", serde_json::to_string_pretty(&catalog.to_json())?);
         } else {
-            for e in events {
-                println!("{e}");
-            }
+            print!("{catalog}");
         }
         return Ok(());
     }

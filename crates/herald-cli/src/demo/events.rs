@@ -1,12 +1,13 @@
 //! The event contracts of reference 003 (KnowledgeNest): four facts on one topic exchange.
 
 use chrono::{DateTime, Utc};
-use herald::{Event, EventDescriptor};
+use herald::Event;
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 /// A user finished registering.
-#[derive(Debug, Clone, Serialize, Deserialize, Event)]
-#[event(name = "user.registered", publisher = "auth-service", consumers = ["notification-service", "analytics-service"])]
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema, Event)]
+#[event(name = "user.registered", publisher = "auth-service", consumers = ["notification-service", "analytics-service"], schema)]
 pub struct UserRegistered {
     pub user_id: u64,
     pub email: String,
@@ -15,8 +16,8 @@ pub struct UserRegistered {
 }
 
 /// An instructor published a new course.
-#[derive(Debug, Clone, Serialize, Deserialize, Event)]
-#[event(name = "course.created", publisher = "course-service", consumers = ["notification-service", "analytics-service"])]
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema, Event)]
+#[event(name = "course.created", publisher = "course-service", consumers = ["notification-service", "analytics-service"], schema)]
 pub struct CourseCreated {
     pub course_id: u64,
     pub title: String,
@@ -25,8 +26,8 @@ pub struct CourseCreated {
 }
 
 /// A learner enrolled in a course.
-#[derive(Debug, Clone, Serialize, Deserialize, Event)]
-#[event(name = "course.enrolled", publisher = "course-service", consumers = ["notification-service", "analytics-service"])]
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema, Event)]
+#[event(name = "course.enrolled", publisher = "course-service", consumers = ["notification-service", "analytics-service"], schema)]
 pub struct CourseEnrolled {
     pub enrollment_id: u64,
     pub user_id: u64,
@@ -36,23 +37,14 @@ pub struct CourseEnrolled {
 }
 
 /// A learner reviewed a course.
-#[derive(Debug, Clone, Serialize, Deserialize, Event)]
-#[event(name = "review.created", publisher = "review-service", consumers = ["notification-service", "analytics-service"])]
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema, Event)]
+#[event(name = "review.created", publisher = "review-service", consumers = ["notification-service", "analytics-service"], schema)]
 pub struct ReviewCreated {
     pub review_id: u64,
     pub user_id: u64,
     pub course_id: u64,
+    #[schemars(range(min = 1, max = 5))]
     pub rating: u8,
     pub has_comment: bool,
     pub created_at: DateTime<Utc>,
-}
-
-/// Every contract of the system, for docs.
-pub fn catalog() -> Vec<EventDescriptor> {
-    vec![
-        UserRegistered::descriptor(),
-        CourseCreated::descriptor(),
-        CourseEnrolled::descriptor(),
-        ReviewCreated::descriptor(),
-    ]
 }

@@ -6,6 +6,7 @@
 //! letters show). Every published id is tracked per consuming service: at the end each must be
 //! handled or found in the dead letters; anything else is reported as lost.
 
+mod catalog;
 pub mod events;
 pub mod services;
 mod tally;
@@ -17,6 +18,7 @@ use std::time::{Duration, Instant};
 
 use herald::{Bus, Config, Topology};
 
+pub use self::catalog::catalog;
 pub use self::tally::Report;
 use self::tally::Tally;
 use crate::CliResult;
