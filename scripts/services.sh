@@ -86,6 +86,14 @@ ensure_python_pika() {
   fi
 }
 
+# The dashboard's end-to-end test drives Debian's Chromium through chromedriver.
+ensure_chromium() {
+  if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then
+    echo "services: installing chromium and chromium-driver (dashboard e2e test)" >&2
+    apt_install chromium chromium-driver
+  fi
+}
+
 # The amqps test makes its own CA and certificates with the openssl command.
 command -v openssl >/dev/null 2>&1 || apt_install openssl
 
@@ -93,3 +101,4 @@ ensure_rabbitmq
 ensure_postgres
 ensure_redis
 ensure_python_pika
+ensure_chromium

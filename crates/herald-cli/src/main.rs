@@ -54,6 +54,8 @@ enum Command {
     Topology(commands::topology::Args),
     /// Run benchmark workload W1 and print a RESULT line.
     Bench(commands::bench::Args),
+    /// Serve the HTTP API and web dashboard (docs/http-api.md).
+    Serve(commands::serve::Args),
     /// Generate the event catalog (HTML, JSON, Markdown) and an AsyncAPI 3.0 document.
     Docs(commands::docs::Args),
 }
@@ -89,6 +91,7 @@ async fn run(cli: Cli) -> CliResult<()> {
         Command::Outbox(cmd) => commands::outbox::run(config, cmd).await,
         Command::Topology(args) => commands::topology::run(config, args).await,
         Command::Bench(args) => commands::bench::run(config, args).await,
+        Command::Serve(args) => commands::serve::run(config, args).await,
         Command::Docs(args) => commands::docs::run(config, args).await,
     }
 }

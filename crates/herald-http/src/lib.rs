@@ -2,7 +2,9 @@
 //! web dashboard of `herald serve`. The routes and JSON shapes are in `docs/http-api.md`.
 #![warn(missing_docs)]
 
-pub mod error;
+mod error;
+pub mod health;
 pub mod metrics;
+pub mod serve;
 
-pub use error::Error;
+pub use error::{Error, Result};

@@ -24,6 +24,7 @@
 #![warn(missing_docs)]
 
 mod error;
+pub mod health;
 pub mod inbox;
 mod relay;
 mod row;

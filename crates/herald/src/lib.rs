@@ -16,6 +16,7 @@ pub mod envelope;
 pub mod error;
 pub mod event;
 pub mod handler;
+pub mod health;
 pub mod middleware;
 pub mod pattern;
 pub mod telemetry;

@@ -24,6 +24,12 @@ pub struct Args {
     /// No progress lines
     #[arg(long)]
     quiet: bool,
+    /// Where the dashboard listens (a port in use falls back to an ephemeral one)
+    #[arg(long, default_value = super::serve::DEFAULT_LISTEN)]
+    listen: std::net::SocketAddr,
+    /// Do not start the dashboard and HTTP API
+    #[arg(long)]
+    no_serve: bool,
 }
 
 pub async fn run(config: Config, args: Args) -> CliResult<()> {
@@ -44,7 +50,15 @@ pub async fn run(config: Config, args: Args) -> CliResult<()> {
         poison_rate: args.poison_rate,
         progress: !args.quiet,
     };
-    let report = demo::run(config, options).await?;
+    let dashboard = match args.no_serve {
+        true => None,
+        false => Some(super::serve::start_for_demo(&config, args.listen).await?),
+    };
+    let report = demo::run(config, options).await;
+    if let Some(d) = dashboard {
+        d.stop().await?;
+    }
+    let report = report?;
     eprintln!(
         "\npublished {} events; {} deliveries handled, {} retried, {} dead-lettered, {} duplicates, {} lost ({:.1}s)",
         report.published,

@@ -5,6 +5,7 @@ pub mod dlq;
 pub mod docs;
 pub mod outbox;
 pub mod publish;
+pub mod serve;
 pub mod tail;
 pub mod topology;
 

@@ -388,6 +388,23 @@ impl Bus {
     pub fn config(&self) -> &Config {
         &self.inner.config
     }
+
+    /// Consumer tasks still running, and how many were started (for health checks).
+    pub fn consumers_running(&self) -> (usize, usize) {
+        let subs = lock(&self.inner.subscriptions);
+        let started = subs.iter().filter_map(|s| s.task.as_ref());
+        let (mut running, mut total) = (0, 0);
+        for task in started {
+            total += 1;
+            running += usize::from(!task.is_finished());
+        }
+        (running, total)
+    }
+
+    /// Whether [`shutdown`](Self::shutdown) was called.
+    pub fn is_shut_down(&self) -> bool {
+        self.inner.shutdown.is_cancelled()
+    }
 }
 
 async fn wait_for_signal() {
