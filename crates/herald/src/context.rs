@@ -9,6 +9,7 @@ use crate::bus::{MessageOptions, Publisher};
 use crate::envelope::Envelope;
 use crate::error::Result;
 use crate::event::Event;
+use crate::trace::{self, TraceContext};
 
 /// Handed to every handler next to its event.
 ///
@@ -19,6 +20,8 @@ pub struct Context {
     envelope: Arc<Envelope>,
     queue: Arc<str>,
     publisher: Publisher,
+    /// The handling span's trace context, so follow-ups continue it from any task.
+    trace: Option<TraceContext>,
 }
 
 impl Context {
@@ -27,6 +30,7 @@ impl Context {
             envelope,
             queue,
             publisher,
+            trace: trace::current(),
         }
     }
 
@@ -65,19 +69,30 @@ impl Context {
         &self.queue
     }
 
-    /// Options that carry this message's flow forward: correlation, causation, trace context.
+    /// The trace context of this handling (its `herald.handle` span), if tracing saw one.
+    pub fn trace_context(&self) -> Option<TraceContext> {
+        self.trace
+    }
+
+    /// Options that carry this message's flow forward: correlation and causation. The trace
+    /// context is not set here: a publish made while this message is handled continues the
+    /// handling's trace by itself (see [`crate::trace`]).
     pub fn follow_up(&self) -> MessageOptions {
         MessageOptions {
             correlation_id: Some(self.correlation_id().to_string()),
             causation_id: Some(self.envelope.id.clone()),
-            traceparent: self.envelope.traceparent.clone(),
             ..Default::default()
         }
     }
 
-    /// Publish a follow-up event in the same flow. Returns its id.
+    /// Publish a follow-up event in the same flow and trace (even from a spawned task). Returns
+    /// its id.
     pub async fn publish<E: Event>(&self, event: &E) -> Result<String> {
-        self.publisher.publish_with(event, self.follow_up()).await
+        let publish = self.publisher.publish_with(event, self.follow_up());
+        match self.trace {
+            Some(ctx) => trace::scope(ctx, publish).await,
+            None => publish.await,
+        }
     }
 
     /// The bus's publisher, for anything [`Context::publish`] does not cover.

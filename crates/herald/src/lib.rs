@@ -21,6 +21,7 @@ pub mod middleware;
 pub mod pattern;
 pub mod telemetry;
 pub mod topology;
+pub mod trace;
 pub mod transport;
 
 pub use bus::{Bus, BusBuilder, MessageOptions, MetricsSnapshot, Publisher, SubscribeOptions};

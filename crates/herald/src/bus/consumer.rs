@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use futures::stream::{FuturesUnordered, StreamExt};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::bus::metrics::Metrics;
 use crate::middleware::{Disposition, FailureKind, Handle, HandlerError, Message};
@@ -127,6 +128,7 @@ async fn process(
     counters.consumed.increment(1);
     telemetry.in_flight.increment(1.0);
     let started = Instant::now();
+    let handling = crate::trace::spans::Handling::start(&envelope, &queue);
     let result = if envelope.body.len() > spec.max_message_bytes {
         Err(HandlerError::new(
             FailureKind::TooLarge,
@@ -142,7 +144,8 @@ async fn process(
             envelope: envelope.clone(),
             queue: queue.clone(),
         };
-        spec.pipeline.call(msg).await
+        let call = spec.pipeline.call(msg).instrument(handling.span.clone());
+        crate::trace::scope(handling.context, call).await
     };
     counters.handled_in(started.elapsed());
     let outcome = match result {
@@ -176,6 +179,7 @@ async fn process(
             }
         }
     };
+    handling.finish(&outcome);
     let settled = settler.settle(&envelope, outcome).await;
     telemetry.in_flight.decrement(1.0);
     if let Err(e) = settled {

@@ -4,6 +4,8 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use tracing::Instrument;
+
 use crate::bus::metrics::Metrics;
 use crate::envelope::Envelope;
 use crate::error::{Error, Result};
@@ -24,7 +26,8 @@ pub struct MessageOptions {
     pub correlation_id: Option<String>,
     /// The id of the event that caused this one.
     pub causation_id: Option<String>,
-    /// W3C trace context.
+    /// W3C trace context, sent unchanged. Leave it `None` (the usual case): the publish then
+    /// continues the trace in force (see [`crate::trace`]) or starts a new one.
     pub traceparent: Option<String>,
     /// Extra headers (CloudEvents extensions).
     pub headers: BTreeMap<String, String>,
@@ -142,7 +145,15 @@ impl Publisher {
         &self.core.exchange
     }
 
-    async fn send(&self, envelopes: Vec<Envelope>, allow_unroutable: bool) -> Result<()> {
+    async fn send(&self, mut envelopes: Vec<Envelope>, allow_unroutable: bool) -> Result<()> {
+        let kind = self.core.transport.kind();
+        let span = crate::trace::spans::publish_span(kind, &self.core.exchange, &mut envelopes);
+        self.send_traced(envelopes, allow_unroutable)
+            .instrument(span)
+            .await
+    }
+
+    async fn send_traced(&self, envelopes: Vec<Envelope>, allow_unroutable: bool) -> Result<()> {
         for e in &envelopes {
             if e.body.len() > self.core.max_message_bytes {
                 return Err(Error::TooLarge {

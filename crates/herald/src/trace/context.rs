@@ -1,0 +1,229 @@
+//! The W3C trace context (`traceparent`) as a value: parse, format, start a trace, derive a child.
+//!
+//! Format (version `00`): `00-<trace-id: 32 hex>-<parent-id: 16 hex>-<flags: 2 hex>`, lowercase.
+//! See <https://www.w3.org/TR/trace-context/#traceparent-header>.
+
+use std::fmt;
+
+use rand::Rng;
+
+/// Length of a version-00 `traceparent` value.
+const TRACEPARENT_LEN: usize = 55;
+/// The only flag defined by version 00: the caller recorded (sampled) this trace.
+const FLAG_SAMPLED: u8 = 0x01;
+
+/// One position in a distributed trace: which trace, which span, and whether it is sampled.
+///
+/// ```
+/// use herald::trace::TraceContext;
+///
+/// let incoming = TraceContext::parse("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01")
+///     .expect("a valid traceparent");
+/// let child = incoming.child();
+/// assert_eq!(child.trace_id, incoming.trace_id);
+/// assert_ne!(child.span_id, incoming.span_id);
+/// assert_eq!(TraceContext::parse(&child.to_traceparent()), Some(child));
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct TraceContext {
+    /// The trace every span of one flow shares (never all zeros).
+    pub trace_id: [u8; 16],
+    /// This span (never all zeros).
+    pub span_id: [u8; 8],
+    /// Whether the trace is being recorded upstream.
+    pub sampled: bool,
+}
+
+impl TraceContext {
+    /// Start a new, sampled trace with random ids.
+    pub fn new_root() -> Self {
+        let mut rng = rand::thread_rng();
+        TraceContext {
+            trace_id: nonzero(|| rng.gen::<u128>()).to_be_bytes(),
+            span_id: nonzero(|| rng.gen::<u64>()).to_be_bytes(),
+            sampled: true,
+        }
+    }
+
+    /// A new span in the same trace, with this one as its parent (keeps the sampled flag).
+    pub fn child(&self) -> Self {
+        let mut rng = rand::thread_rng();
+        TraceContext {
+            trace_id: self.trace_id,
+            span_id: nonzero(|| rng.gen::<u64>()).to_be_bytes(),
+            sampled: self.sampled,
+        }
+    }
+
+    /// Parse a `traceparent` header value. `None` when it is not valid W3C trace context (wrong
+    /// length or version, upper-case or non-hex digits, all-zero ids); such a header is ignored,
+    /// as the specification asks, and the message starts a new trace.
+    pub fn parse(value: &str) -> Option<Self> {
+        let b = value.as_bytes();
+        if b.len() < TRACEPARENT_LEN || b[2] != b'-' || b[35] != b'-' || b[52] != b'-' {
+            return None;
+        }
+        let version = hex_byte(b[0], b[1])?;
+        // Version ff is forbidden; 00 has exactly 55 characters; later versions may append
+        // fields after another dash, which we do not read.
+        match version {
+            0xff => return None,
+            0x00 if b.len() != TRACEPARENT_LEN => return None,
+            0x00 => {}
+            _ if b.len() > TRACEPARENT_LEN && b[TRACEPARENT_LEN] != b'-' => return None,
+            _ => {}
+        }
+        let mut trace_id = [0u8; 16];
+        for (i, out) in trace_id.iter_mut().enumerate() {
+            *out = hex_byte(b[3 + 2 * i], b[4 + 2 * i])?;
+        }
+        let mut span_id = [0u8; 8];
+        for (i, out) in span_id.iter_mut().enumerate() {
+            *out = hex_byte(b[36 + 2 * i], b[37 + 2 * i])?;
+        }
+        let flags = hex_byte(b[53], b[54])?;
+        if trace_id == [0; 16] || span_id == [0; 8] {
+            return None;
+        }
+        Some(TraceContext {
+            trace_id,
+            span_id,
+            sampled: flags & FLAG_SAMPLED != 0,
+        })
+    }
+
+    /// The `traceparent` header value (version 00).
+    pub fn to_traceparent(&self) -> String {
+        let mut s = String::with_capacity(TRACEPARENT_LEN);
+        s.push_str("00-");
+        push_hex(&mut s, &self.trace_id);
+        s.push('-');
+        push_hex(&mut s, &self.span_id);
+        s.push_str(if self.sampled { "-01" } else { "-00" });
+        s
+    }
+
+    /// The trace id as 32 lowercase hex digits, formatted lazily (for log fields).
+    pub fn trace_id_hex(&self) -> Hex<'_> {
+        Hex(&self.trace_id)
+    }
+
+    /// The span id as 16 lowercase hex digits, formatted lazily (for log fields).
+    pub fn span_id_hex(&self) -> Hex<'_> {
+        Hex(&self.span_id)
+    }
+}
+
+impl fmt::Display for TraceContext {
+    /// The `traceparent` header value.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "00-{}-{}-{}",
+            self.trace_id_hex(),
+            self.span_id_hex(),
+            if self.sampled { "01" } else { "00" }
+        )
+    }
+}
+
+/// Bytes shown as lowercase hex without allocating.
+#[derive(Debug, Clone, Copy)]
+pub struct Hex<'a>(&'a [u8]);
+
+impl fmt::Display for Hex<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for b in self.0 {
+            write!(f, "{b:02x}")?;
+        }
+        Ok(())
+    }
+}
+
+const DIGITS: &[u8; 16] = b"0123456789abcdef";
+
+fn push_hex(s: &mut String, bytes: &[u8]) {
+    for b in bytes {
+        s.push(DIGITS[(b >> 4) as usize] as char);
+        s.push(DIGITS[(b & 0x0f) as usize] as char);
+    }
+}
+
+/// One byte from two lowercase hex digits (the spec forbids upper case).
+fn hex_byte(hi: u8, lo: u8) -> Option<u8> {
+    fn nibble(c: u8) -> Option<u8> {
+        match c {
+            b'0'..=b'9' => Some(c - b'0'),
+            b'a'..=b'f' => Some(c - b'a' + 10),
+            _ => None,
+        }
+    }
+    Some(nibble(hi)? << 4 | nibble(lo)?)
+}
+
+/// Draw until non-zero: an all-zero id is invalid (and comes up once in 2^64 draws at most).
+fn nonzero<T: PartialEq + Default>(mut draw: impl FnMut() -> T) -> T {
+    loop {
+        let v = draw();
+        if v != T::default() {
+            return v;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const EXAMPLE: &str = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+
+    #[test]
+    fn parses_and_formats_the_w3c_example() {
+        let t = TraceContext::parse(EXAMPLE).unwrap();
+        assert_eq!(
+            t.trace_id_hex().to_string(),
+            "0af7651916cd43dd8448eb211c80319c"
+        );
+        assert_eq!(t.span_id_hex().to_string(), "b7ad6b7169203331");
+        assert!(t.sampled);
+        assert_eq!(t.to_traceparent(), EXAMPLE);
+        assert_eq!(t.to_string(), EXAMPLE);
+        let unsampled = TraceContext::parse(&EXAMPLE.replace("-01", "-00")).unwrap();
+        assert!(!unsampled.sampled);
+        assert!(unsampled.to_traceparent().ends_with("-00"));
+    }
+
+    #[test]
+    fn rejects_what_the_spec_rejects() {
+        let bad = [
+            "",
+            "garbage",
+            &EXAMPLE[..54],
+            &format!("{EXAMPLE}0"),
+            &EXAMPLE.to_uppercase(),
+            &EXAMPLE.replacen("00-", "ff-", 1),
+            "00-00000000000000000000000000000000-b7ad6b7169203331-01",
+            "00-0af7651916cd43dd8448eb211c80319c-0000000000000000-01",
+            "00-0af7651916cd43dd8448eb211c80319g-b7ad6b7169203331-01",
+            "00_0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+        ];
+        for v in bad {
+            assert_eq!(TraceContext::parse(v), None, "{v:?} must be rejected");
+        }
+        // A later version may append fields; the first four are still read.
+        let future = format!("{}-extra", EXAMPLE.replacen("00-", "01-", 1));
+        assert!(TraceContext::parse(&future).is_some());
+    }
+
+    #[test]
+    fn roots_are_fresh_and_children_stay_in_the_trace() {
+        let a = TraceContext::new_root();
+        let b = TraceContext::new_root();
+        assert_ne!(a.trace_id, b.trace_id);
+        assert!(a.sampled);
+        let c = a.child();
+        assert_eq!(c.trace_id, a.trace_id);
+        assert_ne!(c.span_id, a.span_id);
+        assert_eq!(TraceContext::parse(&c.to_traceparent()), Some(c));
+    }
+}

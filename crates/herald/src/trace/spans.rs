@@ -1,0 +1,140 @@
+//! The two spans Herald opens, `herald.publish` and `herald.handle`, and the trace context each
+//! one carries. Kept here so the publisher and the consume loop each call in with one line.
+//!
+//! Field values are only formatted when a subscriber wants the span (`Span::is_disabled`), so
+//! with tracing filtered above INFO a span costs a callsite check, and the trace context costs
+//! a few random numbers plus the header string every event carries anyway.
+
+use tracing::field::Empty;
+use tracing::Span;
+
+use super::TraceContext;
+use crate::envelope::Envelope;
+use crate::transport::Outcome;
+
+/// Open the `herald.publish` span for one publish call and give every envelope without a
+/// `traceparent` the span's trace context (parent: the context in force, else a new trace).
+/// A lone envelope that already carries a valid `traceparent` keeps it, and the span reports
+/// that context (the outbox relay, replays, explicit options).
+pub(crate) fn publish_span(
+    transport: &'static str,
+    exchange: &str,
+    batch: &mut [Envelope],
+) -> Span {
+    let span = tracing::info_span!(
+        "herald.publish",
+        otel.kind = "producer",
+        messaging.system = transport,
+        messaging.destination.name = exchange,
+        cloudevents.event_id = Empty,
+        cloudevents.event_type = Empty,
+        messaging.batch.message_count = Empty,
+        trace_id = Empty,
+        span_id = Empty,
+        parent_span_id = Empty,
+    );
+    let explicit = match batch {
+        [one] => one.traceparent.as_deref().and_then(TraceContext::parse),
+        _ => None,
+    };
+    let parent = if explicit.is_some() {
+        None
+    } else {
+        super::task_current()
+    };
+    #[cfg(feature = "otel")]
+    let from_otel = super::otel::start_producer(&span, explicit, parent);
+    #[cfg(not(feature = "otel"))]
+    let from_otel: Option<TraceContext> = None;
+    let ctx = explicit.or(from_otel).unwrap_or_else(|| match parent {
+        Some(p) => p.child(),
+        None => TraceContext::new_root(),
+    });
+    match &mut *batch {
+        [one] => {
+            if one.traceparent.is_none() {
+                one.traceparent = Some(ctx.to_traceparent());
+            }
+        }
+        many => {
+            let header = ctx.to_traceparent();
+            for e in many.iter_mut().filter(|e| e.traceparent.is_none()) {
+                e.traceparent = Some(header.clone());
+            }
+        }
+    }
+    if !span.is_disabled() {
+        if let Some(first) = batch.first() {
+            span.record("cloudevents.event_id", first.id.as_str());
+            span.record("cloudevents.event_type", first.event_type.as_str());
+        }
+        if batch.len() > 1 {
+            span.record("messaging.batch.message_count", batch.len());
+        }
+        record_ids(&span, &ctx, parent.filter(|_| from_otel.is_none()));
+    }
+    span
+}
+
+/// The `herald.handle` span of one delivery and the trace context handlers run under.
+pub(crate) struct Handling {
+    /// The span; enter it (or instrument the pipeline call with it) while handling.
+    pub span: Span,
+    /// The span's trace context: a child of the incoming `traceparent`, or a new trace.
+    pub context: TraceContext,
+}
+
+impl Handling {
+    /// Open the span for `envelope` taken from `queue`.
+    pub(crate) fn start(envelope: &Envelope, queue: &str) -> Self {
+        let span = tracing::info_span!(
+            "herald.handle",
+            otel.kind = "consumer",
+            messaging.destination.name = queue,
+            cloudevents.event_id = envelope.id.as_str(),
+            cloudevents.event_type = envelope.event_type.as_str(),
+            herald.attempt = envelope.attempt,
+            herald.outcome = Empty,
+            trace_id = Empty,
+            span_id = Empty,
+            parent_span_id = Empty,
+        );
+        let incoming = envelope
+            .traceparent
+            .as_deref()
+            .and_then(TraceContext::parse);
+        #[cfg(feature = "otel")]
+        let from_otel = super::otel::start_consumer(&span, incoming);
+        #[cfg(not(feature = "otel"))]
+        let from_otel: Option<TraceContext> = None;
+        let context = from_otel.unwrap_or_else(|| match incoming {
+            Some(p) => p.child(),
+            None => TraceContext::new_root(),
+        });
+        if !span.is_disabled() {
+            record_ids(&span, &context, incoming);
+        }
+        Handling { span, context }
+    }
+
+    /// Record how the delivery was settled.
+    pub(crate) fn finish(&self, outcome: &Outcome) {
+        if !self.span.is_disabled() {
+            let name = match outcome {
+                Outcome::Ack => "ack",
+                Outcome::Retry { .. } => "retry",
+                Outcome::Release { .. } => "release",
+                Outcome::DeadLetter(_) => "dead_letter",
+            };
+            self.span.record("herald.outcome", name);
+        }
+    }
+}
+
+fn record_ids(span: &Span, ctx: &TraceContext, parent: Option<TraceContext>) {
+    span.record("trace_id", tracing::field::display(ctx.trace_id_hex()));
+    span.record("span_id", tracing::field::display(ctx.span_id_hex()));
+    if let Some(p) = parent {
+        span.record("parent_span_id", tracing::field::display(p.span_id_hex()));
+    }
+}
