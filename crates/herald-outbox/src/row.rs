@@ -54,7 +54,8 @@ impl StagedEvent {
         Self::from_envelope(&envelope)
     }
 
-    /// Encode a ready-made envelope.
+    /// Encode a ready-made envelope. Without a `traceparent` it gets the trace context in force
+    /// ([`herald::trace::current_or_root`]).
     pub fn from_envelope(envelope: &Envelope) -> Result<Self> {
         let body = std::str::from_utf8(&envelope.body)
             .map_err(|_| {
@@ -65,6 +66,12 @@ impl StagedEvent {
             })?
             .to_string();
         let mut map = envelope.header_map();
+        if envelope.traceparent.is_none() {
+            // The relay publishes this unchanged, so the event continues the trace of the code
+            // that staged it (a handler, an OpenTelemetry span) instead of starting a new one.
+            let trace = herald::trace::current_or_root();
+            map.insert(header::TRACEPARENT.into(), trace.to_traceparent());
+        }
         // Priority and TTL are not wire headers; keep them for the relay.
         if envelope.priority > 0 {
             map.insert(PRIORITY.into(), envelope.priority.to_string());

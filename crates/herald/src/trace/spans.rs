@@ -14,8 +14,7 @@ use crate::transport::Outcome;
 
 /// Open the `herald.publish` span for one publish call and give every envelope without a
 /// `traceparent` the span's trace context (parent: the context in force, else a new trace).
-/// A lone envelope that already carries a valid `traceparent` keeps it, and the span reports
-/// that context (the outbox relay, replays, explicit options).
+/// An envelope that already carries a `traceparent` keeps it.
 pub(crate) fn publish_span(
     transport: &'static str,
     exchange: &str,
@@ -33,9 +32,15 @@ pub(crate) fn publish_span(
         span_id = Empty,
         parent_span_id = Empty,
     );
-    let explicit = match batch {
-        [one] => one.traceparent.as_deref().and_then(TraceContext::parse),
-        _ => None,
+    // Envelopes that all carry a traceparent go out unchanged (the outbox relay, replays,
+    // explicit options); the span then reports the first one's context.
+    let explicit = if batch.iter().all(|e| e.traceparent.is_some()) {
+        batch
+            .first()
+            .and_then(|e| e.traceparent.as_deref())
+            .and_then(TraceContext::parse)
+    } else {
+        None
     };
     let parent = if explicit.is_some() {
         None
