@@ -8,6 +8,7 @@ use herald::Config;
 
 mod commands;
 mod demo;
+mod telemetry;
 
 /// Errors from commands: printed as one line, exit status 1.
 pub type CliResult<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
@@ -105,12 +106,7 @@ fn main() -> ExitCode {
     }
     let cli = Cli::parse();
     let filter = std::env::var("RUST_LOG").unwrap_or_else(|_| cli.log.clone());
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_new(&filter).unwrap_or_else(|_| "warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    let _telemetry = telemetry::init(&filter);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

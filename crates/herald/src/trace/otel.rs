@@ -6,7 +6,7 @@
 //!   progress), so the `traceparent` on the wire names the exported producer span.
 //! - **Extract.** A handling span's OpenTelemetry parent is the incoming `traceparent`.
 //! - **Export.** [`init_otlp`] / [`init_from_env`] install a global subscriber: an `EnvFilter`
-//!   (`RUST_LOG`, default `info`), a fmt layer, and an OTLP exporter over **HTTP/protobuf**
+//!   (`RUST_LOG`, default `info`), a fmt layer on stderr, and an OTLP exporter over **HTTP/protobuf**
 //!   (port 4318, batched on a background thread). [`tracer_provider`] gives the provider alone
 //!   for applications that build their own subscriber.
 //!
@@ -62,18 +62,35 @@ impl Drop for OtelGuard {
 /// collector at `endpoint` (its base URL, e.g. `http://localhost:4318`; `/v1/traces` is added
 /// when the URL has no path). Fails when the endpoint is not a URL or a global subscriber is
 /// already installed.
+///
+/// The log filter is `RUST_LOG`, or `info` when unset.
 pub fn init_otlp(service_name: &str, endpoint: &str) -> Result<OtelGuard> {
-    install(tracer_provider(service_name, Some(endpoint))?)
+    install(
+        tracer_provider(service_name, Some(endpoint))?,
+        &default_filter(),
+    )
 }
 
 /// Like [`init_otlp`] with the endpoint from `OTEL_EXPORTER_OTLP_ENDPOINT` (and the other
 /// standard `OTEL_EXPORTER_OTLP_*` variables). `Ok(None)` when the variable is unset or empty:
 /// nothing is installed, so the caller sets up its usual logging.
 pub fn init_from_env(service_name: &str) -> Result<Option<OtelGuard>> {
+    init_from_env_filtered(service_name, &default_filter())
+}
+
+/// [`init_from_env`] with an explicit log filter (`EnvFilter` directives such as `warn` or
+/// `herald=debug,info`); an invalid filter falls back to `warn`.
+pub fn init_from_env_filtered(service_name: &str, filter: &str) -> Result<Option<OtelGuard>> {
     match std::env::var(ENDPOINT_VAR) {
-        Ok(v) if !v.trim().is_empty() => install(tracer_provider(service_name, None)?).map(Some),
+        Ok(v) if !v.trim().is_empty() => {
+            install(tracer_provider(service_name, None)?, filter).map(Some)
+        }
         _ => Ok(None),
     }
+}
+
+fn default_filter() -> String {
+    std::env::var("RUST_LOG").unwrap_or_else(|_| "info".to_string())
 }
 
 /// A tracer provider exporting to OTLP/HTTP in batches, for a subscriber of your own (add
@@ -99,10 +116,10 @@ pub fn tracer_provider(service_name: &str, endpoint: Option<&str>) -> Result<Sdk
         .build())
 }
 
-fn install(provider: SdkTracerProvider) -> Result<OtelGuard> {
+fn install(provider: SdkTracerProvider, filter: &str) -> Result<OtelGuard> {
     let tracer = provider.tracer("herald");
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let filter = tracing_subscriber::EnvFilter::try_new(filter)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
     tracing_subscriber::registry()
         .with(filter)
         .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
