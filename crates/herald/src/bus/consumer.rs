@@ -13,7 +13,6 @@ use std::time::{Duration, Instant};
 use futures::stream::{FuturesUnordered, StreamExt};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use tracing::Instrument;
 
 use crate::bus::metrics::Metrics;
 use crate::middleware::{Disposition, FailureKind, Handle, HandlerError, Message};
@@ -144,8 +143,11 @@ async fn process(
             envelope: envelope.clone(),
             queue: queue.clone(),
         };
-        let call = spec.pipeline.call(msg).instrument(handling.span.clone());
-        crate::trace::scope(handling.context, call).await
+        crate::trace::scope(
+            handling.context,
+            handling.instrument(spec.pipeline.call(msg)),
+        )
+        .await
     };
     counters.handled_in(started.elapsed());
     let outcome = match result {

@@ -4,8 +4,6 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tracing::Instrument;
-
 use crate::bus::metrics::Metrics;
 use crate::envelope::Envelope;
 use crate::error::{Error, Result};
@@ -148,9 +146,7 @@ impl Publisher {
     async fn send(&self, mut envelopes: Vec<Envelope>, allow_unroutable: bool) -> Result<()> {
         let kind = self.core.transport.kind();
         let span = crate::trace::spans::publish_span(kind, &self.core.exchange, &mut envelopes);
-        self.send_traced(envelopes, allow_unroutable)
-            .instrument(span)
-            .await
+        crate::trace::spans::instrument(self.send_traced(envelopes, allow_unroutable), span).await
     }
 
     async fn send_traced(&self, envelopes: Vec<Envelope>, allow_unroutable: bool) -> Result<()> {

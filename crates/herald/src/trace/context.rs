@@ -59,31 +59,38 @@ impl TraceContext {
     /// length or version, upper-case or non-hex digits, all-zero ids); such a header is ignored,
     /// as the specification asks, and the message starts a new trace.
     pub fn parse(value: &str) -> Option<Self> {
+        // Runs for every delivery: one table lookup per digit, no early exit inside the loops.
         let b = value.as_bytes();
-        if b.len() < TRACEPARENT_LEN || b[2] != b'-' || b[35] != b'-' || b[52] != b'-' {
+        let head: &[u8; TRACEPARENT_LEN] = b.get(..TRACEPARENT_LEN)?.try_into().ok()?;
+        if head[2] != b'-' || head[35] != b'-' || head[52] != b'-' {
             return None;
         }
-        let version = hex_byte(b[0], b[1])?;
+        let mut bad = 0u8;
+        let mut byte = |i: usize| {
+            let (hi, lo) = (HEX[head[i] as usize], HEX[head[i + 1] as usize]);
+            bad |= hi | lo;
+            hi << 4 | (lo & 0x0f)
+        };
+        let version = byte(0);
+        let mut trace_id = [0u8; 16];
+        for (i, out) in trace_id.iter_mut().enumerate() {
+            *out = byte(3 + 2 * i);
+        }
+        let mut span_id = [0u8; 8];
+        for (i, out) in span_id.iter_mut().enumerate() {
+            *out = byte(36 + 2 * i);
+        }
+        let flags = byte(53);
+        if bad & INVALID != 0 || trace_id == [0; 16] || span_id == [0; 8] {
+            return None;
+        }
         // Version ff is forbidden; 00 has exactly 55 characters; later versions may append
         // fields after another dash, which we do not read.
         match version {
             0xff => return None,
             0x00 if b.len() != TRACEPARENT_LEN => return None,
-            0x00 => {}
             _ if b.len() > TRACEPARENT_LEN && b[TRACEPARENT_LEN] != b'-' => return None,
             _ => {}
-        }
-        let mut trace_id = [0u8; 16];
-        for (i, out) in trace_id.iter_mut().enumerate() {
-            *out = hex_byte(b[3 + 2 * i], b[4 + 2 * i])?;
-        }
-        let mut span_id = [0u8; 8];
-        for (i, out) in span_id.iter_mut().enumerate() {
-            *out = hex_byte(b[36 + 2 * i], b[37 + 2 * i])?;
-        }
-        let flags = hex_byte(b[53], b[54])?;
-        if trace_id == [0; 16] || span_id == [0; 8] {
-            return None;
         }
         Some(TraceContext {
             trace_id,
@@ -94,13 +101,13 @@ impl TraceContext {
 
     /// The `traceparent` header value (version 00).
     pub fn to_traceparent(&self) -> String {
-        let mut s = String::with_capacity(TRACEPARENT_LEN);
-        s.push_str("00-");
-        push_hex(&mut s, &self.trace_id);
-        s.push('-');
-        push_hex(&mut s, &self.span_id);
-        s.push_str(if self.sampled { "-01" } else { "-00" });
-        s
+        let mut out = *b"00-00000000000000000000000000000000-0000000000000000-00";
+        write_hex(&mut out[3..35], &self.trace_id);
+        write_hex(&mut out[36..52], &self.span_id);
+        if self.sampled {
+            out[54] = b'1';
+        }
+        out.iter().map(|&b| b as char).collect()
     }
 
     /// The trace id as 32 lowercase hex digits, formatted lazily (for log fields).
@@ -142,24 +149,31 @@ impl fmt::Display for Hex<'_> {
 
 const DIGITS: &[u8; 16] = b"0123456789abcdef";
 
-fn push_hex(s: &mut String, bytes: &[u8]) {
-    for b in bytes {
-        s.push(DIGITS[(b >> 4) as usize] as char);
-        s.push(DIGITS[(b & 0x0f) as usize] as char);
+fn write_hex(out: &mut [u8], bytes: &[u8]) {
+    for (pair, b) in out.chunks_exact_mut(2).zip(bytes) {
+        pair[0] = DIGITS[(b >> 4) as usize];
+        pair[1] = DIGITS[(b & 0x0f) as usize];
     }
 }
 
-/// One byte from two lowercase hex digits (the spec forbids upper case).
-fn hex_byte(hi: u8, lo: u8) -> Option<u8> {
-    fn nibble(c: u8) -> Option<u8> {
-        match c {
-            b'0'..=b'9' => Some(c - b'0'),
-            b'a'..=b'f' => Some(c - b'a' + 10),
-            _ => None,
-        }
+/// Marks a byte that is not a lowercase hex digit in [`HEX`] (the spec forbids upper case).
+const INVALID: u8 = 0x10;
+
+/// The value of each lowercase hex digit; [`INVALID`] for every other byte.
+const HEX: [u8; 256] = {
+    let mut t = [INVALID; 256];
+    let mut i = 0;
+    while i < 10 {
+        t[b'0' as usize + i] = i as u8;
+        i += 1;
     }
-    Some(nibble(hi)? << 4 | nibble(lo)?)
-}
+    let mut i = 0;
+    while i < 6 {
+        t[b'a' as usize + i] = 10 + i as u8;
+        i += 1;
+    }
+    t
+};
 
 /// Draw until non-zero: an all-zero id is invalid (and comes up once in 2^64 draws at most).
 fn nonzero<T: PartialEq + Default>(mut draw: impl FnMut() -> T) -> T {

@@ -5,8 +5,11 @@
 //! with tracing filtered above INFO a span costs a callsite check, and the trace context costs
 //! a few random numbers plus the header string every event carries anyway.
 
+use std::future::Future;
+
+use futures::future::Either;
 use tracing::field::Empty;
-use tracing::Span;
+use tracing::{Instrument, Span};
 
 use super::TraceContext;
 use crate::envelope::Envelope;
@@ -122,6 +125,11 @@ impl Handling {
         Handling { span, context }
     }
 
+    /// `fut` inside the span (entered on every poll), or as it is when nobody records the span.
+    pub(crate) fn instrument<F: Future>(&self, fut: F) -> impl Future<Output = F::Output> {
+        instrument(fut, self.span.clone())
+    }
+
     /// Record how the delivery was settled.
     pub(crate) fn finish(&self, outcome: &Outcome) {
         if !self.span.is_disabled() {
@@ -141,5 +149,14 @@ fn record_ids(span: &Span, ctx: &TraceContext, parent: Option<TraceContext>) {
     span.record("span_id", tracing::field::display(ctx.span_id_hex()));
     if let Some(p) = parent {
         span.record("parent_span_id", tracing::field::display(p.span_id_hex()));
+    }
+}
+
+/// `fut` inside `span`; a disabled span (filtered out) skips the enter/exit on every poll.
+pub(crate) fn instrument<F: Future>(fut: F, span: Span) -> impl Future<Output = F::Output> {
+    if span.is_disabled() {
+        Either::Left(fut)
+    } else {
+        Either::Right(fut.instrument(span))
     }
 }
