@@ -1,6 +1,8 @@
 //! Trace continuity through the outbox: an event staged while a handler runs carries that
 //! handling's trace context, the relay publishes it unchanged, and its consumer continues the
-//! trace of the event that started the flow.
+//! trace of the event that started the flow. SQLite end to end; PostgreSQL staging.
+
+mod common;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -8,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use herald::trace::{self, TraceContext};
 use herald::{Bus, Context, Envelope, HandlerError};
+use herald_outbox::postgres::PgOutbox;
 use herald_outbox::sqlite::{SqliteOutbox, SqliteStore};
 use herald_outbox::{Relay, RelayConfig};
 use serde::{Deserialize, Serialize};
@@ -142,4 +145,33 @@ async fn relayed_events_continue_the_trace_that_staged_them() {
     cancel.cancel();
     relay_task.await.unwrap();
     bus.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn pg_staging_stores_the_trace_in_force() {
+    let schema = common::unique("ob_trace");
+    let outbox = PgOutbox::new("shipping").unwrap().schema(&schema).unwrap();
+    let mut client = common::pg().await;
+    outbox.migrate(&mut client).await.unwrap();
+    let ctx = TraceContext::new_root();
+    let id = trace::scope(ctx, outbox.stage(&client, &OrderShipped { id: 1 }))
+        .await
+        .unwrap();
+    let row = client
+        .query_one(
+            &format!(
+                "SELECT headers FROM {}.{} WHERE event_id = $1",
+                outbox.schema_name(),
+                outbox.table_name()
+            ),
+            &[&id],
+        )
+        .await
+        .unwrap();
+    let headers: serde_json::Value = row.get(0);
+    assert_eq!(
+        headers["cloudEvents_traceparent"].as_str(),
+        Some(ctx.to_traceparent().as_str())
+    );
+    common::drop_schema(&schema).await;
 }
