@@ -8,7 +8,7 @@ use herald::Config;
 
 mod commands;
 mod demo;
-mod telemetry;
+mod logging;
 
 /// Errors from commands: printed as one line, exit status 1.
 pub type CliResult<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
@@ -106,7 +106,7 @@ fn main() -> ExitCode {
     }
     let cli = Cli::parse();
     let filter = std::env::var("RUST_LOG").unwrap_or_else(|_| cli.log.clone());
-    let _telemetry = telemetry::init(&filter);
+    let _logging = logging::init(&filter);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -2,16 +2,16 @@
 //! `OTEL_EXPORTER_OTLP_ENDPOINT` is set.
 
 /// Keeps the exporter (if any) alive until the command ends; dropping it flushes.
-pub struct Telemetry {
+pub struct Logging {
     #[cfg(feature = "otel")]
     _otel: Option<herald::trace::otel::OtelGuard>,
 }
 
 /// Install the global subscriber with `filter` (`EnvFilter` directives).
-pub fn init(filter: &str) -> Telemetry {
+pub fn init(filter: &str) -> Logging {
     #[cfg(feature = "otel")]
     match herald::trace::otel::init_from_env_filtered("herald-cli", filter) {
-        Ok(Some(guard)) => return Telemetry { _otel: Some(guard) },
+        Ok(Some(guard)) => return Logging { _otel: Some(guard) },
         Ok(None) => {}
         Err(e) => eprintln!("warning: OTLP export disabled: {e}"),
     }
@@ -21,7 +21,7 @@ pub fn init(filter: &str) -> Telemetry {
         )
         .with_writer(std::io::stderr)
         .init();
-    Telemetry {
+    Logging {
         #[cfg(feature = "otel")]
         _otel: None,
     }
