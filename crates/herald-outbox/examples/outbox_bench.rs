@@ -12,10 +12,11 @@
 //! Ends with `RESULT workload=outbox transport=... events=N herald_eps=<drain/s> raw_eps=<raw/s>
 //! ratio=... cpu_us_per_event=- load_eps=... p50_ms=... p99_ms=...`.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use herald::{Bus, MessageOptions, QueueSpec, Topology};
+use herald::{Bus, MessageOptions, QueueSpec, SubscribeOptions, Topology};
 use herald_outbox::postgres::{PgOutbox, PgStore};
 use herald_outbox::{Relay, RelayConfig, Retention, StagedEvent};
 use serde::{Deserialize, Serialize};
@@ -164,6 +165,32 @@ async fn main() -> Result<(), BoxError> {
     let mut topology = Topology::new(&bus.config().exchange);
     topology.add_queue(QueueSpec::new("bench.orders", "bench.#"));
     bus.transport().apply_topology(&topology).await?;
+    // A consuming service drains the queue while the relays fill it, as in production (a queue
+    // nobody reads grows into the broker's disk store, which measures the broker's paging, not
+    // the relay). OUTBOX_BENCH_NO_CONSUMER=1 measures that case.
+    let consumed = Arc::new(AtomicU64::new(0));
+    let consumer = if std::env::var("OUTBOX_BENCH_NO_CONSUMER").is_ok() {
+        None
+    } else {
+        let consumer = Bus::builder()
+            .service("bench")
+            .broker(&broker)
+            .prefetch(500)
+            .build()
+            .await?;
+        let seen = consumed.clone();
+        consumer.subscribe_pattern(
+            "orders",
+            "bench.#",
+            move |_: serde_json::Value| {
+                seen.fetch_add(1, Ordering::Relaxed);
+                std::future::ready(())
+            },
+            SubscribeOptions::new().concurrency(64),
+        )?;
+        consumer.start().await?;
+        Some(consumer)
+    };
 
     // 1. raw: insert, commit, publish.
     let start = Instant::now();
@@ -263,6 +290,20 @@ async fn main() -> Result<(), BoxError> {
     cancel.cancel();
     for t in relay_tasks {
         t.await?;
+    }
+    if let Some(consumer) = consumer {
+        // Every relayed event reaches the consumer; nothing is left on the broker.
+        let expected = (raw_done + load_done as usize + events) as u64;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while consumed.load(Ordering::Relaxed) < expected && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let got = consumed.load(Ordering::Relaxed);
+        eprintln!("consumer: {got} of {expected} events received");
+        consumer.shutdown().await?;
+        if got < expected {
+            return Err(format!("the consumer received {got} of {expected} events").into());
+        }
     }
     bus.shutdown().await?;
     admin
