@@ -72,24 +72,8 @@ pub async fn run(config: Config, args: Args) -> CliResult<()> {
         crate::broker_display(&config),
         running.url()
     );
-    wait_for_signal().await;
+    herald::bus::wait_for_signal().await;
     running.stop().await
-}
-
-/// Ctrl-C, or SIGTERM (a service manager stopping the server).
-async fn wait_for_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        if let Ok(mut term) = signal(SignalKind::terminate()) {
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
-            }
-            return;
-        }
-    }
-    let _ = tokio::signal::ctrl_c().await;
 }
 
 /// A server running in the background on its own bus.

@@ -407,7 +407,9 @@ impl Bus {
     }
 }
 
-async fn wait_for_signal() {
+/// Wait for Ctrl-C or SIGTERM (a service manager stopping the process), as
+/// [`Bus::run_until_signal`] does; for programs that run more than a bus until then.
+pub async fn wait_for_signal() {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};
