@@ -180,6 +180,11 @@ async fn token_guards_the_api_but_not_probes_or_the_page() {
     let shop = Shop::start(Some("s3cret")).await;
     let http = reqwest::Client::new();
     let status = |r: reqwest::Response| r.status().as_u16();
+    // An unauthenticated GET's status code.
+    let get = |path: &'static str| {
+        let request = http.get(shop.url(path));
+        async move { request.send().await.unwrap().status().as_u16() }
+    };
 
     let r = http.get(shop.url("/api/info")).send().await.unwrap();
     assert_eq!(r.status().as_u16(), 401);
@@ -215,47 +220,14 @@ async fn token_guards_the_api_but_not_probes_or_the_page() {
     assert_eq!(info["exchange"], "herald.events");
     assert_eq!(info["service"], "herald-serve");
 
-    assert_eq!(
-        status(http.get(shop.url("/health/ready")).send().await.unwrap()),
-        200
-    );
-    assert_eq!(
-        status(http.get(shop.url("/health/live")).send().await.unwrap()),
-        200
-    );
-    assert_eq!(status(http.get(shop.url("/")).send().await.unwrap()), 200);
-    assert_eq!(
-        status(http.get(shop.url("/app.js")).send().await.unwrap()),
-        200
-    );
+    assert_eq!(get("/health/ready").await, 200);
+    assert_eq!(get("/health/live").await, 200);
+    assert_eq!(get("/").await, 200);
+    assert_eq!(get("/app.js").await, 200);
     // The stream takes ?token= (EventSource cannot set headers); other routes do not.
-    assert_eq!(
-        status(
-            http.get(shop.url("/api/stream?token=s3cret"))
-                .send()
-                .await
-                .unwrap()
-        ),
-        200
-    );
-    assert_eq!(
-        status(
-            http.get(shop.url("/api/stream?token=nope"))
-                .send()
-                .await
-                .unwrap()
-        ),
-        401
-    );
-    assert_eq!(
-        status(
-            http.get(shop.url("/api/queues?token=s3cret"))
-                .send()
-                .await
-                .unwrap()
-        ),
-        401
-    );
+    assert_eq!(get("/api/stream?token=s3cret").await, 200);
+    assert_eq!(get("/api/stream?token=nope").await, 401);
+    assert_eq!(get("/api/queues?token=s3cret").await, 401);
     shop.stop().await;
 }
 
