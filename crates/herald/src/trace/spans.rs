@@ -111,14 +111,15 @@ impl Handling {
             .traceparent
             .as_deref()
             .and_then(TraceContext::parse);
-        #[cfg(feature = "otel")]
-        let from_otel = super::otel::start_consumer(&span, incoming);
-        #[cfg(not(feature = "otel"))]
-        let from_otel: Option<TraceContext> = None;
-        let context = from_otel.unwrap_or_else(|| match incoming {
+        let own = || match incoming {
             Some(p) => p.child(),
             None => TraceContext::new_root(),
-        });
+        };
+        // With OpenTelemetry the handling span's own context is the OTel span's, when it has one.
+        #[cfg(feature = "otel")]
+        let context = super::otel::start_consumer(&span, incoming).unwrap_or_else(own);
+        #[cfg(not(feature = "otel"))]
+        let context = own();
         if !span.is_disabled() {
             record_ids(&span, &context, incoming);
         }
