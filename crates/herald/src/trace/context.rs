@@ -107,7 +107,10 @@ impl TraceContext {
         if self.sampled {
             out[54] = b'1';
         }
-        out.iter().map(|&b| b as char).collect()
+        // Hex digits and dashes only: always ASCII, so this never falls back to the empty string.
+        std::str::from_utf8(&out)
+            .map(str::to_owned)
+            .unwrap_or_default()
     }
 
     /// The trace id as 32 lowercase hex digits, formatted lazily (for log fields).
