@@ -16,7 +16,7 @@ async fn setup(name: &str) -> (String, PgOutbox, tokio_postgres::Client) {
     let schema = unique(name);
     let outbox = PgOutbox::new("test-svc").unwrap().schema(&schema).unwrap();
     let mut client = pg().await;
-    assert_eq!(outbox.migrate(&mut client).await.unwrap(), 1);
+    assert_eq!(outbox.migrate(&mut client).await.unwrap(), 2);
     assert_eq!(
         outbox.migrate(&mut client).await.unwrap(),
         0,
@@ -341,5 +341,39 @@ async fn retention_deletes_or_archives_published_rows() {
     let status = store.status().await.unwrap();
     assert_eq!(status.counts.values().sum::<u64>(), 0);
     bus.shutdown().await.unwrap();
+    drop_schema(&schema).await;
+}
+
+/// A claim changes `status`, `attempts`, `claim_token` and times. When no index names one of
+/// them (key or predicate), PostgreSQL updates the row in place (HOT) without touching the
+/// indexes; the first schema named `status` in the retention index's predicate, and every claim
+/// wrote four index entries.
+#[tokio::test]
+async fn no_index_names_a_column_a_claim_changes() {
+    let (schema, outbox, client) = setup("ob_hot").await;
+    let table = outbox.qualified();
+    let table = table.rsplit('.').next().unwrap().to_string();
+    let defs: Vec<String> = client
+        .query(
+            "SELECT indexdef FROM pg_indexes WHERE schemaname = $1 AND tablename = $2",
+            &[&schema, &table],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert!(defs.len() >= 4, "{defs:?}");
+    for def in &defs {
+        for column in [
+            "status",
+            "attempts",
+            "claim_token",
+            "available_at",
+            "processing_started_at",
+        ] {
+            assert!(!def.contains(column), "{def} names {column}");
+        }
+    }
     drop_schema(&schema).await;
 }

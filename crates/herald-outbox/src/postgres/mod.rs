@@ -499,8 +499,11 @@ impl PgOutbox {
             Retention::Archive(age) => (age, true),
         };
         let doomed = format!(
-            "SELECT id FROM {t} WHERE status IN ('sent', 'completed') \
-             AND coalesce(completed_at, sent_at) < now() - $1 * interval '1 millisecond' LIMIT 10000"
+            // `sent` and `completed` rows are the ones with either time set (the predicate of the
+            // `_finished` index, which orders them by this expression).
+            "SELECT id FROM {t} WHERE (sent_at IS NOT NULL OR completed_at IS NOT NULL) \
+             AND coalesce(completed_at, sent_at) < now() - $1 * interval '1 millisecond' \
+             ORDER BY coalesce(completed_at, sent_at) LIMIT 10000"
         );
         let sql = if archive {
             format!(

@@ -6,8 +6,13 @@ use tokio_postgres::Client;
 use crate::error::{pg, Result};
 
 /// The outbox table's migrations: (name, SQL with `{schema}`, `{table}`, `{channel}`).
-pub(crate) const OUTBOX: &[(&str, &str)] =
-    &[("0001_outbox", include_str!("migrations/0001_outbox.sql"))];
+pub(crate) const OUTBOX: &[(&str, &str)] = &[
+    ("0001_outbox", include_str!("migrations/0001_outbox.sql")),
+    (
+        "0002_outbox_hot_claims",
+        include_str!("migrations/0002_outbox_hot_claims.sql"),
+    ),
+];
 
 /// The inbox table's migrations.
 pub(crate) const INBOX: &[(&str, &str)] =

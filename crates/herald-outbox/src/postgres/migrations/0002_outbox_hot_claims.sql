@@ -1,0 +1,7 @@
+-- Claims as HOT updates. 0001's retention index named `status` in its predicate, and a column in
+-- any index's predicate makes every update of that column non-HOT: each claim (pending ->
+-- processing) wrote a new entry into every index. Finished rows are told by their times instead,
+-- which claiming does not change; retention reads them in the order it deletes them.
+DROP INDEX IF EXISTS {schema}.{table}_done;
+CREATE INDEX IF NOT EXISTS {table}_finished ON {schema}.{table} ((coalesce(completed_at, sent_at)))
+    WHERE sent_at IS NOT NULL OR completed_at IS NOT NULL;
