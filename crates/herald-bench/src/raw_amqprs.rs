@@ -166,23 +166,16 @@ pub async fn run(events: u64, quorum: bool, with_headers: bool) -> BenchResult<W
         permits.acquire().await.map_err(|e| e.to_string())?.forget();
         let mut props = BasicProperties::default();
         if with_headers {
-            let e = herald::Envelope::new("w1.event", 1, "w1.event", "bench", Default::default());
-            let mut t = FieldTable::new();
-            for (k, v) in e.wire_headers() {
-                if let Ok(k) = k.try_into() {
-                    t.insert(k, FieldValue::from(v));
-                }
-            }
+            let mut e =
+                herald::Envelope::new("w1.event", 1, "w1.event", "bench", Default::default());
+            e.traceparent = Some(herald::trace::current_or_root().to_traceparent());
+            props = herald::transport::rabbitmq::amqp_properties(&e);
+        } else {
             props
-                .with_headers(t)
-                .with_message_type(&e.event_type)
-                .with_app_id(&e.source)
-                .with_timestamp(e.time.timestamp() as u64);
+                .with_persistence(true)
+                .with_content_type("application/json")
+                .with_message_id(&n.to_string());
         }
-        props
-            .with_persistence(true)
-            .with_content_type("application/json")
-            .with_message_id(&n.to_string());
         pub_ch
             .basic_publish(
                 props.finish(),

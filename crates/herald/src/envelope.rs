@@ -4,6 +4,7 @@
 //! travel as transport headers named `cloudEvents_<attribute>` (the AMQP binding's prefix), so a
 //! plain client in any language reads the body as ordinary JSON. `docs/wire-format.md` lists them.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -149,16 +150,26 @@ impl Envelope {
 
     /// The headers to put on the wire: CloudEvents attributes, Herald extensions, then the rest.
     pub fn wire_headers(&self) -> Vec<(&'static str, String)> {
-        let mut out = vec![
-            (header::ID, self.id.clone()),
-            (header::SOURCE, self.source.clone()),
-            (header::TYPE, self.event_type.clone()),
-            (header::SPEC_VERSION, SPEC_VERSION.to_string()),
-            (header::TIME, format_time(&self.time)),
-            (header::CONTENT_TYPE, self.content_type.clone()),
-            (header::EVENT_VERSION, self.event_version.to_string()),
-            (header::ATTEMPT, self.attempt.to_string()),
-        ];
+        let mut out = Vec::with_capacity(12);
+        self.for_each_wire_header(|name, value| out.push((name, value.into_owned())));
+        out
+    }
+
+    /// Visit the wire headers without collecting them: values that are fields are lent, so a
+    /// transport that leaves some out (or copies them into its own types) allocates nothing for
+    /// them.
+    pub fn for_each_wire_header(&self, mut visit: impl FnMut(&'static str, Cow<'_, str>)) {
+        visit(header::ID, Cow::Borrowed(&self.id));
+        visit(header::SOURCE, Cow::Borrowed(&self.source));
+        visit(header::TYPE, Cow::Borrowed(&self.event_type));
+        visit(header::SPEC_VERSION, Cow::Borrowed(SPEC_VERSION));
+        visit(header::TIME, Cow::Owned(format_time(&self.time)));
+        visit(header::CONTENT_TYPE, Cow::Borrowed(&self.content_type));
+        visit(
+            header::EVENT_VERSION,
+            Cow::Owned(self.event_version.to_string()),
+        );
+        visit(header::ATTEMPT, Cow::Owned(self.attempt.to_string()));
         let optional = [
             (header::SUBJECT, &self.subject),
             (header::CORRELATION_ID, &self.correlation_id),
@@ -167,10 +178,9 @@ impl Envelope {
         ];
         for (name, value) in optional {
             if let Some(v) = value {
-                out.push((name, v.clone()));
+                visit(name, Cow::Borrowed(v));
             }
         }
-        out
     }
 
     /// All headers as one map: the wire headers plus [`Envelope::headers`]. Transports that store

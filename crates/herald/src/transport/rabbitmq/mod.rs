@@ -44,6 +44,13 @@ use self::properties::{from_message, record_broker_death};
 use self::publisher::{Outgoing, Publisher};
 use self::request_reply::Requester;
 pub use self::request_reply::REPLY_TO_HEADER;
+
+/// The AMQP properties Herald writes for an envelope: the standard properties plus the
+/// CloudEvents headers that have no property (see `docs/wire-format.md`). For code that
+/// publishes with amqprs directly and wants consumers to read its messages as Herald's.
+pub fn amqp_properties(envelope: &Envelope) -> amqprs::BasicProperties {
+    properties::to_properties(envelope, false)
+}
 use crate::envelope::Envelope;
 use crate::error::{Error, Result};
 use crate::topology::{dead_letter_queue_name, QueueSpec, Topology};
@@ -508,6 +515,7 @@ impl Transport for RabbitTransport {
         for s in settlers {
             s.flush().await;
         }
+        self.shared.publisher.close_channels().await;
         self.shared.publish_link.close().await;
         self.shared.consume_link.close().await;
         Ok(())

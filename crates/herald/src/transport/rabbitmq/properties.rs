@@ -37,17 +37,19 @@ pub(crate) fn to_properties(e: &Envelope, routing_key_header: bool) -> BasicProp
             put(&mut headers, k, v);
         }
     }
-    for (k, v) in e.wire_headers() {
-        if let Some(n) = name(k) {
-            headers.insert(n, FieldValue::from(v));
-        }
-    }
-    if routing_key_header {
-        put(&mut headers, ROUTING_KEY_HEADER, &e.routing_key);
-    }
     // Short-string properties hold at most 255 bytes (amqprs panics beyond); longer values still
     // travel in the CloudEvents headers.
     let fits = |v: &str| v.len() <= 255;
+    e.for_each_wire_header(|k, v| {
+        if !carried_by_property(e, k, fits) {
+            if let Some(n) = name(k) {
+                headers.insert(n, FieldValue::from(v.into_owned()));
+            }
+        }
+    });
+    if routing_key_header {
+        put(&mut headers, ROUTING_KEY_HEADER, &e.routing_key);
+    }
     let mut p = BasicProperties::default();
     p.with_persistence(true)
         .with_timestamp(e.time.timestamp().max(0) as u64)
@@ -75,6 +77,28 @@ pub(crate) fn to_properties(e: &Envelope, routing_key_header: bool) -> BasicProp
     }
     // Not `finish()`: it clones the whole property set, headers included.
     p
+}
+
+/// Whether the wire header `k` is left out because a standard property carries its value:
+/// `message_id` (id), `type`, `app_id` (source), `content_type` (datacontenttype, as the
+/// CloudEvents AMQP binding maps it) and `correlation_id`; the event version and the attempt
+/// are left out when they are 1, the value a reader assumes.
+///
+/// Every header costs the broker and both clients on every message: the full set weighs more
+/// than a typical event body, and sending each value twice cost a quarter of the throughput on
+/// W1. [`from_message`] fills the attributes back from the properties, so Herald reads both this
+/// compact form and the full one (older Herald versions, other CloudEvents publishers).
+fn carried_by_property(e: &Envelope, k: &str, fits: impl Fn(&str) -> bool) -> bool {
+    match k {
+        header::ID => fits(&e.id),
+        header::TYPE => fits(&e.event_type),
+        header::SOURCE => fits(&e.source),
+        header::CONTENT_TYPE => fits(&e.content_type),
+        header::CORRELATION_ID => e.correlation_id.as_deref().is_some_and(fits),
+        header::EVENT_VERSION => e.event_version == 1,
+        header::ATTEMPT => e.attempt == 1,
+        _ => false,
+    }
 }
 
 /// A header value as a string, for the values that are scalars.
@@ -250,6 +274,46 @@ mod tests {
             Some("acme")
         );
         assert_eq!(back.correlation_id.as_deref(), Some("c"));
+        assert_eq!(back.source, "svc");
+        assert_eq!(back.event_type, "a.b");
+        assert_eq!(back.event_version, 2);
+        assert_eq!(back.content_type, "application/json");
+        assert_eq!(format_time(&back.time), format_time(&e.time));
+        assert_eq!(back.attempt, 1);
+    }
+
+    fn header_names(p: &BasicProperties) -> Vec<String> {
+        let mut names: Vec<String> = p
+            .headers()
+            .map(|h| h.as_ref().keys().map(|k| k.as_ref().clone()).collect())
+            .unwrap_or_default();
+        names.sort();
+        names
+    }
+
+    #[test]
+    fn attributes_with_a_property_are_not_repeated_in_headers() {
+        let mut e = Envelope::new("a.b", 1, "a.b", "svc", Bytes::from_static(b"{}"));
+        e.correlation_id = Some("c".into());
+        e.traceparent = Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into());
+        let names = header_names(&to_properties(&e, false));
+        assert_eq!(
+            names,
+            [header::SPEC_VERSION, header::TIME, header::TRACEPARENT],
+            "version 1 and attempt 1 are the defaults; id, type, source, content type and \
+             correlation id are properties"
+        );
+        e.event_version = 2;
+        e.attempt = 3;
+        e.id = "i".repeat(300);
+        let p = to_properties(&e, false);
+        let names = header_names(&p);
+        for h in [header::EVENT_VERSION, header::ATTEMPT, header::ID] {
+            assert!(names.iter().any(|n| n == h), "{h} missing from {names:?}");
+        }
+        let (back, _) = from_message("a.b", &p, b"{}".to_vec());
+        assert_eq!((back.event_version, back.attempt), (2, 3));
+        assert_eq!(back.id, e.id);
     }
 
     #[test]

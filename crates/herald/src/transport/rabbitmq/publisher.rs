@@ -10,7 +10,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use amqprs::callbacks::ChannelCallback;
@@ -233,6 +233,22 @@ impl Publisher {
         }
     }
 
+    /// Close the pooled channels (before the connection goes): a channel still open when its
+    /// last handle drops is closed by amqprs from a spawned task, which fails and logs an error
+    /// once the connection is gone.
+    pub async fn close_channels(&self) {
+        for slot in &self.pool {
+            let taken = slot.lock().await.take();
+            if let Some(ch) = taken {
+                if ch.channel.is_open() {
+                    let _ =
+                        tokio::time::timeout(Duration::from_secs(5), ch.channel.clone().close())
+                            .await;
+                }
+            }
+        }
+    }
+
     async fn channel(&self, deadline: Instant) -> Result<Arc<ConfirmChannel>> {
         let slot = &self.pool[self.next.fetch_add(1, Ordering::Relaxed) % self.pool.len()];
         loop {
@@ -291,21 +307,10 @@ impl Publisher {
                 }
             }
             again.extend(iter);
-            let (indices, receivers): (Vec<usize>, Vec<_>) = waiting.into_iter().unzip();
-            let mut all = futures::future::join_all(receivers);
-            let results = loop {
-                tokio::select! {
-                    r = &mut all => break r,
-                    // A safety net: a channel that died without its callback noticing.
-                    _ = tokio::time::sleep(Duration::from_secs(1)) => {
-                        if !ch.channel.is_open() || !ch.channel.is_connection_open() {
-                            ch.state.fail_all();
-                        }
-                    }
-                }
-            };
-            for (i, r) in indices.into_iter().zip(results) {
-                match outcome(r, &msgs[i]) {
+            // Every confirm is needed, so waiting in order costs nothing; a channel that dies
+            // resolves them all at once (its callback, or the channel's watchdog).
+            for (i, rx) in waiting {
+                match outcome(rx.await, &msgs[i]) {
                     Outcome::Done => {}
                     Outcome::Failed(e) => {
                         first_error.get_or_insert(e);
@@ -392,10 +397,30 @@ async fn open_confirm_channel(
         .confirm_select(ConfirmSelectArguments::new(false))
         .await
         .map_err(|e| Error::transport("rabbitmq", format!("confirm.select failed: {e}")))?;
-    Ok(Arc::new(ConfirmChannel {
+    let confirm = Arc::new(ConfirmChannel {
         channel,
         generation,
         state,
         seq: tokio::sync::Mutex::new(0),
-    }))
+    });
+    tokio::spawn(watch(Arc::downgrade(&confirm)));
+    Ok(confirm)
+}
+
+/// A safety net beside the channel's callback: a channel that died without the callback
+/// noticing (its connection gone) fails its unconfirmed messages within a second, so their
+/// publishers send them again. One timer per channel rather than one per publish call; it ends
+/// with the channel.
+async fn watch(channel: Weak<ConfirmChannel>) {
+    loop {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let Some(ch) = channel.upgrade() else { return };
+        if ch.state.closed.load(Ordering::SeqCst) {
+            return;
+        }
+        if !ch.channel.is_open() || !ch.channel.is_connection_open() {
+            ch.state.fail_all();
+            return;
+        }
+    }
 }
