@@ -1,9 +1,10 @@
 //! Envelope <-> AMQP: the standard basic properties plus the CloudEvents / Herald headers.
 //!
 //! Herald sets `content_type`, `delivery_mode` (persistent), `message_id`, `timestamp`, `type`,
-//! `app_id`, `correlation_id`, `priority` and `expiration`, and every wire header as a string, so
-//! a plain AMQP client reads a Herald event as ordinary JSON with ordinary properties. Reading,
-//! the headers win; the standard properties fill in what a foreign publisher left out.
+//! `app_id`, `correlation_id`, `priority` and `expiration`, so a plain AMQP client reads a Herald
+//! event as ordinary JSON with ordinary properties. The headers carry the CloudEvents attributes
+//! that have no property (see [`carried_by_property`]). Reading, the headers win; the standard
+//! properties fill in the rest, for Herald's compact form and for foreign publishers alike.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
