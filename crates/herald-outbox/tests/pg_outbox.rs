@@ -329,6 +329,11 @@ async fn retention_deletes_or_archives_published_rows() {
         .unwrap()
         .get(0);
     assert_eq!(archived, 4);
+    // A row a consumer confirmed before the relay marked it sent (no `sent_at`) is finished
+    // too, and is not published again.
+    let (e, o) = ev("r", 10);
+    let completed = outbox.stage_with(&client, &e, &o).await.unwrap();
+    assert!(outbox.complete(&client, &completed).await.unwrap());
     assert_eq!(relay.run_once().await.unwrap().published, 1);
     tokio::time::sleep(Duration::from_millis(30)).await;
     assert_eq!(
@@ -336,7 +341,7 @@ async fn retention_deletes_or_archives_published_rows() {
             .prune(Retention::Delete(Duration::from_millis(10)))
             .await
             .unwrap(),
-        1
+        2
     );
     let status = store.status().await.unwrap();
     assert_eq!(status.counts.values().sum::<u64>(), 0);
@@ -375,5 +380,37 @@ async fn no_index_names_a_column_a_claim_changes() {
             assert!(!def.contains(column), "{def} names {column}");
         }
     }
+    drop_schema(&schema).await;
+}
+
+/// A table created before migration 0002 (its retention index named `status`) is upgraded in
+/// place: the next `migrate` applies only 0002, and retention still finds the published rows.
+#[tokio::test]
+async fn migration_0002_upgrades_a_table_from_0001() {
+    let (schema, outbox, mut client) = setup("ob_upgrade").await;
+    let t = outbox.qualified();
+    let table = t.rsplit('.').next().unwrap().to_string();
+    // Put the table back as 0001 left it.
+    client
+        .batch_execute(&format!(
+            "DROP INDEX {schema}.{table}_finished;
+             CREATE INDEX {table}_done ON {t} (sent_at) WHERE status IN ('sent', 'completed');
+             DELETE FROM {schema}.herald_migrations WHERE name = '{table}:0002_outbox_hot_claims';"
+        ))
+        .await
+        .unwrap();
+    assert_eq!(outbox.migrate(&mut client).await.unwrap(), 1);
+    let names: Vec<String> = client
+        .query(
+            "SELECT indexname FROM pg_indexes WHERE schemaname = $1 AND tablename = $2",
+            &[&schema, &table],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert!(names.contains(&format!("{table}_finished")), "{names:?}");
+    assert!(!names.contains(&format!("{table}_done")), "{names:?}");
     drop_schema(&schema).await;
 }
