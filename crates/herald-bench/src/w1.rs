@@ -139,9 +139,10 @@ pub async fn run_in_process(
     broker: &str,
     exchange: &str,
     events: u64,
+    kind: herald::QueueKind,
 ) -> herald::Result<W1Figures> {
     let consumer = bench_bus(broker, exchange, "bench-consumer").await?;
-    let (_count, done) = subscribe_counter(&consumer, events, herald::QueueKind::Classic)?;
+    let (_count, done) = subscribe_counter(&consumer, events, kind)?;
     consumer.start().await?;
     let publisher = bench_bus(broker, exchange, "bench-publisher").await?;
     let cpu_before = process_cpu();

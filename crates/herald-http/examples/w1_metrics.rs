@@ -18,7 +18,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         None
     };
     let exchange = format!("bench.w1.{:08x}", std::process::id());
-    let f = w1::run_in_process("memory://b", &exchange, events).await?;
+    let f = w1::run_in_process("memory://b", &exchange, events, herald::QueueKind::Classic).await?;
     let recorder = if prometheus { "prometheus" } else { "none" };
     println!(
         "RESULT workload=w1 transport=memory recorder={recorder} events={} publish_eps={:.0} e2e_eps={:.0} cpu_us_per_event={:.2}",
