@@ -1,0 +1,128 @@
+//! `herald bench`, run as a user runs it: each broker kind ends with a RESULT line whose fields
+//! a script can read, every event arrives, and bad arguments are refused with a clear error.
+//! (The figures themselves are measured, not asserted: this debug build says nothing about them.)
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn herald(dir: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_herald"))
+        .args(args)
+        .current_dir(dir)
+        .env_remove("HERALD_BROKER")
+        .env_remove("HERALD_EXCHANGE")
+        .output()
+        .expect("run the herald binary")
+}
+
+/// The `key=value` fields of the RESULT line on stdout.
+fn result(out: &Output) -> HashMap<String, String> {
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "herald bench failed: {}\n{stdout}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let line = stdout
+        .lines()
+        .find(|l| l.starts_with("RESULT "))
+        .unwrap_or_else(|| panic!("no RESULT line in {stdout}"));
+    line.split_whitespace()
+        .skip(1)
+        .filter_map(|kv| kv.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+fn positive(fields: &HashMap<String, String>, key: &str) -> f64 {
+    let v: f64 = fields[key]
+        .parse()
+        .unwrap_or_else(|_| panic!("{key}={} is not a number", fields[key]));
+    assert!(v > 0.0, "{key}={v}");
+    v
+}
+
+#[test]
+fn memory_run_prints_its_figures_and_the_in_process_floor() {
+    let dir = tempfile::tempdir().unwrap();
+    let r = result(&herald(
+        dir.path(),
+        &["bench", "--broker", "memory://", "--events", "2000"],
+    ));
+    assert_eq!(r["workload"], "w1");
+    assert_eq!(r["transport"], "memory");
+    assert_eq!(r["events"], "2000");
+    positive(&r, "herald_eps");
+    positive(&r, "raw_eps");
+    positive(&r, "ratio");
+}
+
+/// The consumer runs in a child process sharing the broker file; the run only ends once the
+/// child has handled every event.
+#[test]
+fn sqlite_run_shares_the_broker_with_a_consumer_process() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("bench.db").display());
+    let r = result(&herald(
+        dir.path(),
+        &["bench", "--broker", &url, "--events", "500"],
+    ));
+    assert_eq!(r["transport"], "sqlite");
+    assert_eq!(r["events"], "500");
+    positive(&r, "herald_eps");
+    positive(&r, "cpu_us_per_event");
+}
+
+#[test]
+fn rabbitmq_run_with_the_raw_baseline_prints_the_ratio() {
+    let dir = tempfile::tempdir().unwrap();
+    let r = result(&herald(
+        dir.path(),
+        &[
+            "bench",
+            "--broker",
+            "amqp://guest:guest@127.0.0.1:5672/%2f",
+            "--events",
+            "2000",
+            "--raw",
+        ],
+    ));
+    assert_eq!(r["transport"], "rabbitmq");
+    assert_eq!(r["queue"], "classic");
+    let herald_eps = positive(&r, "herald_eps");
+    let raw_eps = positive(&r, "raw_eps");
+    let ratio = positive(&r, "ratio");
+    assert!((ratio - herald_eps / raw_eps).abs() < 0.01, "{r:?}");
+}
+
+#[test]
+fn rabbitmq_latency_run_prints_percentiles() {
+    let dir = tempfile::tempdir().unwrap();
+    let r = result(&herald(
+        dir.path(),
+        &[
+            "bench",
+            "--broker",
+            "amqp://guest:guest@127.0.0.1:5672/%2f",
+            "--latency",
+            "--rate",
+            "1000",
+            "--events",
+            "500",
+        ],
+    ));
+    assert_eq!(r["workload"], "latency");
+    let p50 = positive(&r, "p50_ms");
+    let p99 = positive(&r, "p99_ms");
+    assert!(p50 <= p99, "{r:?}");
+}
+
+#[test]
+fn raw_on_a_broker_without_a_raw_client_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = herald(dir.path(), &["bench", "--broker", "memory://", "--raw"]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("amqp://"), "{stderr}");
+}
