@@ -3,18 +3,10 @@
 //! (The figures themselves are measured, not asserted: this debug build says nothing about them.)
 
 use std::collections::HashMap;
-use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Output;
 
-fn herald(dir: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_herald"))
-        .args(args)
-        .current_dir(dir)
-        .env_remove("HERALD_BROKER")
-        .env_remove("HERALD_EXCHANGE")
-        .output()
-        .expect("run the herald binary")
-}
+mod common;
+use common::herald;
 
 /// The `key=value` fields of the RESULT line on stdout.
 fn result(out: &Output) -> HashMap<String, String> {
@@ -34,6 +26,8 @@ fn result(out: &Output) -> HashMap<String, String> {
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect()
 }
+
+const RABBITMQ: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 
 fn positive(fields: &HashMap<String, String>, key: &str) -> f64 {
     let v: f64 = fields[key]
@@ -79,14 +73,7 @@ fn rabbitmq_run_with_the_raw_baseline_prints_the_ratio() {
     let dir = tempfile::tempdir().unwrap();
     let r = result(&herald(
         dir.path(),
-        &[
-            "bench",
-            "--broker",
-            "amqp://guest:guest@127.0.0.1:5672/%2f",
-            "--events",
-            "2000",
-            "--raw",
-        ],
+        &["bench", "--broker", RABBITMQ, "--events", "2000", "--raw"],
     ));
     assert_eq!(r["transport"], "rabbitmq");
     assert_eq!(r["queue"], "classic");
@@ -104,7 +91,7 @@ fn rabbitmq_latency_run_prints_percentiles() {
         &[
             "bench",
             "--broker",
-            "amqp://guest:guest@127.0.0.1:5672/%2f",
+            RABBITMQ,
             "--latency",
             "--rate",
             "1000",

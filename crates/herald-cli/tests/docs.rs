@@ -2,19 +2,12 @@
 //! catalog exported by another system (`--from`).
 
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Output;
+
+mod common;
+use common::herald;
 
 use serde_json::Value;
-
-fn herald(dir: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_herald"))
-        .args(args)
-        .current_dir(dir)
-        .env_remove("HERALD_BROKER")
-        .env_remove("HERALD_EXCHANGE")
-        .output()
-        .expect("run the herald binary")
-}
 
 fn ok(out: &Output) -> String {
     assert!(

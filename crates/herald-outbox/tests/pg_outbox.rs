@@ -349,6 +349,22 @@ async fn retention_deletes_or_archives_published_rows() {
     drop_schema(&schema).await;
 }
 
+/// One column (`indexname`, `indexdef`) of every index on the outbox table.
+async fn indexes(client: &tokio_postgres::Client, outbox: &PgOutbox, column: &str) -> Vec<String> {
+    let qualified = outbox.qualified();
+    let (schema, table) = qualified.split_once('.').unwrap();
+    client
+        .query(
+            &format!("SELECT {column} FROM pg_indexes WHERE schemaname = $1 AND tablename = $2"),
+            &[&schema, &table],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
+}
+
 /// A claim changes `status`, `attempts`, `claim_token` and times. When no index names one of
 /// them (key or predicate), PostgreSQL updates the row in place (HOT) without touching the
 /// indexes; the first schema named `status` in the retention index's predicate, and every claim
@@ -356,18 +372,7 @@ async fn retention_deletes_or_archives_published_rows() {
 #[tokio::test]
 async fn no_index_names_a_column_a_claim_changes() {
     let (schema, outbox, client) = setup("ob_hot").await;
-    let table = outbox.qualified();
-    let table = table.rsplit('.').next().unwrap().to_string();
-    let defs: Vec<String> = client
-        .query(
-            "SELECT indexdef FROM pg_indexes WHERE schemaname = $1 AND tablename = $2",
-            &[&schema, &table],
-        )
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+    let defs = indexes(&client, &outbox, "indexdef").await;
     assert!(defs.len() >= 4, "{defs:?}");
     for def in &defs {
         for column in [
@@ -400,16 +405,7 @@ async fn migration_0002_upgrades_a_table_from_0001() {
         .await
         .unwrap();
     assert_eq!(outbox.migrate(&mut client).await.unwrap(), 1);
-    let names: Vec<String> = client
-        .query(
-            "SELECT indexname FROM pg_indexes WHERE schemaname = $1 AND tablename = $2",
-            &[&schema, &table],
-        )
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+    let names = indexes(&client, &outbox, "indexname").await;
     assert!(names.contains(&format!("{table}_finished")), "{names:?}");
     assert!(!names.contains(&format!("{table}_done")), "{names:?}");
     drop_schema(&schema).await;
