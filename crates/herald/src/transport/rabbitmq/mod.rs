@@ -44,19 +44,30 @@ use self::properties::{from_message, record_broker_death};
 use self::publisher::{Outgoing, Publisher};
 use self::request_reply::Requester;
 pub use self::request_reply::REPLY_TO_HEADER;
-
-/// The AMQP properties Herald writes for an envelope: the standard properties plus the
-/// CloudEvents headers that have no property (see `docs/wire-format.md`). For code that
-/// publishes with amqprs directly and wants consumers to read its messages as Herald's.
-pub fn amqp_properties(envelope: &Envelope) -> amqprs::BasicProperties {
-    properties::to_properties(envelope, false)
-}
 use crate::envelope::Envelope;
 use crate::error::{Error, Result};
 use crate::topology::{dead_letter_queue_name, QueueSpec, Topology};
 use crate::transport::{
     reset_for_replay, ConsumeOptions, DeadLetter, Delivery, PublishOptions, QueueStats, Transport,
 };
+
+/// The AMQP properties Herald writes for an envelope: the standard properties plus the
+/// CloudEvents headers that have no property (see `docs/wire-format.md`). For code that
+/// publishes with amqprs directly and wants consumers to read its messages as Herald's.
+///
+/// ```
+/// use herald::Envelope;
+/// use herald::transport::rabbitmq::amqp_properties;
+///
+/// let event = Envelope::new("order.placed", 1, "order.placed", "shop", Default::default());
+/// let props = amqp_properties(&event);
+/// assert_eq!(props.message_id(), Some(&event.id));
+/// assert_eq!(props.message_type().map(String::as_str), Some("order.placed"));
+/// assert_eq!(props.delivery_mode(), Some(2)); // persistent
+/// ```
+pub fn amqp_properties(envelope: &Envelope) -> amqprs::BasicProperties {
+    properties::to_properties(envelope, false)
+}
 
 /// AMQP names (exchanges, queues, routing keys) are short strings: at most 255 bytes.
 fn check_name(name: &str, what: &str) -> Result<()> {
