@@ -389,7 +389,7 @@ async fn no_index_names_a_column_a_claim_changes() {
 }
 
 /// A table created before migration 0002 (its retention index named `status`) is upgraded in
-/// place: the next `migrate` applies only 0002, and retention still finds the published rows.
+/// place: the next `migrate` applies only 0002, which swaps the old index for the new one.
 #[tokio::test]
 async fn migration_0002_upgrades_a_table_from_0001() {
     let (schema, outbox, mut client) = setup("ob_upgrade").await;

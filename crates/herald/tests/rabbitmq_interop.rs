@@ -35,23 +35,11 @@ fn ensure_pika() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn pika_reads_herald_and_herald_reads_pika() {
-    common::wait_for_broker(Duration::from_secs(60)).await;
-    ensure_pika();
-    let id = uuid::Uuid::new_v4().simple().to_string();
-    let exchange = format!("interop.{}", &id[..8]);
-    let queue = QueueSpec::new(format!("interop-{}.from-python", &id[..8]), "user.#");
-    let mut topo = Topology::new(&exchange);
-    topo.add_queue(queue.clone());
-    let t = RabbitTransport::connect(RabbitConfig::new(vec![common::amqp_url()], "interop"))
-        .await
-        .expect("connect");
-    t.apply_topology(&topo).await.expect("topology");
-
-    // Herald -> pika.
+/// Publish three `order.placed` events with `t` to `exchange` and return them with what pika's
+/// consumer printed for each (one JSON object per message).
+async fn pika_receives(t: &RabbitTransport, exchange: &str) -> Vec<(Envelope, serde_json::Value)> {
     let mut child = Command::new("python3")
-        .args([SCRIPT, "consume", &exchange, "order.#", "3"])
+        .args([SCRIPT, "consume", exchange, "order.#", "3"])
         .stdout(Stdio::piped())
         .spawn()
         .expect("start python");
@@ -76,14 +64,37 @@ async fn pika_reads_herald_and_herald_reads_pika() {
         sent.push(e);
     }
     // Nothing Herald-side is bound to order.*, only pika's queue: mandatory still succeeds.
-    t.publish(&exchange, &sent, PublishOptions::default())
+    t.publish(exchange, &sent, PublishOptions::default())
         .await
         .expect("publish");
-    for e in &sent {
+    let mut received = Vec::new();
+    for e in sent {
         let line = rx
             .recv_timeout(Duration::from_secs(30))
             .expect("pika got a message");
         let v: serde_json::Value = serde_json::from_str(&line).expect("json line");
+        received.push((e, v));
+    }
+    assert!(child.wait().expect("python exit").success());
+    received
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pika_reads_herald_and_herald_reads_pika() {
+    common::wait_for_broker(Duration::from_secs(60)).await;
+    ensure_pika();
+    let id = uuid::Uuid::new_v4().simple().to_string();
+    let exchange = format!("interop.{}", &id[..8]);
+    let queue = QueueSpec::new(format!("interop-{}.from-python", &id[..8]), "user.#");
+    let mut topo = Topology::new(&exchange);
+    topo.add_queue(queue.clone());
+    let t = RabbitTransport::connect(RabbitConfig::new(vec![common::amqp_url()], "interop"))
+        .await
+        .expect("connect");
+    t.apply_topology(&topo).await.expect("topology");
+
+    // Herald -> pika.
+    for (e, v) in pika_receives(&t, &exchange).await {
         assert_eq!(v["content_type"], "application/json");
         assert_eq!(v["delivery_mode"], 2);
         assert_eq!(v["message_id"], e.id.as_str());
@@ -107,7 +118,6 @@ async fn pika_reads_herald_and_herald_reads_pika() {
             serde_json::from_slice::<serde_json::Value>(&e.body).unwrap()
         );
     }
-    assert!(child.wait().expect("python exit").success());
 
     // pika -> Herald.
     let out = Command::new("python3")
@@ -146,4 +156,36 @@ async fn pika_reads_herald_and_herald_reads_pika() {
     cancel.cancel();
     t.close().await.unwrap();
     common::delete_queue_set(&exchange, &queue).await;
+}
+
+/// `cloudevents=full` on the URL: every attribute also travels as a `cloudEvents_*` header, for
+/// consumers that read only those (a CloudEvents SDK); the properties stay as they are.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_cloudevents_headers_on_request() {
+    common::wait_for_broker(Duration::from_secs(60)).await;
+    ensure_pika();
+    let id = uuid::Uuid::new_v4().simple().to_string();
+    let exchange = format!("interop.{}", &id[..8]);
+    let topo = Topology::new(&exchange);
+    let url = format!("{}?cloudevents=full", common::amqp_url());
+    let t = RabbitTransport::connect(RabbitConfig::new(vec![url], "interop"))
+        .await
+        .expect("connect");
+    t.apply_topology(&topo).await.expect("topology");
+    for (e, v) in pika_receives(&t, &exchange).await {
+        let h = &v["headers"];
+        assert_eq!(h["cloudEvents_id"], e.id.as_str(), "{v}");
+        assert_eq!(h["cloudEvents_type"], "order.placed");
+        assert_eq!(h["cloudEvents_source"], "shop");
+        assert_eq!(h["cloudEvents_datacontenttype"], "application/json");
+        assert_eq!(
+            h["cloudEvents_correlationid"],
+            e.correlation_id.clone().unwrap().as_str()
+        );
+        assert_eq!(h["cloudEvents_eventversion"], "2");
+        assert_eq!(h["herald_attempt"], "1");
+        assert_eq!(v["message_id"], e.id.as_str());
+    }
+    t.close().await.unwrap();
+    common::delete_queue_set(&exchange, &QueueSpec::new("unused", "")).await;
 }

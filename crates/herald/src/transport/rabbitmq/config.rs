@@ -7,6 +7,20 @@ use amqprs::connection::OpenConnectionArguments;
 use crate::error::{Error, Result};
 use crate::transport::redact_url;
 
+/// `cloudevents=full` on any of the URLs: every message carries the full header set.
+fn cloudevents_headers_of(urls: &[String]) -> CloudEventsHeaders {
+    urls.iter()
+        .filter_map(|u| url::Url::parse(u.trim()).ok())
+        .flat_map(|u| {
+            u.query_pairs()
+                .filter(|(k, _)| k == "cloudevents")
+                .filter_map(|(_, v)| CloudEventsHeaders::parse(&v))
+                .collect::<Vec<_>>()
+        })
+        .max_by_key(|h| *h == CloudEventsHeaders::Full)
+        .unwrap_or_default()
+}
+
 /// How [`RabbitTransport`](super::RabbitTransport) connects and behaves.
 ///
 /// Only the URLs and the service name are required; the rest has production defaults.
@@ -37,13 +51,40 @@ pub struct RabbitConfig {
     pub ack_batch: usize,
     /// ... or after this long, whichever comes first.
     pub ack_flush_interval: Duration,
+    /// Which CloudEvents attributes travel as headers (a `cloudevents=full` query parameter on
+    /// any URL selects [`CloudEventsHeaders::Full`]).
+    pub cloudevents_headers: CloudEventsHeaders,
+}
+
+/// Which CloudEvents attributes a RabbitMQ message carries as `cloudEvents_*` headers. Herald
+/// reads both forms; see `docs/wire-format.md`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum CloudEventsHeaders {
+    /// The attributes a standard AMQP property carries (id, type, source, content type,
+    /// correlation id) travel only there; the event version and the attempt only when not 1.
+    /// Smaller messages: about 8% more throughput than `Full` on W1.
+    #[default]
+    Compact,
+    /// Every attribute also as a header, as CloudEvents binary mode lays it out, for consumers
+    /// that read only the `cloudEvents_*` headers (a CloudEvents SDK).
+    Full,
+}
+
+impl CloudEventsHeaders {
+    /// The value of a `cloudevents=` query parameter.
+    fn parse(value: &str) -> Option<Self> {
+        match value {
+            "compact" => Some(CloudEventsHeaders::Compact),
+            "full" => Some(CloudEventsHeaders::Full),
+            _ => None,
+        }
+    }
 }
 
 impl RabbitConfig {
     /// Defaults for `urls` (one URL per cluster node) and the service `service`.
     pub fn new(urls: Vec<String>, service: &str) -> Self {
         RabbitConfig {
-            urls,
             service: service.to_string(),
             heartbeat: 30,
             publish_channels: 2,
@@ -59,6 +100,8 @@ impl RabbitConfig {
             ],
             ack_batch: 64,
             ack_flush_interval: Duration::from_millis(1),
+            cloudevents_headers: cloudevents_headers_of(&urls),
+            urls,
         }
     }
 
@@ -107,6 +150,9 @@ impl RabbitConfig {
                     heartbeat = v
                         .parse()
                         .map_err(|_| invalid("heartbeat must be a number of seconds"))?
+                }
+                "cloudevents" if CloudEventsHeaders::parse(&v).is_none() => {
+                    return Err(invalid("cloudevents must be `compact` or `full`"))
                 }
                 "cacertfile" => cacert = Some(v.into_owned()),
                 "certfile" => cert = Some(v.into_owned()),
@@ -215,6 +261,26 @@ mod tests {
         let b = c.open_args("amqp://localhost", "x").unwrap();
         assert_eq!(b.get_virtual_host(), "/");
         assert_eq!(b.get_port(), 5672);
+    }
+
+    #[test]
+    fn cloudevents_headers_come_from_the_urls() {
+        let of = |urls: &[&str]| {
+            RabbitConfig::new(urls.iter().map(|u| u.to_string()).collect(), "svc")
+                .cloudevents_headers
+        };
+        assert_eq!(of(&["amqp://h"]), CloudEventsHeaders::Compact);
+        assert_eq!(
+            of(&["amqp://h?cloudevents=compact"]),
+            CloudEventsHeaders::Compact
+        );
+        assert_eq!(
+            of(&["amqp://a", "amqp://b?heartbeat=5&cloudevents=full"]),
+            CloudEventsHeaders::Full
+        );
+        let bad = RabbitConfig::new(vec!["amqp://h?cloudevents=all".into()], "svc");
+        let err = bad.validate().unwrap_err().to_string();
+        assert!(err.contains("`compact` or `full`"), "{err}");
     }
 
     #[test]

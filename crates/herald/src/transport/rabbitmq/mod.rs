@@ -37,7 +37,7 @@ use async_trait::async_trait;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-pub use self::config::RabbitConfig;
+pub use self::config::{CloudEventsHeaders, RabbitConfig};
 use self::connection::Link;
 use self::consumer::{ConsumerSettler, ConsumerTask};
 use self::properties::{from_message, record_broker_death};
@@ -52,7 +52,8 @@ use crate::transport::{
 };
 
 /// The AMQP properties Herald writes for an envelope: the standard properties plus the
-/// CloudEvents headers that have no property (see `docs/wire-format.md`). For code that
+/// CloudEvents headers that have no property (the default [`CloudEventsHeaders::Compact`]
+/// form; see `docs/wire-format.md`). For code that
 /// publishes with amqprs directly and wants consumers to read its messages as Herald's.
 ///
 /// ```
@@ -66,7 +67,7 @@ use crate::transport::{
 /// assert_eq!(props.delivery_mode(), Some(2)); // persistent
 /// ```
 pub fn amqp_properties(envelope: &Envelope) -> amqprs::BasicProperties {
-    properties::to_properties(envelope, false)
+    properties::to_properties(envelope, false, CloudEventsHeaders::Compact)
 }
 
 /// AMQP names (exchanges, queues, routing keys) are short strings: at most 255 bytes.
@@ -202,7 +203,14 @@ impl RabbitTransport {
                 }
             }
         };
-        requester.request(exchange, request, timeout).await
+        requester
+            .request(
+                exchange,
+                request,
+                timeout,
+                self.shared.cfg.cloudevents_headers,
+            )
+            .await
     }
 
     /// Answer a request received from a consumer: `reply` goes to the requester's direct

@@ -13,6 +13,7 @@ use amqprs::{BasicProperties, FieldName, FieldTable, FieldValue};
 use bytes::Bytes;
 use chrono::{DateTime, TimeZone, Utc};
 
+use super::config::CloudEventsHeaders;
 use crate::envelope::{format_time, header, Envelope};
 
 /// Header carrying the envelope's routing key on copies Herald moves through the default
@@ -31,7 +32,11 @@ fn put(table: &mut FieldTable, k: &str, v: &str) {
 }
 
 /// The AMQP properties for an envelope. `routing_key_header` adds [`ROUTING_KEY_HEADER`].
-pub(crate) fn to_properties(e: &Envelope, routing_key_header: bool) -> BasicProperties {
+pub(crate) fn to_properties(
+    e: &Envelope,
+    routing_key_header: bool,
+    cloudevents: CloudEventsHeaders,
+) -> BasicProperties {
     let mut headers = FieldTable::new();
     for (k, v) in &e.headers {
         if k != super::request_reply::REPLY_TO_HEADER {
@@ -42,7 +47,7 @@ pub(crate) fn to_properties(e: &Envelope, routing_key_header: bool) -> BasicProp
     // travel in the CloudEvents headers.
     let fits = |v: &str| v.len() <= 255;
     e.for_each_wire_header(|k, v| {
-        if !carried_by_property(e, k, fits) {
+        if cloudevents == CloudEventsHeaders::Full || !carried_by_property(e, k, fits) {
             if let Some(n) = name(k) {
                 headers.insert(n, FieldValue::from(v.into_owned()));
             }
@@ -262,7 +267,7 @@ mod tests {
         e.correlation_id = Some("c".into());
         e.priority = 5;
         e.headers.insert("x-tenant".into(), "acme".into());
-        let p = to_properties(&e, true);
+        let p = to_properties(&e, true, CloudEventsHeaders::Compact);
         assert_eq!(p.delivery_mode(), Some(2));
         assert_eq!(p.message_id(), Some(&e.id));
         let (back, death) = from_message("queue-name", &p, e.body.to_vec());
@@ -297,7 +302,7 @@ mod tests {
         let mut e = Envelope::new("a.b", 1, "a.b", "svc", Bytes::from_static(b"{}"));
         e.correlation_id = Some("c".into());
         e.traceparent = Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into());
-        let names = header_names(&to_properties(&e, false));
+        let names = header_names(&to_properties(&e, false, CloudEventsHeaders::Compact));
         assert_eq!(
             names,
             [header::SPEC_VERSION, header::TIME, header::TRACEPARENT],
@@ -307,7 +312,7 @@ mod tests {
         e.event_version = 2;
         e.attempt = 3;
         e.id = "i".repeat(300);
-        let p = to_properties(&e, false);
+        let p = to_properties(&e, false, CloudEventsHeaders::Compact);
         let names = header_names(&p);
         for h in [header::EVENT_VERSION, header::ATTEMPT, header::ID] {
             assert!(names.iter().any(|n| n == h), "{h} missing from {names:?}");
@@ -318,11 +323,22 @@ mod tests {
     }
 
     #[test]
+    fn full_headers_repeat_every_attribute() {
+        let mut e = Envelope::new("a.b", 1, "a.b", "svc", Bytes::from_static(b"{}"));
+        e.correlation_id = Some("c".into());
+        let names = header_names(&to_properties(&e, false, CloudEventsHeaders::Full));
+        let wire: Vec<&str> = e.wire_headers().iter().map(|(k, _)| *k).collect();
+        for h in wire {
+            assert!(names.iter().any(|n| n == h), "{h} missing from {names:?}");
+        }
+    }
+
+    #[test]
     fn long_values_do_not_panic() {
         let mut e = Envelope::new("a.b", 1, "a.b", "svc", Bytes::new());
         e.id = "i".repeat(300);
         e.correlation_id = Some("c".repeat(300));
-        let p = to_properties(&e, false);
+        let p = to_properties(&e, false, CloudEventsHeaders::Compact);
         assert!(p.message_id().is_none());
         let (back, _) = from_message("a.b", &p, Vec::new());
         assert_eq!(back.id, e.id);

@@ -19,7 +19,7 @@ use amqprs::{Ack, BasicProperties, Cancel, CloseChannel, Nack, Return};
 use async_trait::async_trait;
 use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
 
-use super::config::RabbitConfig;
+use super::config::{CloudEventsHeaders, RabbitConfig};
 use super::connection::Link;
 use super::properties::to_properties;
 use crate::envelope::Envelope;
@@ -167,8 +167,9 @@ impl ConfirmChannel {
         &self,
         m: &Outgoing<'_>,
         permit: OwnedSemaphorePermit,
+        cloudevents: CloudEventsHeaders,
     ) -> Option<oneshot::Receiver<Confirm>> {
-        let properties = to_properties(m.envelope, m.routing_key_header);
+        let properties = to_properties(m.envelope, m.routing_key_header, cloudevents);
         let body = m.envelope.body.to_vec();
         let mut args = BasicPublishArguments::new(m.exchange, m.routing_key);
         args.mandatory(m.mandatory);
@@ -213,6 +214,8 @@ pub(crate) struct Publisher {
     window: Arc<Semaphore>,
     pool: Vec<tokio::sync::Mutex<Option<Arc<ConfirmChannel>>>>,
     next: AtomicUsize,
+    /// Set by [`close_channels`](Self::close_channels): no channel is opened after it.
+    closing: AtomicBool,
 }
 
 enum Outcome {
@@ -229,6 +232,7 @@ impl Publisher {
             window: Arc::new(Semaphore::new(cfg.confirm_window.max(1))),
             pool: (0..n).map(|_| tokio::sync::Mutex::new(None)).collect(),
             next: AtomicUsize::new(0),
+            closing: AtomicBool::new(false),
             cfg,
         }
     }
@@ -237,6 +241,7 @@ impl Publisher {
     /// last handle drops is closed by amqprs from a spawned task, which fails and logs an error
     /// once the connection is gone.
     pub async fn close_channels(&self) {
+        self.closing.store(true, Ordering::SeqCst);
         for slot in &self.pool {
             let taken = slot.lock().await.take();
             if let Some(ch) = taken {
@@ -254,6 +259,11 @@ impl Publisher {
         loop {
             let session = self.link.session(deadline).await?;
             let mut guard = slot.lock().await;
+            // Checked under the slot's lock, which `close_channels` takes after setting it: a
+            // channel opened now would outlive the connection.
+            if self.closing.load(Ordering::SeqCst) {
+                return Err(Error::Closed);
+            }
             if let Some(ch) = guard.as_ref() {
                 if ch.usable(session.generation) {
                     return Ok(ch.clone());
@@ -298,7 +308,10 @@ impl Publisher {
                     .acquire_owned()
                     .await
                     .map_err(|_| Error::Closed)?;
-                match ch.send(&msgs[i], permit).await {
+                match ch
+                    .send(&msgs[i], permit, self.cfg.cloudevents_headers)
+                    .await
+                {
                     Some(rx) => waiting.push((i, rx)),
                     None => {
                         again.push(i);

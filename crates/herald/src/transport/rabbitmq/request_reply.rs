@@ -19,6 +19,7 @@ use amqprs::{Ack, BasicProperties, Cancel, CloseChannel, Nack, Return};
 use async_trait::async_trait;
 use tokio::sync::oneshot;
 
+use super::config::CloudEventsHeaders;
 use super::properties::{from_message, to_properties};
 use crate::envelope::Envelope;
 use crate::error::{Error, Result};
@@ -149,10 +150,11 @@ impl Requester {
         exchange: &str,
         request: &Envelope,
         timeout: Duration,
+        cloudevents: CloudEventsHeaders,
     ) -> Result<Envelope> {
         let (tx, rx) = oneshot::channel();
         lock(&self.waiters).insert(request.id.clone(), tx);
-        let mut props = to_properties(request, false);
+        let mut props = to_properties(request, false, cloudevents);
         props.with_reply_to(DIRECT_REPLY_TO);
         let mut args = BasicPublishArguments::new(exchange, &request.routing_key);
         args.mandatory(true);
