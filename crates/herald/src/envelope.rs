@@ -124,7 +124,7 @@ impl Envelope {
         body: Bytes,
     ) -> Self {
         Envelope {
-            id: uuid::Uuid::now_v7().to_string(),
+            id: new_id(),
             source: source.to_string(),
             event_type: event_type.to_string(),
             event_version,
@@ -165,11 +165,8 @@ impl Envelope {
         visit(header::SPEC_VERSION, Cow::Borrowed(SPEC_VERSION));
         visit(header::TIME, Cow::Owned(format_time(&self.time)));
         visit(header::CONTENT_TYPE, Cow::Borrowed(&self.content_type));
-        visit(
-            header::EVENT_VERSION,
-            Cow::Owned(self.event_version.to_string()),
-        );
-        visit(header::ATTEMPT, Cow::Owned(self.attempt.to_string()));
+        visit(header::EVENT_VERSION, number(self.event_version));
+        visit(header::ATTEMPT, number(self.attempt));
         let optional = [
             (header::SUBJECT, &self.subject),
             (header::CORRELATION_ID, &self.correlation_id),
@@ -196,54 +193,110 @@ impl Envelope {
     /// Rebuild an envelope from a header map, routing key and body. Missing CloudEvents
     /// attributes (a foreign publisher) get defaults: a fresh id, `unknown` source, the routing
     /// key as type, the receive time.
-    pub fn from_headers(
-        mut headers: BTreeMap<String, String>,
-        routing_key: &str,
-        body: Bytes,
-    ) -> Self {
-        let mut take = |k: &str| headers.remove(k);
-        let id = take(header::ID).unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
-        let source = take(header::SOURCE).unwrap_or_else(|| "unknown".to_string());
-        let event_type = take(header::TYPE).unwrap_or_else(|| routing_key.to_string());
-        let time = take(header::TIME)
-            .and_then(|t| DateTime::parse_from_rfc3339(&t).ok())
-            .map(|t| t.with_timezone(&Utc))
-            .unwrap_or_else(Utc::now);
-        let content_type = take(header::CONTENT_TYPE).unwrap_or_else(|| JSON.to_string());
-        let event_version = take(header::EVENT_VERSION)
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(1);
-        let attempt = take(header::ATTEMPT)
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(1);
-        let subject = take(header::SUBJECT);
-        let correlation_id = take(header::CORRELATION_ID);
-        let causation_id = take(header::CAUSATION_ID);
-        let traceparent = take(header::TRACEPARENT);
-        headers.remove(header::SPEC_VERSION);
-        Envelope {
-            id,
-            source,
-            event_type,
-            event_version,
-            routing_key: routing_key.to_string(),
-            time,
-            content_type,
-            subject,
-            correlation_id,
-            causation_id,
-            traceparent,
-            priority: 0,
-            ttl: None,
-            attempt,
-            headers,
-            body,
+    pub fn from_headers(headers: BTreeMap<String, String>, routing_key: &str, body: Bytes) -> Self {
+        let mut attributes = ReceivedAttributes::default();
+        for (k, v) in headers {
+            attributes.set(k, Cow::Owned(v));
         }
+        attributes.into_envelope(routing_key.to_string(), body)
     }
 
     /// True when the envelope carries failure metadata from an earlier attempt.
     pub fn last_error(&self) -> Option<&str> {
         self.headers.get(header::ERROR).map(String::as_str)
+    }
+}
+
+/// The attributes of a received message, gathered one header at a time: a transport feeds
+/// its own header format in without building a map of strings first, and an attribute costs
+/// one allocation (none for those parsed, like the time, or dropped, like the spec version).
+#[derive(Debug, Default)]
+pub(crate) struct ReceivedAttributes {
+    pub id: Option<String>,
+    pub source: Option<String>,
+    pub event_type: Option<String>,
+    pub time: Option<DateTime<Utc>>,
+    pub content_type: Option<String>,
+    pub event_version: Option<u32>,
+    pub attempt: Option<u32>,
+    pub subject: Option<String>,
+    pub correlation_id: Option<String>,
+    pub causation_id: Option<String>,
+    pub traceparent: Option<String>,
+    /// Everything else: extensions and failure metadata.
+    pub headers: BTreeMap<String, String>,
+}
+
+impl ReceivedAttributes {
+    /// Take one header. `name` is only turned into an owned key for the headers that are not
+    /// attributes. A value that does not parse (a time, a version) falls back to the default,
+    /// as a missing one does.
+    pub fn set<'a>(&mut self, name: impl AsRef<str> + Into<String>, value: Cow<'a, str>) {
+        let text = |v: Cow<'a, str>| Some(v.into_owned());
+        match name.as_ref() {
+            header::ID => self.id = text(value),
+            header::SOURCE => self.source = text(value),
+            header::TYPE => self.event_type = text(value),
+            header::TIME => {
+                self.time = DateTime::parse_from_rfc3339(&value)
+                    .ok()
+                    .map(|t| t.with_timezone(&Utc))
+            }
+            header::CONTENT_TYPE => self.content_type = text(value),
+            header::EVENT_VERSION => self.event_version = value.parse().ok(),
+            header::ATTEMPT => self.attempt = value.parse().ok(),
+            header::SUBJECT => self.subject = text(value),
+            header::CORRELATION_ID => self.correlation_id = text(value),
+            header::CAUSATION_ID => self.causation_id = text(value),
+            header::TRACEPARENT => self.traceparent = text(value),
+            header::SPEC_VERSION => {}
+            _ => {
+                self.headers.insert(name.into(), value.into_owned());
+            }
+        }
+    }
+
+    /// The envelope, with defaults for what the message did not carry: a fresh id, `unknown`
+    /// source, the routing key as type, the receive time.
+    pub fn into_envelope(self, routing_key: String, body: Bytes) -> Envelope {
+        Envelope {
+            id: self.id.unwrap_or_else(new_id),
+            source: self.source.unwrap_or_else(|| "unknown".to_string()),
+            event_type: self.event_type.unwrap_or_else(|| routing_key.clone()),
+            event_version: self.event_version.unwrap_or(1),
+            routing_key,
+            time: self.time.unwrap_or_else(Utc::now),
+            content_type: self.content_type.unwrap_or_else(|| JSON.to_string()),
+            subject: self.subject,
+            correlation_id: self.correlation_id,
+            causation_id: self.causation_id,
+            traceparent: self.traceparent,
+            priority: 0,
+            ttl: None,
+            attempt: self.attempt.unwrap_or(1),
+            headers: self.headers,
+            body,
+        }
+    }
+}
+
+/// A new event id: a UUIDv7, hyphenated. Encoded directly rather than through `Display`, which
+/// costs as much again as making the UUID (this runs for every event published).
+pub(crate) fn new_id() -> String {
+    let mut buf = uuid::Uuid::encode_buffer();
+    uuid::Uuid::now_v7()
+        .hyphenated()
+        .encode_lower(&mut buf)
+        .to_owned()
+}
+
+/// A version or attempt as text; the usual 1 without an allocation (compact wire formats leave
+/// it out, and this runs for every message).
+fn number(n: u32) -> Cow<'static, str> {
+    if n == 1 {
+        Cow::Borrowed("1")
+    } else {
+        Cow::Owned(n.to_string())
     }
 }
 

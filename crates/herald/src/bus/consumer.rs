@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::stream::{FuturesUnordered, StreamExt};
+use futures::FutureExt;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -98,6 +99,31 @@ async fn consume_stream(
     while open && !shutdown.is_cancelled() {
         let pause = spec.pipeline.paused_for();
         let can_take = pause.is_none() && in_flight.len() < spec.concurrency;
+        // What is ready now is taken, or finished, without building the wait below (which
+        // registers with the shutdown token and the channel every time): under load that is
+        // almost every turn.
+        if can_take {
+            match rx.try_recv() {
+                Ok(d) => {
+                    in_flight.push(process(
+                        d,
+                        spec.clone(),
+                        queue.clone(),
+                        metrics.clone(),
+                        telemetry.clone(),
+                    ));
+                    continue;
+                }
+                Err(mpsc::error::TryRecvError::Disconnected) => {
+                    open = false;
+                    continue;
+                }
+                Err(mpsc::error::TryRecvError::Empty) => {}
+            }
+        }
+        if !in_flight.is_empty() && in_flight.next().now_or_never().is_some() {
+            continue;
+        }
         tokio::select! {
             biased;
             _ = shutdown.cancelled() => break,

@@ -1,6 +1,7 @@
 //! Publishing: build the envelope, check it, hand it to the transport, return once durable.
 
 use std::collections::BTreeMap;
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -96,20 +97,36 @@ impl Publisher {
     }
 
     /// Publish one event; returns its id once the transport durably accepted it.
-    pub async fn publish<E: Event>(&self, event: &E) -> Result<String> {
-        self.publish_with(event, MessageOptions::default()).await
+    pub fn publish<E: Event>(&self, event: &E) -> impl Future<Output = Result<String>> + Send + '_ {
+        self.send_one(
+            Envelope::for_event(event, &self.core.service).map(one),
+            false,
+        )
     }
 
     /// Publish one event with options.
-    pub async fn publish_with<E: Event>(
+    pub fn publish_with<E: Event>(
         &self,
         event: &E,
         options: MessageOptions,
+    ) -> impl Future<Output = Result<String>> + Send + '_ {
+        let prepared = Envelope::for_event(event, &self.core.service).map(|mut e| {
+            options.apply(&mut e);
+            one(e)
+        });
+        self.send_one(prepared, options.allow_unroutable)
+    }
+
+    /// Send one envelope built before the returned future, as its id and a batch of one: the
+    /// event, the options and the envelope itself are not held in the future across the wait
+    /// for the broker, which keeps every publish's future small (many are in flight at once).
+    async fn send_one(
+        &self,
+        prepared: Result<(String, Vec<Envelope>)>,
+        allow_unroutable: bool,
     ) -> Result<String> {
-        let mut envelope = Envelope::for_event(event, &self.core.service)?;
-        options.apply(&mut envelope);
-        let id = envelope.id.clone();
-        self.send(vec![envelope], options.allow_unroutable).await?;
+        let (id, batch) = prepared?;
+        self.send(batch, allow_unroutable).await?;
         Ok(id)
     }
 
@@ -171,6 +188,11 @@ impl Publisher {
         self.core.metrics.add_published(envelopes.len() as u64);
         Ok(())
     }
+}
+
+/// An envelope as its id and a batch of one.
+fn one(e: Envelope) -> (String, Vec<Envelope>) {
+    (e.id.clone(), vec![e])
 }
 
 /// Count a publish call per event type (a batch is usually of one type: one lookup per run).

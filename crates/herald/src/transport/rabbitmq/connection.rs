@@ -106,6 +106,24 @@ impl Link {
             .is_some_and(|s| s.conn.is_open())
     }
 
+    /// The current connection if it is up now, without waiting (the publish fast path).
+    pub fn current(&self) -> Option<Session> {
+        if self.inner.shutdown.is_cancelled() {
+            return None;
+        }
+        self.inner
+            .current
+            .borrow()
+            .as_ref()
+            .filter(|s| s.conn.is_open())
+            .cloned()
+    }
+
+    /// Whether the broker blocks publishing now (a resource alarm).
+    pub fn is_blocked(&self) -> bool {
+        *self.inner.blocked.borrow()
+    }
+
     /// The current connection, waiting until `deadline` through an outage.
     pub async fn session(&self, deadline: Instant) -> Result<Session> {
         let mut rx = self.inner.current.subscribe();

@@ -159,7 +159,8 @@ impl ConsumerSettler {
             st.acked.len()
         };
         if n >= self.cfg.ack_batch {
-            self.flush().await;
+            // Boxed, like the other cold paths: it keeps the per-ack future small.
+            Box::pin(self.flush()).await;
         } else {
             self.wake.notify_one();
         }
@@ -238,6 +239,27 @@ impl Settle for ConsumerSettler {
                 ));
             }
         }
+        match outcome {
+            Outcome::Ack => {
+                self.ack(epoch, dtag).await;
+                Ok(())
+            }
+            // Boxed: the moves hold a confirmed publish, which would make every ack's future
+            // several kilobytes (an allocation glibc serves slowly) for a path few take.
+            other => Box::pin(self.settle_otherwise(epoch, dtag, envelope, other)).await,
+        }
+    }
+}
+
+impl ConsumerSettler {
+    /// Every outcome but `Ack`: a retry or dead letter moves a copy, a release nacks.
+    async fn settle_otherwise(
+        &self,
+        epoch: u64,
+        dtag: u64,
+        envelope: &Envelope,
+        outcome: Outcome,
+    ) -> Result<()> {
         match outcome {
             Outcome::Ack => {
                 self.ack(epoch, dtag).await;
@@ -452,18 +474,35 @@ impl ConsumerTask {
             } = current;
             self.settler.set_channel(epoch, channel.clone());
             loop {
-                let msg = tokio::select! {
-                    biased;
-                    _ = self.cancel.cancelled() => {
-                        self.stop(&channel, &tag, &mut rx, epoch).await;
-                        break 'outer;
+                // A message already waiting is taken without building the wait below: under
+                // load that is most of them, and each wait registers with two notifiers.
+                let ready = match rx.try_recv() {
+                    Ok(m) if !self.cancel.is_cancelled() && !self.tx.is_closed() => Some(Some(m)),
+                    Ok(m) => {
+                        if let Some(d) = m.deliver {
+                            self.settler
+                                .nack(epoch, d.delivery_tag(), true, false)
+                                .await;
+                        }
+                        None
                     }
-                    // The receiver was dropped: stop consuming, the broker keeps the rest.
-                    _ = self.tx.closed() => {
-                        self.stop(&channel, &tag, &mut rx, epoch).await;
-                        break 'outer;
-                    }
-                    m = rx.recv() => m,
+                    Err(_) => None,
+                };
+                let msg = match ready {
+                    Some(m) => m,
+                    None => tokio::select! {
+                        biased;
+                        _ = self.cancel.cancelled() => {
+                            self.stop(&channel, &tag, &mut rx, epoch).await;
+                            break 'outer;
+                        }
+                        // The receiver was dropped: stop consuming, the broker keeps the rest.
+                        _ = self.tx.closed() => {
+                            self.stop(&channel, &tag, &mut rx, epoch).await;
+                            break 'outer;
+                        }
+                        m = rx.recv() => m,
+                    },
                 };
                 let Some(msg) = msg else {
                     if self.cancel.is_cancelled() {
@@ -486,6 +525,14 @@ impl ConsumerTask {
                     encode(epoch, dtag),
                     as_settle(&self.settler),
                 );
+                // Room in the bus's queue is the usual case: no wait to build.
+                let delivery = match self.tx.try_reserve() {
+                    Ok(p) => {
+                        p.send(delivery);
+                        continue;
+                    }
+                    Err(_) => delivery,
+                };
                 tokio::select! {
                     biased;
                     permit = self.tx.reserve() => match permit {

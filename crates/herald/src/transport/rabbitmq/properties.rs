@@ -6,7 +6,7 @@
 //! that have no property (see [`carried_by_property`]). Reading, the headers win; the standard
 //! properties fill in the rest, for Herald's compact form and for foreign publishers alike.
 
-use std::collections::BTreeMap;
+use std::borrow::Cow;
 use std::time::Duration;
 
 use amqprs::{BasicProperties, FieldName, FieldTable, FieldValue};
@@ -14,7 +14,7 @@ use bytes::Bytes;
 use chrono::{DateTime, TimeZone, Utc};
 
 use super::config::CloudEventsHeaders;
-use crate::envelope::{format_time, header, Envelope};
+use crate::envelope::{format_time, header, Envelope, ReceivedAttributes};
 
 /// Header carrying the envelope's routing key on copies Herald moves through the default
 /// exchange (retry levels, dead letters, replays), where the AMQP routing key is a queue name.
@@ -168,57 +168,70 @@ fn first_death(table: &FieldTable) -> Option<Death> {
     })
 }
 
+/// A header value as text, lent when it is a string (the usual case).
+fn scalar_text(v: &FieldValue) -> Option<Cow<'_, str>> {
+    match v {
+        FieldValue::S(s) => Some(Cow::Borrowed(s.as_ref().as_str())),
+        other => scalar(other).map(Cow::Owned),
+    }
+}
+
 /// A received message as an envelope, plus the broker's `x-death` record if any.
+///
+/// The attributes go straight from the AMQP headers and properties into the envelope (no map of
+/// copies in between): this runs for every delivery.
 pub(crate) fn from_message(
     routing_key: &str,
     props: &BasicProperties,
     body: Vec<u8>,
 ) -> (Envelope, Option<Death>) {
-    let mut map = BTreeMap::new();
+    let mut attributes = ReceivedAttributes::default();
     let mut death = None;
+    let mut key_header = None;
     if let Some(h) = props.headers() {
-        death = first_death(h);
         for (k, v) in h.as_ref() {
             let k: &String = k.as_ref();
-            if k == "x-death" || k.starts_with("x-first-death") || k.starts_with("x-last-death") {
+            if k == "x-death" {
+                death = first_death(h);
                 continue;
             }
-            if let Some(v) = scalar(v) {
-                map.insert(k.clone(), v);
+            if k.starts_with("x-first-death") || k.starts_with("x-last-death") {
+                continue;
+            }
+            let Some(v) = scalar_text(v) else { continue };
+            if k == ROUTING_KEY_HEADER {
+                key_header = Some(v.into_owned());
+            } else {
+                attributes.set(k, v);
             }
         }
     }
-    let key = map
-        .remove(ROUTING_KEY_HEADER)
+    let key = key_header
         .or_else(|| death.as_ref().and_then(|d| d.routing_key.clone()))
         .unwrap_or_else(|| routing_key.to_string());
-    // Fill CloudEvents attributes a foreign publisher left out from the standard properties.
-    fn fill(map: &mut BTreeMap<String, String>, k: &str, v: impl FnOnce() -> Option<String>) {
-        if !map.contains_key(k) {
-            if let Some(v) = v() {
-                map.insert(k.to_string(), v);
-            }
+    // Fill CloudEvents attributes a foreign publisher (or Herald's compact form) left out from
+    // the standard properties.
+    fn fill(attribute: &mut Option<String>, property: Option<&String>) {
+        if attribute.is_none() {
+            *attribute = property.cloned();
         }
     }
-    fill(&mut map, header::ID, || props.message_id().cloned());
-    fill(&mut map, header::TYPE, || props.message_type().cloned());
-    fill(&mut map, header::SOURCE, || props.app_id().cloned());
-    fill(&mut map, header::CONTENT_TYPE, || {
-        props.content_type().cloned()
-    });
-    fill(&mut map, header::CORRELATION_ID, || {
-        props.correlation_id().cloned()
-    });
-    fill(&mut map, header::TIME, || {
-        props
+    let a = &mut attributes;
+    fill(&mut a.id, props.message_id());
+    fill(&mut a.event_type, props.message_type());
+    fill(&mut a.source, props.app_id());
+    fill(&mut a.content_type, props.content_type());
+    fill(&mut a.correlation_id, props.correlation_id());
+    if a.time.is_none() {
+        a.time = props
             .timestamp()
-            .and_then(|t| Utc.timestamp_opt(t as i64, 0).single())
-            .map(|t| format_time(&t))
-    });
-    if let Some(r) = props.reply_to() {
-        map.insert(super::request_reply::REPLY_TO_HEADER.to_string(), r.clone());
+            .and_then(|t| Utc.timestamp_opt(t as i64, 0).single());
     }
-    let mut e = Envelope::from_headers(map, &key, Bytes::from(body));
+    if let Some(r) = props.reply_to() {
+        a.headers
+            .insert(super::request_reply::REPLY_TO_HEADER.to_string(), r.clone());
+    }
+    let mut e = attributes.into_envelope(key, Bytes::from(body));
     e.priority = props.priority().unwrap_or(0);
     e.ttl = props
         .expiration()
@@ -343,6 +356,34 @@ mod tests {
         let (back, _) = from_message("a.b", &p, Vec::new());
         assert_eq!(back.id, e.id);
         assert_eq!(back.correlation_id, e.correlation_id);
+    }
+
+    #[test]
+    fn headers_of_any_scalar_type_and_the_routing_key_header_are_read() {
+        let mut h = FieldTable::new();
+        let mut put = |k: &str, v: FieldValue| {
+            h.insert(k.try_into().expect("a short name"), v);
+        };
+        put(header::ATTEMPT, FieldValue::I(3));
+        put(header::EVENT_VERSION, FieldValue::from("2"));
+        put(header::TIME, FieldValue::from("not a time"));
+        put(header::SPEC_VERSION, FieldValue::from("1.0"));
+        put(ROUTING_KEY_HEADER, FieldValue::from("orders.placed.v2"));
+        put("x-tenant", FieldValue::from("acme"));
+        let mut p = BasicProperties::default();
+        p.with_timestamp(1_700_000_000).with_headers(h);
+        let (e, _) = from_message("svc.orders.retry.1000ms", &p.finish(), b"{}".to_vec());
+        assert_eq!((e.attempt, e.event_version), (3, 2));
+        assert_eq!(e.routing_key, "orders.placed.v2");
+        assert_eq!(e.event_type, "orders.placed.v2", "no type: the routing key");
+        // A time header that does not parse gives way to the timestamp property.
+        assert_eq!(e.time.timestamp(), 1_700_000_000);
+        let extra: Vec<&str> = e.headers.keys().map(String::as_str).collect();
+        assert_eq!(
+            extra,
+            ["x-tenant"],
+            "attributes are not repeated as headers"
+        );
     }
 
     #[test]

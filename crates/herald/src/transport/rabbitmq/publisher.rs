@@ -8,7 +8,7 @@
 //! every unconfirmed message is published again on a fresh channel once the supervisor has
 //! reconnected (at-least-once), bounded by `outage_timeout`.
 
-use std::collections::BTreeMap;
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
@@ -50,7 +50,9 @@ struct Pending {
 
 #[derive(Default)]
 struct ConfirmState {
-    pending: Mutex<BTreeMap<u64, Pending>>,
+    /// Unconfirmed messages by sequence number, in the order sent (which is ascending): a
+    /// confirm resolves a prefix or one entry, and the buffer is reused from one to the next.
+    pending: Mutex<VecDeque<(u64, Pending)>>,
     closed: AtomicBool,
     /// Why the broker closed the channel, when it did (e.g. 404 for a missing exchange).
     close_reason: Mutex<Option<(u16, String)>>,
@@ -62,22 +64,24 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 impl ConfirmState {
     fn resolve(&self, tag: u64, multiple: bool, ok: bool) {
-        let done: Vec<Pending> = {
-            let mut p = lock(&self.pending);
-            if multiple {
-                let rest = p.split_off(&(tag + 1));
-                std::mem::replace(&mut *p, rest).into_values().collect()
-            } else {
-                p.remove(&tag).into_iter().collect()
-            }
-        };
-        for d in done {
+        // Resolved under the lock: sending on a oneshot never blocks, and collecting the
+        // entries first would allocate for every `multiple` confirm.
+        let mut p = lock(&self.pending);
+        let settle = |d: Pending| {
             let c = match (ok, d.returned) {
                 (true, Some((code, text))) => Confirm::Returned { code, text },
                 (true, None) => Confirm::Ack,
                 (false, _) => Confirm::Nack,
             };
             let _ = d.tx.send(c);
+        };
+        if multiple {
+            let n = p.partition_point(|(t, _)| *t <= tag);
+            p.drain(..n).for_each(|(_, d)| settle(d));
+        } else if let Ok(i) = p.binary_search_by_key(&tag, |(t, _)| *t) {
+            if let Some((_, d)) = p.remove(i) {
+                settle(d);
+            }
         }
     }
 
@@ -142,7 +146,10 @@ impl ChannelCallback for ConfirmCallback {
     ) {
         let Some(id) = props.message_id() else { return };
         let mut p = lock(&self.0.pending);
-        if let Some(entry) = p.values_mut().find(|e| e.returned.is_none() && &e.id == id) {
+        if let Some((_, entry)) = p
+            .iter_mut()
+            .find(|(_, e)| e.returned.is_none() && &e.id == id)
+        {
             entry.returned = Some((ret.reply_code(), ret.reply_text().clone()));
         }
     }
@@ -169,10 +176,6 @@ impl ConfirmChannel {
         permit: OwnedSemaphorePermit,
         cloudevents: CloudEventsHeaders,
     ) -> Option<oneshot::Receiver<Confirm>> {
-        let properties = to_properties(m.envelope, m.routing_key_header, cloudevents);
-        let body = m.envelope.body.to_vec();
-        let mut args = BasicPublishArguments::new(m.exchange, m.routing_key);
-        args.mandatory(m.mandatory);
         let mut seq = self.seq.lock().await;
         let next = *seq + 1;
         let (tx, rx) = oneshot::channel();
@@ -182,7 +185,7 @@ impl ConfirmChannel {
             if self.state.closed.load(Ordering::SeqCst) {
                 return None;
             }
-            pending.insert(
+            pending.push_back((
                 next,
                 Pending {
                     id: m.envelope.id.clone(),
@@ -190,16 +193,23 @@ impl ConfirmChannel {
                     tx,
                     _permit: permit,
                 },
-            );
+            ));
         }
-        match self.channel.basic_publish(properties, body, args).await {
+        // The properties, body and arguments are built in the call, not held in locals across
+        // the lock above: each would otherwise take room in every publish's future.
+        let publish = self.channel.basic_publish(
+            to_properties(m.envelope, m.routing_key_header, cloudevents),
+            m.envelope.body.to_vec(),
+            publish_arguments(m),
+        );
+        match publish.await {
             Ok(()) => {
                 *seq = next;
                 Some(rx)
             }
             Err(e) => {
                 tracing::debug!(error = %e, "publish failed on a closing channel; will retry");
-                lock(&self.state.pending).remove(&next);
+                lock(&self.state.pending).retain(|(tag, _)| *tag != next);
                 self.state.fail_all();
                 None
             }
@@ -254,8 +264,23 @@ impl Publisher {
         }
     }
 
-    async fn channel(&self, deadline: Instant) -> Result<Arc<ConfirmChannel>> {
-        let slot = &self.pool[self.next.fetch_add(1, Ordering::Relaxed) % self.pool.len()];
+    /// The next pooled channel, when the connection is up and that channel is usable: no
+    /// waiting and no future to hold, which is every publish but the first on a connection.
+    fn ready_channel(&self, slot: usize) -> Option<Arc<ConfirmChannel>> {
+        let session = self.link.current()?;
+        let guard = self.pool[slot].try_lock().ok()?;
+        if self.closing.load(Ordering::SeqCst) {
+            return None;
+        }
+        guard
+            .as_ref()
+            .filter(|ch| ch.usable(session.generation))
+            .cloned()
+    }
+
+    /// The pooled channel `slot`, waiting through an outage and opening it when needed.
+    async fn channel(&self, slot: usize, deadline: Instant) -> Result<Arc<ConfirmChannel>> {
+        let slot = &self.pool[slot];
         loop {
             let session = self.link.session(deadline).await?;
             let mut guard = slot.lock().await;
@@ -296,18 +321,29 @@ impl Publisher {
         let mut first_error: Option<Error> = None;
         let mut broker_closes = 0u32;
         while !todo.is_empty() {
-            self.link.wait_unblocked(deadline).await?;
-            let ch = self.channel(deadline).await?;
+            // The slow paths are boxed: inline, they would make every publish's future (which
+            // the transport boxes) larger than the allocations glibc serves from its caches.
+            if self.link.is_blocked() {
+                Box::pin(self.link.wait_unblocked(deadline)).await?;
+            }
+            let slot = self.next.fetch_add(1, Ordering::Relaxed) % self.pool.len();
+            let ch = match self.ready_channel(slot) {
+                Some(ch) => ch,
+                None => Box::pin(self.channel(slot, deadline)).await?,
+            };
             let mut waiting = Vec::with_capacity(todo.len());
             let mut again = Vec::new();
             let mut iter = todo.into_iter();
             for i in iter.by_ref() {
-                let permit = self
-                    .window
-                    .clone()
-                    .acquire_owned()
-                    .await
-                    .map_err(|_| Error::Closed)?;
+                let permit = match self.window.clone().try_acquire_owned() {
+                    Ok(p) => p,
+                    Err(_) => self
+                        .window
+                        .clone()
+                        .acquire_owned()
+                        .await
+                        .map_err(|_| Error::Closed)?,
+                };
                 match ch
                     .send(&msgs[i], permit, self.cfg.cloudevents_headers)
                     .await
@@ -360,7 +396,7 @@ impl Publisher {
                 }
                 tracing::info!(count = todo.len(), "publishing unconfirmed messages again");
                 // Never spin: give the supervisor a moment to notice a dead connection.
-                tokio::time::sleep(Duration::from_millis(50)).await;
+                Box::pin(tokio::time::sleep(Duration::from_millis(50))).await;
             }
         }
         match first_error {
@@ -368,6 +404,12 @@ impl Publisher {
             None => Ok(()),
         }
     }
+}
+
+fn publish_arguments(m: &Outgoing<'_>) -> BasicPublishArguments {
+    let mut args = BasicPublishArguments::new(m.exchange, m.routing_key);
+    args.mandatory(m.mandatory);
+    args
 }
 
 fn outcome(
@@ -435,5 +477,76 @@ async fn watch(channel: Weak<ConfirmChannel>) {
             ch.state.fail_all();
             return;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `n` pending entries with sequence numbers 1..=n, and their receivers.
+    fn pending(n: u64) -> (ConfirmState, Vec<oneshot::Receiver<Confirm>>) {
+        let state = ConfirmState::default();
+        let window = Arc::new(Semaphore::new(n as usize));
+        let mut receivers = Vec::new();
+        for seq in 1..=n {
+            let (tx, rx) = oneshot::channel();
+            let permit = window
+                .clone()
+                .try_acquire_owned()
+                .expect("a permit per entry");
+            lock(&state.pending).push_back((
+                seq,
+                Pending {
+                    id: format!("m{seq}"),
+                    returned: None,
+                    tx,
+                    _permit: permit,
+                },
+            ));
+            receivers.push(rx);
+        }
+        (state, receivers)
+    }
+
+    fn is_ack(rx: &mut oneshot::Receiver<Confirm>) -> bool {
+        matches!(rx.try_recv(), Ok(Confirm::Ack))
+    }
+
+    #[test]
+    fn confirms_resolve_a_prefix_or_one_entry() {
+        let (state, mut rx) = pending(5);
+        state.resolve(2, true, true);
+        assert!(is_ack(&mut rx[0]) && is_ack(&mut rx[1]));
+        assert!(rx[2].try_recv().is_err(), "3 is not confirmed yet");
+        // A single confirm out of order resolves that entry only.
+        state.resolve(4, false, true);
+        assert!(is_ack(&mut rx[3]));
+        assert!(rx[2].try_recv().is_err());
+        assert_eq!(lock(&state.pending).len(), 2);
+        // A nack covering the rest fails them; an unknown tag changes nothing.
+        state.resolve(9, false, true);
+        state.resolve(5, true, false);
+        assert!(matches!(rx[2].try_recv(), Ok(Confirm::Nack)));
+        assert!(matches!(rx[4].try_recv(), Ok(Confirm::Nack)));
+        assert!(lock(&state.pending).is_empty());
+    }
+
+    #[test]
+    fn a_lost_channel_drops_every_entry_so_its_publisher_sends_again() {
+        let (state, mut rx) = pending(3);
+        lock(&state.pending)[1].1.returned = Some((312, "NO_ROUTE".into()));
+        state.resolve(2, true, true);
+        assert!(is_ack(&mut rx[0]));
+        assert!(matches!(
+            rx[1].try_recv(),
+            Ok(Confirm::Returned { code: 312, .. })
+        ));
+        state.fail_all();
+        assert!(matches!(
+            rx[2].try_recv(),
+            Err(oneshot::error::TryRecvError::Closed)
+        ));
+        assert!(state.closed.load(Ordering::SeqCst));
     }
 }
