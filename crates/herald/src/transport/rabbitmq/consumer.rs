@@ -12,7 +12,7 @@
 //! the old channel can no longer be settled (the broker requeued them); settling them is a no-op.
 //! A broker-sent `basic.cancel` (queue deleted) is handled the same way.
 
-use std::collections::BTreeSet;
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
@@ -52,14 +52,47 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// Delivery tags in ascending order. The broker hands them out in ascending order, so an insert
+/// is a push at the back and a lookup a binary search; the buffer is reused (no tree nodes to
+/// allocate for every delivery, as a `BTreeSet` has).
+#[derive(Default)]
+struct Tags(VecDeque<u64>);
+
+impl Tags {
+    fn insert(&mut self, tag: u64) {
+        match self.0.back() {
+            Some(&last) if last >= tag => {
+                if let Err(i) = self.0.binary_search(&tag) {
+                    self.0.insert(i, tag);
+                }
+            }
+            _ => self.0.push_back(tag),
+        }
+    }
+    fn remove(&mut self, tag: u64) {
+        if let Ok(i) = self.0.binary_search(&tag) {
+            self.0.remove(i);
+        }
+    }
+    fn contains(&self, tag: u64) -> bool {
+        self.0.binary_search(&tag).is_ok()
+    }
+    fn first(&self) -> Option<&u64> {
+        self.0.front()
+    }
+    fn clear(&mut self) {
+        self.0.clear();
+    }
+}
+
 #[derive(Default)]
 struct AckState {
     epoch: u64,
     channel: Option<Channel>,
     /// Delivered and not yet settled by the application.
-    outstanding: BTreeSet<u64>,
+    outstanding: Tags,
     /// Acked by the application, not yet sent.
-    acked: BTreeSet<u64>,
+    acked: Vec<u64>,
 }
 
 /// Settles the deliveries of one consumer.
@@ -128,7 +161,8 @@ impl ConsumerSettler {
                 return;
             }
             let Some(ch) = st.channel.clone() else { return };
-            let acked = std::mem::take(&mut st.acked);
+            let mut acked = std::mem::take(&mut st.acked);
+            acked.sort_unstable();
             let (below, above): (Vec<u64>, Vec<u64>) = match st.outstanding.first() {
                 Some(&min) => acked.into_iter().partition(|t| *t < min),
                 None => (acked.into_iter().collect(), Vec::new()),
@@ -154,8 +188,8 @@ impl ConsumerSettler {
             if st.epoch != epoch {
                 return;
             }
-            st.outstanding.remove(&dtag);
-            st.acked.insert(dtag);
+            st.outstanding.remove(dtag);
+            st.acked.push(dtag);
             st.acked.len()
         };
         if n >= self.cfg.ack_batch {
@@ -174,7 +208,7 @@ impl ConsumerSettler {
                 return;
             }
             if tracked {
-                st.outstanding.remove(&dtag);
+                st.outstanding.remove(dtag);
             }
             st.channel.clone()
         };
@@ -232,7 +266,7 @@ impl Settle for ConsumerSettler {
                 tracing::debug!(queue = %self.queue, "settling a delivery from a lost channel: the broker redelivers it");
                 return Ok(());
             }
-            if !st.outstanding.contains(&dtag) {
+            if !st.outstanding.contains(dtag) {
                 return Err(Error::transport(
                     "rabbitmq",
                     format!("delivery {dtag} on `{}` was already settled", self.queue),
@@ -310,7 +344,7 @@ impl Drop for ConsumerSettler {
         self.stop.cancel();
         let st = std::mem::take(&mut *lock(&self.state));
         let Some(ch) = st.channel else { return };
-        let acked: Vec<u64> = st.acked.into_iter().collect();
+        let acked = st.acked;
         // Send what was acked, then let the channel close: the broker requeues the rest.
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
             rt.spawn(async move {
@@ -608,4 +642,34 @@ pub(crate) fn remember(list: &Mutex<Vec<Weak<ConsumerSettler>>>, s: &Arc<Consume
     let mut l = lock(list);
     l.retain(|w| w.strong_count() > 0);
     l.push(Arc::downgrade(s));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn delivery_tags_stay_ordered_for_multiple_acks() {
+        let mut tags = Tags::default();
+        for t in [1, 2, 3, 5] {
+            tags.insert(t);
+        }
+        // Out of order (never from one channel, but it must not break the order) and a repeat.
+        tags.insert(4);
+        tags.insert(3);
+        assert_eq!(tags.0, [1, 2, 3, 4, 5]);
+        tags.remove(1);
+        tags.remove(4);
+        tags.remove(9);
+        assert_eq!(tags.first(), Some(&2));
+        assert!(tags.contains(3) && !tags.contains(4));
+        tags.clear();
+        assert_eq!(tags.first(), None);
+    }
+
+    #[test]
+    fn tags_pack_and_unpack_with_their_channel_epoch() {
+        let tag = encode(7, 123_456);
+        assert_eq!(decode(tag), (7, 123_456));
+    }
 }
