@@ -98,10 +98,7 @@ impl Publisher {
 
     /// Publish one event; returns its id once the transport durably accepted it.
     pub fn publish<E: Event>(&self, event: &E) -> impl Future<Output = Result<String>> + Send + '_ {
-        self.send_one(
-            Envelope::for_event(event, &self.core.service).map(one),
-            false,
-        )
+        self.publish_with(event, MessageOptions::default())
     }
 
     /// Publish one event with options.
@@ -112,7 +109,7 @@ impl Publisher {
     ) -> impl Future<Output = Result<String>> + Send + '_ {
         let prepared = Envelope::for_event(event, &self.core.service).map(|mut e| {
             options.apply(&mut e);
-            one(e)
+            (e.id.clone(), vec![e])
         });
         self.send_one(prepared, options.allow_unroutable)
     }
@@ -188,11 +185,6 @@ impl Publisher {
         self.core.metrics.add_published(envelopes.len() as u64);
         Ok(())
     }
-}
-
-/// An envelope as its id and a batch of one.
-fn one(e: Envelope) -> (String, Vec<Envelope>) {
-    (e.id.clone(), vec![e])
 }
 
 /// Count a publish call per event type (a batch is usually of one type: one lookup per run).

@@ -286,7 +286,8 @@ impl Settle for ConsumerSettler {
 }
 
 impl ConsumerSettler {
-    /// Every outcome but `Ack`: a retry or dead letter moves a copy, a release nacks.
+    /// Any outcome, boxed by `settle` for all but `Ack` (which it takes itself): a retry or
+    /// dead letter moves a copy, a release nacks.
     async fn settle_otherwise(
         &self,
         epoch: u64,
