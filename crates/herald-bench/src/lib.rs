@@ -86,17 +86,81 @@ pub fn w1_result_line(
     transport: &str,
     events: u64,
     herald_eps: f64,
-    raw_eps: Option<f64>,
+    raw: Option<RawFigure>,
     cpu_us_per_event: Option<f64>,
 ) -> String {
-    let ratio = raw_eps.filter(|r| *r > 0.0).map(|r| herald_eps / r);
     format!(
         "RESULT workload={workload} transport={transport} events={events} herald_eps={:.0} raw_eps={} ratio={} cpu_us_per_event={}",
         herald_eps,
-        raw_eps.map_or_else(|| "-".to_string(), |v| format!("{v:.0}")),
-        ratio.map_or_else(|| "-".to_string(), |v| format!("{v:.2}")),
+        raw.map_or_else(|| "-".to_string(), |r| format!("{:.0}", r.eps)),
+        raw.map_or_else(|| "-".to_string(), |r| format!("{:.2}", r.ratio)),
         figure(cpu_us_per_event),
     )
+}
+
+/// The baseline's rate and Herald's ratio to it, for [`w1_result_line`].
+#[derive(Debug, Clone, Copy)]
+pub struct RawFigure {
+    /// The baseline's events per second.
+    pub eps: f64,
+    /// Herald's events per second divided by the baseline's (of one run, or the median of the
+    /// rounds' ratios).
+    pub ratio: f64,
+}
+
+/// The rounds of one benchmark invocation: Herald's rate, the baseline's (when run) and
+/// Herald's CPU per event, each round. Reported as medians, with the median of the rounds'
+/// ratios: on a shared machine that is steadier than the ratio of two medians, because each
+/// round compares two runs a few seconds apart.
+#[derive(Debug, Default)]
+pub struct Rounds {
+    herald: Vec<f64>,
+    raw: Vec<f64>,
+    ratios: Vec<f64>,
+    cpu: Vec<f64>,
+}
+
+impl Rounds {
+    /// Record one round.
+    pub fn push(&mut self, herald_eps: f64, raw_eps: Option<f64>, cpu_us_per_event: f64) {
+        self.herald.push(herald_eps);
+        self.cpu.push(cpu_us_per_event);
+        if let Some(r) = raw_eps.filter(|r| *r > 0.0) {
+            self.raw.push(r);
+            self.ratios.push(herald_eps / r);
+        }
+    }
+
+    /// The `RESULT` line of the medians; `rounds=N` is added when there was more than one.
+    pub fn result_line(&self, workload: &str, transport: &str, events: u64) -> String {
+        let raw = (!self.raw.is_empty()).then(|| RawFigure {
+            eps: median(&self.raw),
+            ratio: median(&self.ratios),
+        });
+        let mut line = w1_result_line(
+            workload,
+            transport,
+            events,
+            median(&self.herald),
+            raw,
+            (!self.cpu.is_empty()).then(|| median(&self.cpu)),
+        );
+        if self.herald.len() > 1 {
+            line.push_str(&format!(" rounds={}", self.herald.len()));
+        }
+        line
+    }
+}
+
+/// The median of `v` (the mean of the middle two for an even count); 0 when empty.
+pub fn median(v: &[f64]) -> f64 {
+    let mut v = v.to_vec();
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
+    match v.len() {
+        0 => 0.0,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
 }
 
 /// The latency result line; `raw` (plain amqprs, same run conditions) is printed beside it when
@@ -216,8 +280,34 @@ mod tests {
     fn w1_result_line_fills_dashes() {
         let l = super::w1_result_line("w1", "memory", 10, 1000.0, None, Some(2.5));
         assert_eq!(l, "RESULT workload=w1 transport=memory events=10 herald_eps=1000 raw_eps=- ratio=- cpu_us_per_event=2.5");
-        let l = super::w1_result_line("w1", "rabbitmq", 10, 1000.0, Some(500.0), None);
+        let raw = super::RawFigure {
+            eps: 500.0,
+            ratio: 2.0,
+        };
+        let l = super::w1_result_line("w1", "rabbitmq", 10, 1000.0, Some(raw), None);
         assert!(l.contains("ratio=2.00") && l.contains("cpu_us_per_event=-"));
+    }
+
+    #[test]
+    fn rounds_report_medians_and_the_median_ratio() {
+        let mut r = super::Rounds::default();
+        r.push(100.0, Some(100.0), 20.0);
+        r.push(90.0, Some(60.0), 30.0);
+        r.push(120.0, Some(200.0), 10.0);
+        // Medians: Herald 100, raw 100, CPU 20; ratios 1.0, 1.5, 0.6 -> 1.0 (not 100/100 by
+        // chance: the ratio of medians would hide a round's pairing).
+        assert_eq!(
+            r.result_line("w1", "rabbitmq", 5),
+            "RESULT workload=w1 transport=rabbitmq events=5 herald_eps=100 raw_eps=100 ratio=1.00 cpu_us_per_event=20.0 rounds=3"
+        );
+        let mut one = super::Rounds::default();
+        one.push(50.0, None, 2.5);
+        assert_eq!(
+            one.result_line("w1", "memory", 5),
+            "RESULT workload=w1 transport=memory events=5 herald_eps=50 raw_eps=- ratio=- cpu_us_per_event=2.5"
+        );
+        assert_eq!(super::median(&[4.0, 1.0, 3.0, 2.0]), 2.5);
+        assert_eq!(super::median(&[]), 0.0);
     }
 
     #[test]

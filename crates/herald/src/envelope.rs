@@ -125,13 +125,14 @@ impl Envelope {
         source: &str,
         body: Bytes,
     ) -> Self {
+        let (id, time) = new_id_and_time();
         Envelope {
-            id: new_id(),
+            id,
             source: source.to_string(),
             event_type: event_type.to_string(),
             event_version,
             routing_key: routing_key.to_string(),
-            time: Utc::now(),
+            time,
             content_type: JSON.to_string(),
             subject: None,
             correlation_id: None,
@@ -153,22 +154,43 @@ impl Envelope {
     /// The headers to put on the wire: CloudEvents attributes, Herald extensions, then the rest.
     pub fn wire_headers(&self) -> Vec<(&'static str, String)> {
         let mut out = Vec::with_capacity(12);
-        self.for_each_wire_header(|name, value| out.push((name, value.into_owned())));
+        self.for_each_wire_header(|_| true, |name, value| out.push((name, value.into_owned())));
         out
     }
 
-    /// Visit the wire headers without collecting them: values that are fields are lent, so a
-    /// transport that leaves some out (or copies them into its own types) allocates nothing for
-    /// them.
-    pub fn for_each_wire_header(&self, mut visit: impl FnMut(&'static str, Cow<'_, str>)) {
-        visit(header::ID, Cow::Borrowed(&self.id));
-        visit(header::SOURCE, Cow::Borrowed(&self.source));
-        visit(header::TYPE, Cow::Borrowed(&self.event_type));
-        visit(header::SPEC_VERSION, Cow::Borrowed(SPEC_VERSION));
-        visit(header::TIME, Cow::Owned(format_time(&self.time)));
-        visit(header::CONTENT_TYPE, Cow::Borrowed(&self.content_type));
-        visit(header::EVENT_VERSION, number(self.event_version));
-        visit(header::ATTEMPT, number(self.attempt));
+    /// Visit the wire headers `wanted` accepts, without collecting them: values that are fields
+    /// are lent, and those that must be formatted (the time) are formatted only when wanted, so
+    /// a transport that leaves some out allocates nothing for them.
+    pub fn for_each_wire_header(
+        &self,
+        wanted: impl Fn(&'static str) -> bool,
+        mut visit: impl FnMut(&'static str, Cow<'_, str>),
+    ) {
+        let lent = [
+            (header::ID, &self.id),
+            (header::SOURCE, &self.source),
+            (header::TYPE, &self.event_type),
+        ];
+        for (name, value) in lent {
+            if wanted(name) {
+                visit(name, Cow::Borrowed(value));
+            }
+        }
+        if wanted(header::SPEC_VERSION) {
+            visit(header::SPEC_VERSION, Cow::Borrowed(SPEC_VERSION));
+        }
+        if wanted(header::TIME) {
+            visit(header::TIME, Cow::Owned(format_time(&self.time)));
+        }
+        if wanted(header::CONTENT_TYPE) {
+            visit(header::CONTENT_TYPE, Cow::Borrowed(&self.content_type));
+        }
+        if wanted(header::EVENT_VERSION) {
+            visit(header::EVENT_VERSION, number(self.event_version));
+        }
+        if wanted(header::ATTEMPT) {
+            visit(header::ATTEMPT, number(self.attempt));
+        }
         let optional = [
             (header::SUBJECT, &self.subject),
             (header::CORRELATION_ID, &self.correlation_id),
@@ -176,7 +198,7 @@ impl Envelope {
             (header::TRACEPARENT, &self.traceparent),
         ];
         for (name, value) in optional {
-            if let Some(v) = value {
+            if let Some(v) = value.as_ref().filter(|_| wanted(name)) {
                 visit(name, Cow::Borrowed(v));
             }
         }
@@ -285,11 +307,64 @@ impl ReceivedAttributes {
 /// A new event id: a UUIDv7, hyphenated. Encoded directly rather than through `Display`, which
 /// costs as much again as making the UUID (this runs for every event published).
 pub(crate) fn new_id() -> String {
+    encode_id(uuid::Uuid::now_v7())
+}
+
+fn encode_id(id: uuid::Uuid) -> String {
     let mut buf = uuid::Uuid::encode_buffer();
-    uuid::Uuid::now_v7()
-        .hyphenated()
-        .encode_lower(&mut buf)
-        .to_owned()
+    id.hyphenated().encode_lower(&mut buf).to_owned()
+}
+
+/// A new event id and the event's time: the millisecond the UUIDv7 carries, so the two always
+/// agree and a compact wire format can send the time once, inside the id.
+fn new_id_and_time() -> (String, DateTime<Utc>) {
+    let id = uuid::Uuid::now_v7();
+    let b = id.as_bytes();
+    let ms = i64::from_be_bytes([0, 0, b[0], b[1], b[2], b[3], b[4], b[5]]);
+    let time = DateTime::from_timestamp_millis(ms).unwrap_or_else(Utc::now);
+    (encode_id(id), time)
+}
+
+/// The millisecond a UUIDv7 id carries (its first 48 bits, Unix milliseconds), or `None` when
+/// `id` is not a hyphenated UUIDv7. Herald's event ids are UUIDv7 and an event's time is the
+/// millisecond of its id, so on AMQP the compact form sends the time only inside the id (see
+/// `docs/wire-format.md`); any client can read it back: `int(id.replace("-", "")[:12], 16)`.
+///
+/// ```
+/// use herald::envelope::time_of_v7_id;
+///
+/// let t = time_of_v7_id("019ab3f0-6f4a-7cc2-8a1e-5d2b9c0e4f11").unwrap();
+/// assert_eq!(t.timestamp_millis(), 0x019a_b3f0_6f4a);
+/// assert_eq!(time_of_v7_id("not-a-uuid"), None);
+/// assert_eq!(time_of_v7_id(&uuid::Uuid::new_v4().to_string()), None, "v4 carries no time");
+/// ```
+pub fn time_of_v7_id(id: &str) -> Option<DateTime<Utc>> {
+    v7_millis(id).and_then(DateTime::from_timestamp_millis)
+}
+
+/// The Unix milliseconds of a hyphenated UUIDv7 id; see [`time_of_v7_id`].
+pub(crate) fn v7_millis(id: &str) -> Option<i64> {
+    let b = id.as_bytes();
+    let hyphens = [8, 13, 18, 23].iter().all(|&i| b.get(i) == Some(&b'-'));
+    // Version 7, and the RFC 9562 variant (10xx in the first bits of the fourth group).
+    if b.len() != 36
+        || !hyphens
+        || b[14] != b'7'
+        || !matches!(b[19], b'8' | b'9' | b'a' | b'b' | b'A' | b'B')
+    {
+        return None;
+    }
+    let hex = |c: u8| match c {
+        b'0'..=b'9' => Some(c - b'0'),
+        b'a'..=b'f' => Some(c - b'a' + 10),
+        b'A'..=b'F' => Some(c - b'A' + 10),
+        _ => None,
+    };
+    let mut ms: i64 = 0;
+    for &c in b[0..8].iter().chain(&b[9..13]) {
+        ms = (ms << 4) | i64::from(hex(c)?);
+    }
+    Some(ms)
 }
 
 /// A version or attempt as text; the usual 1 without an allocation (compact wire formats leave
@@ -324,6 +399,29 @@ mod tests {
         let mut back = back;
         back.time = e.time;
         assert_eq!(back, e);
+    }
+
+    #[test]
+    fn an_events_time_is_the_millisecond_of_its_id() {
+        let before = Utc::now();
+        let e = Envelope::new("a.b", 1, "a.b", "svc", Bytes::new());
+        assert_eq!(time_of_v7_id(&e.id), Some(e.time));
+        assert_eq!(
+            e.time.timestamp_subsec_nanos() % 1_000_000,
+            0,
+            "whole milliseconds"
+        );
+        assert!(e.time >= before - chrono::Duration::milliseconds(1) && e.time <= Utc::now());
+        // Upper-case hex is read too; a wrong variant or a missing hyphen is not a UUIDv7.
+        let upper = e.id.to_uppercase();
+        assert_eq!(time_of_v7_id(&upper), Some(e.time));
+        assert_eq!(time_of_v7_id(&e.id.replace('-', "")), None);
+        let mut wrong_variant = e.id.clone().into_bytes();
+        wrong_variant[19] = b'c';
+        assert_eq!(
+            time_of_v7_id(&String::from_utf8(wrong_variant).unwrap()),
+            None
+        );
     }
 
     #[test]

@@ -34,6 +34,10 @@ pub struct Args {
     /// Events per second for --latency
     #[arg(long, default_value_t = 1000)]
     rate: u64,
+    /// Throughput: run W1 this many times (with --raw, alternating which side goes first) and
+    /// report the medians, and the median of the rounds' ratios
+    #[arg(long, default_value_t = 1)]
+    rounds: usize,
     /// Internal: run one side of a split run
     #[arg(long, hide = true, value_parser = ["consumer"])]
     role: Option<String>,
@@ -80,51 +84,25 @@ pub async fn run(mut config: Config, args: Args) -> CliResult<()> {
     if args.latency {
         return latency(&config, transport, &args).await;
     }
-    let raw = if transport == "memory" {
-        // The in-process floor runs first, in the same process: JSON encode, channel, decode.
-        let raw = w1::run_raw_in_process(args.events).await;
-        eprintln!(
-            "raw in-process (serde_json + tokio mpsc): end to end {:.0}/s, {:.1} µs CPU per event",
-            raw.end_to_end_eps, raw.cpu_us_per_event
-        );
-        Some(raw.end_to_end_eps)
-    } else if args.raw {
-        let raw = raw_amqprs::run(args.events, args.quorum, false).await?;
-        eprintln!(
-            "raw amqprs: end to end {:.0}/s, {:.1} µs CPU per event",
-            raw.eps, raw.cpu_us_per_event
-        );
-        Some(raw.eps)
-    } else {
-        None
-    };
-    let figures = if transport == "memory" || transport == "rabbitmq" {
-        // RabbitMQ: one process, as raw amqprs runs, so the ratio compares clients and not a
-        // second runtime's threads competing for the cores (two processes measured 6% slower).
-        w1::run_in_process(&config.broker, &config.exchange, args.events, kind)
-            .await
-            .map_err(Into::into)
-    } else {
-        split_run(&config, args.events, args.quorum).await
-    };
-    cleanup(&config, transport).await;
-    let figures = figures?;
-    eprintln!(
-        "W1 on {transport}{}: {} events, published {:.0}/s, end to end {:.0}/s, {:.1} µs CPU per event",
-        if args.quorum { " (quorum)" } else { "" },
-        figures.events,
-        figures.publish_eps,
-        figures.end_to_end_eps,
-        figures.cpu_us_per_event
-    );
-    let mut line = herald_bench::w1_result_line(
-        "w1",
-        transport,
-        figures.events,
-        figures.end_to_end_eps,
-        raw,
-        Some(figures.cpu_us_per_event),
-    );
+    let mut rounds = herald_bench::Rounds::default();
+    for round in 0..args.rounds.max(1) {
+        if round > 0 {
+            config.exchange = format!("bench.w1.{:08x}", rand::random::<u32>());
+        }
+        // Rounds alternate which side goes first, so a broker that slows down (or warms up)
+        // over a run does not always favour the same side.
+        let raw_first = round % 2 == 0;
+        let mut raw = None;
+        if raw_first {
+            raw = raw_run(transport, &args).await?;
+        }
+        let figures = herald_run(&config, transport, &args, kind).await?;
+        if !raw_first {
+            raw = raw_run(transport, &args).await?;
+        }
+        rounds.push(figures.end_to_end_eps, raw, figures.cpu_us_per_event);
+    }
+    let mut line = rounds.result_line("w1", transport, args.events);
     if transport == "rabbitmq" {
         line.push_str(if args.quorum {
             " queue=quorum"
@@ -134,6 +112,57 @@ pub async fn run(mut config: Config, args: Args) -> CliResult<()> {
     }
     println!("{line}");
     Ok(())
+}
+
+/// The baseline beside Herald: on `memory://` the in-process floor (JSON encode, channel,
+/// decode); on RabbitMQ raw amqprs, with `--raw`.
+async fn raw_run(transport: &str, args: &Args) -> CliResult<Option<f64>> {
+    if transport == "memory" {
+        let raw = w1::run_raw_in_process(args.events).await;
+        eprintln!(
+            "raw in-process (serde_json + tokio mpsc): end to end {:.0}/s, {:.1} µs CPU per event",
+            raw.end_to_end_eps, raw.cpu_us_per_event
+        );
+        Ok(Some(raw.end_to_end_eps))
+    } else if args.raw {
+        let raw = raw_amqprs::run(args.events, args.quorum, false).await?;
+        eprintln!(
+            "raw amqprs: end to end {:.0}/s, {:.1} µs CPU per event",
+            raw.eps, raw.cpu_us_per_event
+        );
+        Ok(Some(raw.eps))
+    } else {
+        Ok(None)
+    }
+}
+
+/// One W1 run through the bus, its queues and exchange deleted afterwards.
+async fn herald_run(
+    config: &Config,
+    transport: &str,
+    args: &Args,
+    kind: QueueKind,
+) -> CliResult<w1::W1Figures> {
+    let figures = if transport == "memory" || transport == "rabbitmq" {
+        // RabbitMQ: one process, as raw amqprs runs, so the ratio compares clients and not a
+        // second runtime's threads competing for the cores (two processes measured 6% slower).
+        w1::run_in_process(&config.broker, &config.exchange, args.events, kind)
+            .await
+            .map_err(Into::into)
+    } else {
+        split_run(config, args.events, args.quorum).await
+    };
+    cleanup(config, transport).await;
+    let figures = figures?;
+    eprintln!(
+        "W1 on {transport}{}: {} events, published {:.0}/s, end to end {:.0}/s, {:.1} µs CPU per event",
+        if args.quorum { " (quorum)" } else { "" },
+        figures.events,
+        figures.publish_eps,
+        figures.end_to_end_eps,
+        figures.cpu_us_per_event
+    );
+    Ok(figures)
 }
 
 async fn latency(config: &Config, transport: &str, args: &Args) -> CliResult<()> {

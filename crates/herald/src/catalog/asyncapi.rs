@@ -204,11 +204,10 @@ fn message(event: &CatalogEvent, schemas: &mut Map<String, Value>) -> Value {
     message
 }
 
-/// The headers of an example message as Herald writes it on AMQP (the rest are properties).
+/// The headers of an example message as Herald writes it on AMQP (the rest are properties): one
+/// published by a handler, so it continues another event's trace and carries the trace context.
 fn example_headers(event: &CatalogEvent) -> Value {
     let mut headers = json!({
-        "cloudEvents_specversion": "1.0",
-        "cloudEvents_time": "2024-01-15T10:35:00.000000Z",
         "cloudEvents_traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
     });
     if event.version != 1 {
@@ -217,26 +216,26 @@ fn example_headers(event: &CatalogEvent) -> Value {
     headers
 }
 
-/// The CloudEvents binary-mode headers (docs/wire-format.md); every value is a string. Only
-/// `specversion` is always a header: on AMQP, id, type, source, datacontenttype and correlation
-/// id travel in the standard properties instead.
+/// The CloudEvents binary-mode headers (docs/wire-format.md); every value is a string. On AMQP
+/// none is always present: id, type, source, datacontenttype and correlation id travel in the
+/// standard properties, the time and a trace the event started in its UUIDv7 id, and the spec
+/// version, event version and attempt are left out at their defaults.
 fn headers_schema(event: &CatalogEvent) -> Value {
     let s = |description: &str| json!({"type": "string", "description": description});
     json!({
         "type": "object",
-        "required": ["cloudEvents_specversion"],
         "properties": {
             "cloudEvents_id": s("UUIDv7, unique per event (on AMQP: the `message_id` property)"),
             "cloudEvents_source": s("the publishing service (on AMQP: the `app_id` property)"),
             "cloudEvents_type": {"type": "string", "const": event.name, "description": "the event name (on AMQP: the `type` property)"},
-            "cloudEvents_specversion": {"type": "string", "const": "1.0"},
-            "cloudEvents_time": {"type": "string", "format": "date-time", "description": "when it happened, RFC 3339 UTC"},
+            "cloudEvents_specversion": {"type": "string", "const": "1.0", "description": "absent on AMQP (1.0 is assumed)"},
+            "cloudEvents_time": {"type": "string", "format": "date-time", "description": "when it happened, RFC 3339 UTC (absent on AMQP when it is the millisecond of the UUIDv7 id)"},
             "cloudEvents_datacontenttype": {"type": "string", "const": "application/json", "description": "on AMQP: the `content_type` property"},
             "cloudEvents_subject": s("optional, e.g. the aggregate id"),
             "cloudEvents_eventversion": {"type": "string", "const": event.version.to_string(), "description": "contract version (absent on AMQP when 1)"},
             "cloudEvents_correlationid": s("id shared by every event of one business flow (on AMQP: the `correlation_id` property)"),
             "cloudEvents_causationid": s("id of the event whose handler published this one"),
-            "cloudEvents_traceparent": s("W3C trace context"),
+            "cloudEvents_traceparent": s("W3C trace context (absent on AMQP when the event started its trace: trace id = the id's 32 hex digits, parent id = its last 16)"),
             "herald_attempt": s("delivery attempt, 1 on first delivery (absent on AMQP when 1)"),
         },
     })

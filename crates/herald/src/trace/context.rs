@@ -45,6 +45,41 @@ impl TraceContext {
         }
     }
 
+    /// The trace a publish starts when no trace is in force: the event's UUIDv7 id is the trace
+    /// id and its last 8 bytes the span id (sampled). `None` when `id` is not a UUIDv7.
+    ///
+    /// A UUIDv7 ends in 62 random bits, so its right-most 7 bytes are as random as W3C trace
+    /// context asks of a trace id. Deriving the context from the id means a compact wire format
+    /// need not send it (readers derive it again), and an event's trace is found by its id.
+    ///
+    /// ```
+    /// use herald::trace::TraceContext;
+    ///
+    /// let ctx = TraceContext::for_event_id("019ab3f0-6f4a-7cc2-8a1e-5d2b9c0e4f11").unwrap();
+    /// assert_eq!(
+    ///     ctx.to_traceparent(),
+    ///     "00-019ab3f06f4a7cc28a1e5d2b9c0e4f11-8a1e5d2b9c0e4f11-01"
+    /// );
+    /// assert_eq!(TraceContext::for_event_id("e1"), None);
+    /// ```
+    pub fn for_event_id(id: &str) -> Option<Self> {
+        crate::envelope::v7_millis(id)?;
+        let bytes = *uuid::Uuid::try_parse(id).ok()?.as_bytes();
+        let mut span_id = [0u8; 8];
+        span_id.copy_from_slice(&bytes[8..]);
+        Some(TraceContext {
+            trace_id: bytes,
+            span_id,
+            sampled: true,
+        })
+    }
+
+    /// Whether `traceparent` is exactly this context's header value (compared without
+    /// formatting a string).
+    pub(crate) fn is_written_as(&self, traceparent: &str) -> bool {
+        self.traceparent_bytes() == traceparent.as_bytes()
+    }
+
     /// A new span in the same trace, with this one as its parent (keeps the sampled flag).
     pub fn child(&self) -> Self {
         let mut rng = rand::thread_rng();
@@ -101,16 +136,20 @@ impl TraceContext {
 
     /// The `traceparent` header value (version 00).
     pub fn to_traceparent(&self) -> String {
+        // Hex digits and dashes only: always ASCII, so this never falls back to the empty string.
+        std::str::from_utf8(&self.traceparent_bytes())
+            .map(str::to_owned)
+            .unwrap_or_default()
+    }
+
+    fn traceparent_bytes(&self) -> [u8; TRACEPARENT_LEN] {
         let mut out = *b"00-00000000000000000000000000000000-0000000000000000-00";
         write_hex(&mut out[3..35], &self.trace_id);
         write_hex(&mut out[36..52], &self.span_id);
         if self.sampled {
             out[54] = b'1';
         }
-        // Hex digits and dashes only: always ASCII, so this never falls back to the empty string.
-        std::str::from_utf8(&out)
-            .map(str::to_owned)
-            .unwrap_or_default()
+        out
     }
 
     /// The trace id as 32 lowercase hex digits, formatted lazily (for log fields).

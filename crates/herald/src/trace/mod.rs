@@ -2,7 +2,8 @@
 //! (`traceparent`, carried in the `cloudEvents_traceparent` header) links them across services.
 //!
 //! - A publish continues the trace in force ([`current`]) with a new span, or starts a new
-//!   trace, so every event carries a `traceparent`. A `traceparent` set explicitly
+//!   trace named by the event ([`TraceContext::for_event_id`]: its id is the trace id), so every
+//!   event carries a `traceparent`. A `traceparent` set explicitly
 //!   (`MessageOptions::traceparent`, a ready-made envelope, an outbox row) is sent unchanged.
 //! - A handling runs in a span whose parent is the incoming `traceparent`; while it runs, that
 //!   span is the task's current trace context, so anything the handler publishes (through

@@ -54,9 +54,13 @@ pub(crate) fn publish_span(
     let from_otel = super::otel::start_producer(&span, explicit, parent);
     #[cfg(not(feature = "otel"))]
     let from_otel: Option<TraceContext> = None;
+    // A new trace takes the first event's id as its trace id (see `TraceContext::for_event_id`).
     let ctx = explicit.or(from_otel).unwrap_or_else(|| match parent {
         Some(p) => p.child(),
-        None => TraceContext::new_root(),
+        None => batch
+            .first()
+            .and_then(|e| TraceContext::for_event_id(&e.id))
+            .unwrap_or_else(TraceContext::new_root),
     });
     match &mut *batch {
         [one] => {

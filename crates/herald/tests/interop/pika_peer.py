@@ -39,6 +39,8 @@ def consume(exchange, binding, count):
             "app_id": props.app_id,
             "correlation_id": props.correlation_id,
             "timestamp": props.timestamp,
+            # A UUIDv7 message id carries the event time in milliseconds (its first 48 bits).
+            "id_time_ms": int(props.message_id.replace("-", "")[:12], 16) if props.message_id else None,
             "headers": headers,
             "body": json.loads(body),
         }), flush=True)

@@ -217,6 +217,11 @@ pub async fn check_flow(bus: Bus, capture: &Capture, transport: &str) {
         None,
         "a new trace has no parent"
     );
+    assert_eq!(
+        hex(&ping_trace.trace_id),
+        ping_id.replace('-', ""),
+        "a new trace is named by the event that started it"
+    );
 
     // The consumer's span continues the publisher's trace.
     let (handle_idx, handle) = capture.find("herald.handle", &ping_id);

@@ -1,7 +1,8 @@
 //! Publishing with pipelined publisher confirms.
 //!
-//! A pool of confirm channels on the publishing connection. Each message gets the channel's next
-//! publish sequence number and a pending entry *before* it is sent; `basic.ack`/`basic.nack`
+//! A pool of confirm channels on the publishing connection, each with one sender task that
+//! publishes what the channel's callers queue. Each message gets the channel's next publish
+//! sequence number and a pending entry *before* it is sent; `basic.ack`/`basic.nack`
 //! (single or `multiple`) resolve entries in order, and a `basic.return` (mandatory, no route)
 //! marks its entry so the following ack resolves it as [`Error::Unroutable`]. At most
 //! `confirm_window` messages are unconfirmed at once. When a channel or the connection is lost,
@@ -17,7 +18,8 @@ use amqprs::callbacks::ChannelCallback;
 use amqprs::channel::{BasicPublishArguments, Channel, ConfirmSelectArguments};
 use amqprs::{Ack, BasicProperties, Cancel, CloseChannel, Nack, Return};
 use async_trait::async_trait;
-use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
+use smallvec::SmallVec;
+use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 
 use super::config::{CloudEventsHeaders, RabbitConfig};
 use super::connection::Link;
@@ -159,8 +161,17 @@ struct ConfirmChannel {
     channel: Channel,
     generation: u64,
     state: Arc<ConfirmState>,
-    /// The next publish sequence number; held while sending so numbers match the wire order.
-    seq: tokio::sync::Mutex<u64>,
+    /// To the channel's sender task ([`send_jobs`]), the only code that publishes on it.
+    jobs: mpsc::UnboundedSender<Job>,
+}
+
+/// One message for a channel's sender task: what `basic_publish` takes, and its pending entry.
+/// Unbounded, because every job holds a permit of the confirm window.
+struct Job {
+    properties: BasicProperties,
+    body: Vec<u8>,
+    args: BasicPublishArguments,
+    pending: Pending,
 }
 
 impl ConfirmChannel {
@@ -170,48 +181,70 @@ impl ConfirmChannel {
             && !self.state.closed.load(Ordering::SeqCst)
     }
 
-    async fn send(
+    /// Hand `m` to the channel's sender task. The receiver resolves with the broker's confirm,
+    /// or fails when the channel is lost first (publish it again). `None`: the channel is
+    /// closed, use another.
+    ///
+    /// Synchronous on purpose: amqprs's `basic_publish` future is over 1 KiB, and awaiting it
+    /// here would put it in every publish call's future, which the transport boxes; glibc serves
+    /// allocations that large from its slow path. The sender task holds one such future at a
+    /// time instead.
+    fn send(
         &self,
         m: &Outgoing<'_>,
         permit: OwnedSemaphorePermit,
         cloudevents: CloudEventsHeaders,
     ) -> Option<oneshot::Receiver<Confirm>> {
-        let mut seq = self.seq.lock().await;
-        let next = *seq + 1;
+        if self.state.closed.load(Ordering::SeqCst) {
+            return None;
+        }
         let (tx, rx) = oneshot::channel();
+        let job = Job {
+            properties: to_properties(m.envelope, m.routing_key_header, cloudevents),
+            body: m.envelope.body.to_vec(),
+            args: publish_arguments(m),
+            pending: Pending {
+                id: m.envelope.id.clone(),
+                returned: None,
+                tx,
+                _permit: permit,
+            },
+        };
+        self.jobs.send(job).ok()?;
+        Some(rx)
+    }
+}
+
+/// A channel's sender task: publishes the jobs in the order they came, numbering each with the
+/// channel's next publish sequence number (the broker numbers confirms in wire order) and
+/// recording its pending entry first, so a confirm never arrives for an unknown number. Once
+/// the channel is closed, jobs are dropped, which tells their publishers to publish again. Ends
+/// when the [`ConfirmChannel`] is gone.
+async fn send_jobs(
+    channel: Channel,
+    state: Arc<ConfirmState>,
+    mut jobs: mpsc::UnboundedReceiver<Job>,
+) {
+    let mut seq = 0u64;
+    while let Some(job) = jobs.recv().await {
+        let next = seq + 1;
         {
             // Checked under the lock `fail_all` clears with, so no entry is ever stranded.
-            let mut pending = lock(&self.state.pending);
-            if self.state.closed.load(Ordering::SeqCst) {
-                return None;
+            let mut pending = lock(&state.pending);
+            if state.closed.load(Ordering::SeqCst) {
+                continue;
             }
-            pending.push_back((
-                next,
-                Pending {
-                    id: m.envelope.id.clone(),
-                    returned: None,
-                    tx,
-                    _permit: permit,
-                },
-            ));
+            pending.push_back((next, job.pending));
         }
-        // The properties, body and arguments are built in the call, not held in locals across
-        // the lock above: each would otherwise take room in every publish's future.
-        let publish = self.channel.basic_publish(
-            to_properties(m.envelope, m.routing_key_header, cloudevents),
-            m.envelope.body.to_vec(),
-            publish_arguments(m),
-        );
-        match publish.await {
-            Ok(()) => {
-                *seq = next;
-                Some(rx)
-            }
+        match channel
+            .basic_publish(job.properties, job.body, job.args)
+            .await
+        {
+            Ok(()) => seq = next,
             Err(e) => {
                 tracing::debug!(error = %e, "publish failed on a closing channel; will retry");
-                lock(&self.state.pending).retain(|(tag, _)| *tag != next);
-                self.state.fail_all();
-                None
+                lock(&state.pending).retain(|(tag, _)| *tag != next);
+                state.fail_all();
             }
         }
     }
@@ -317,7 +350,8 @@ impl Publisher {
     /// rest of the batch was settled.
     pub async fn publish_all(&self, msgs: &[Outgoing<'_>]) -> Result<()> {
         let deadline = Instant::now() + self.cfg.outage_timeout;
-        let mut todo: Vec<usize> = (0..msgs.len()).collect();
+        // Inline for one message (every `Bus::publish`), so a publish allocates no lists.
+        let mut todo: SmallVec<[usize; 1]> = (0..msgs.len()).collect();
         let mut first_error: Option<Error> = None;
         let mut broker_closes = 0u32;
         while !todo.is_empty() {
@@ -331,8 +365,8 @@ impl Publisher {
                 Some(ch) => ch,
                 None => Box::pin(self.channel(slot, deadline)).await?,
             };
-            let mut waiting = Vec::with_capacity(todo.len());
-            let mut again = Vec::new();
+            let mut waiting: SmallVec<[_; 1]> = SmallVec::with_capacity(todo.len());
+            let mut again = SmallVec::new();
             let mut iter = todo.into_iter();
             for i in iter.by_ref() {
                 let permit = match self.window.clone().try_acquire_owned() {
@@ -344,10 +378,7 @@ impl Publisher {
                         .await
                         .map_err(|_| Error::Closed)?,
                 };
-                match ch
-                    .send(&msgs[i], permit, self.cfg.cloudevents_headers)
-                    .await
-                {
+                match ch.send(&msgs[i], permit, self.cfg.cloudevents_headers) {
                     Some(rx) => waiting.push((i, rx)),
                     None => {
                         again.push(i);
@@ -452,11 +483,13 @@ async fn open_confirm_channel(
         .confirm_select(ConfirmSelectArguments::new(false))
         .await
         .map_err(|e| Error::transport("rabbitmq", format!("confirm.select failed: {e}")))?;
+    let (jobs, queued) = mpsc::unbounded_channel();
+    tokio::spawn(send_jobs(channel.clone(), state.clone(), queued));
     let confirm = Arc::new(ConfirmChannel {
         channel,
         generation,
         state,
-        seq: tokio::sync::Mutex::new(0),
+        jobs,
     });
     tokio::spawn(watch(Arc::downgrade(&confirm)));
     Ok(confirm)
