@@ -74,10 +74,26 @@ impl TraceContext {
         })
     }
 
-    /// Whether `traceparent` is exactly this context's header value (compared without
-    /// formatting a string).
-    pub(crate) fn is_written_as(&self, traceparent: &str) -> bool {
-        self.traceparent_bytes() == traceparent.as_bytes()
+    /// The `traceparent` value of [`for_event_id`](Self::for_event_id), built from the id's
+    /// digits (lower-cased) without parsing them: this runs for every message on RabbitMQ, to
+    /// decide whether the header can be left out and to derive it again on receipt.
+    pub(crate) fn event_traceparent(id: &str) -> Option<[u8; TRACEPARENT_LEN]> {
+        // Checks the layout too: 36 bytes, hyphens at 8, 13, 18 and 23, hex digits.
+        crate::envelope::v7_millis(id)?;
+        let b = id.as_bytes();
+        let mut out = *b"00-00000000000000000000000000000000-0000000000000000-01";
+        // The five groups of digits, 8-4-4-4-12, side by side.
+        out[3..11].copy_from_slice(&b[0..8]);
+        out[11..15].copy_from_slice(&b[9..13]);
+        out[15..19].copy_from_slice(&b[14..18]);
+        out[19..23].copy_from_slice(&b[19..23]);
+        out[23..35].copy_from_slice(&b[24..36]);
+        if !out[3..35].iter().all(u8::is_ascii_hexdigit) {
+            return None;
+        }
+        out[3..35].make_ascii_lowercase();
+        out.copy_within(19..35, 36);
+        Some(out)
     }
 
     /// A new span in the same trace, with this one as its parent (keeps the sampled flag).
@@ -232,6 +248,24 @@ mod tests {
     use super::*;
 
     const EXAMPLE: &str = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+
+    #[test]
+    fn an_events_trace_is_built_from_its_id_digits() {
+        for _ in 0..100 {
+            let id = uuid::Uuid::now_v7().to_string();
+            let ctx = TraceContext::for_event_id(&id).expect("a UUIDv7");
+            let built = TraceContext::event_traceparent(&id).expect("a UUIDv7");
+            assert_eq!(built, ctx.traceparent_bytes(), "{id}");
+            let upper = TraceContext::event_traceparent(&id.to_uppercase());
+            assert_eq!(upper, Some(built), "digits are lower-cased");
+            assert_eq!(TraceContext::parse(&ctx.to_traceparent()), Some(ctx));
+        }
+        let not_hex = "019ab3f0-6f4a-7cc2-8a1e-5d2b9c0e4fzz";
+        assert_eq!(TraceContext::event_traceparent(not_hex), None);
+        let v4 = uuid::Uuid::new_v4().to_string();
+        assert_eq!(TraceContext::event_traceparent(&v4), None);
+        assert_eq!(TraceContext::for_event_id(&v4), None);
+    }
 
     #[test]
     fn parses_and_formats_the_w3c_example() {

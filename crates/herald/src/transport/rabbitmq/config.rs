@@ -21,6 +21,19 @@ fn cloudevents_headers_of(urls: &[String]) -> CloudEventsHeaders {
         .unwrap_or_default()
 }
 
+/// A `publish_channels=N` query parameter on any of the URLs (the largest, when several).
+fn publish_channels_of(urls: &[String]) -> Option<usize> {
+    urls.iter()
+        .filter_map(|u| url::Url::parse(u.trim()).ok())
+        .flat_map(|u| {
+            u.query_pairs()
+                .filter(|(k, _)| k == "publish_channels")
+                .filter_map(|(_, v)| v.parse::<usize>().ok())
+                .collect::<Vec<_>>()
+        })
+        .max()
+}
+
 /// How [`RabbitTransport`](super::RabbitTransport) connects and behaves.
 ///
 /// Only the URLs and the service name are required; the rest has production defaults.
@@ -33,7 +46,11 @@ pub struct RabbitConfig {
     pub service: String,
     /// Heartbeat interval in seconds (overridden by a `heartbeat=` query parameter).
     pub heartbeat: u16,
-    /// Confirm channels used for publishing (the channel pool).
+    /// Confirm channels used for publishing (the channel pool); a `publish_channels=N` query
+    /// parameter sets it. One by default: each channel has its own sender task and confirm
+    /// stream, and on W1 (2 cores) one channel used 1.5–2.5 µs less client CPU per event than two
+    /// (fewer wake-ups, larger `multiple` confirms). A channel is one Erlang process on the
+    /// broker, so a single publisher that must drive more than one broker core needs more.
     pub publish_channels: usize,
     /// Messages published and not yet confirmed, at most (the confirm window).
     pub confirm_window: usize,
@@ -87,7 +104,7 @@ impl RabbitConfig {
         RabbitConfig {
             service: service.to_string(),
             heartbeat: 30,
-            publish_channels: 2,
+            publish_channels: publish_channels_of(&urls).unwrap_or(1).max(1),
             confirm_window: 256,
             outage_timeout: Duration::from_secs(30),
             min_backoff: Duration::from_millis(100),
@@ -153,6 +170,11 @@ impl RabbitConfig {
                 }
                 "cloudevents" if CloudEventsHeaders::parse(&v).is_none() => {
                     return Err(invalid("cloudevents must be `compact` or `full`"))
+                }
+                "publish_channels" if !v.parse::<usize>().is_ok_and(|n| n >= 1) => {
+                    return Err(invalid(
+                        "publish_channels must be a whole number of at least 1",
+                    ))
                 }
                 "cacertfile" => cacert = Some(v.into_owned()),
                 "certfile" => cert = Some(v.into_owned()),
@@ -281,6 +303,24 @@ mod tests {
         let bad = RabbitConfig::new(vec!["amqp://h?cloudevents=all".into()], "svc");
         let err = bad.validate().unwrap_err().to_string();
         assert!(err.contains("`compact` or `full`"), "{err}");
+    }
+
+    #[test]
+    fn the_channel_pool_size_comes_from_the_urls() {
+        let of = |urls: &[&str]| {
+            RabbitConfig::new(urls.iter().map(|u| u.to_string()).collect(), "svc").publish_channels
+        };
+        assert_eq!(of(&["amqp://h"]), 1);
+        assert_eq!(
+            of(&["amqp://a?publish_channels=2", "amqp://b?publish_channels=4"]),
+            4
+        );
+        for bad in ["0", "two"] {
+            let c = RabbitConfig::new(vec![format!("amqp://h?publish_channels={bad}")], "svc");
+            assert_eq!(c.publish_channels, 1, "{bad}: the default until validated");
+            let err = c.validate().unwrap_err().to_string();
+            assert!(err.contains("publish_channels must be"), "{err}");
+        }
     }
 
     #[test]

@@ -107,7 +107,7 @@ fn carried_by_property(e: &Envelope, k: &str, fits: impl Fn(&str) -> bool) -> bo
         header::TRACEPARENT => {
             fits(&e.id)
                 && e.traceparent.as_deref().is_some_and(|tp| {
-                    TraceContext::for_event_id(&e.id).is_some_and(|c| c.is_written_as(tp))
+                    TraceContext::event_traceparent(&e.id).is_some_and(|d| d == tp.as_bytes())
                 })
         }
         header::TIME => {
@@ -254,8 +254,8 @@ pub(crate) fn from_message(
         if a.traceparent.is_none() && id_time.is_some() {
             a.traceparent =
                 a.id.as_deref()
-                    .and_then(TraceContext::for_event_id)
-                    .map(|c| c.to_traceparent());
+                    .and_then(TraceContext::event_traceparent)
+                    .and_then(|d| std::str::from_utf8(&d).ok().map(str::to_owned));
         }
         if a.time.is_none() {
             a.time = id_time.or_else(|| stamp.and_then(|t| Utc.timestamp_opt(t, 0).single()));
