@@ -209,7 +209,9 @@ pub struct LatencyFigures {
 }
 
 /// Publish `events` W1 events at `rate` per second and measure, in the handler, how long
-/// after `publish` was called each one arrived (the envelope's time is set at publish).
+/// after `publish` was called each one arrived. The clock is this process's monotonic one, read
+/// when `publish` is called and looked up by the event's `seq` (the event's own time is whole
+/// milliseconds, too coarse for this).
 pub async fn latency(
     broker: &str,
     exchange: &str,
@@ -219,12 +221,18 @@ pub async fn latency(
     let consumer = bench_bus(broker, exchange, "bench-latency").await?;
     let samples = Arc::new(std::sync::Mutex::new(Vec::with_capacity(events as usize)));
     let done = Arc::new(Notify::new());
-    let (s, d) = (samples.clone(), done.clone());
+    let origin = Instant::now();
+    // When `publish` was called for each seq, in nanoseconds since `origin`.
+    let sent: Arc<Vec<AtomicU64>> = Arc::new((0..events).map(|_| AtomicU64::new(0)).collect());
+    let (s, d, at) = (samples.clone(), done.clone(), sent.clone());
     consumer.subscribe_with(
-        move |_e: OrderPlaced, ctx: herald::Context| {
-            let micros = (chrono_now_micros() - ctx.time().timestamp_micros()).max(0);
+        move |e: OrderPlaced| {
+            let now = origin.elapsed().as_nanos() as u64;
+            let sent = at
+                .get(e.seq as usize)
+                .map_or(now, |t| t.load(Ordering::Acquire));
             let mut v = s.lock().unwrap_or_else(|e| e.into_inner());
-            v.push(micros as f64 / 1000.0);
+            v.push(now.saturating_sub(sent) as f64 / 1e6);
             if v.len() as u64 == events {
                 d.notify_one();
             }
@@ -242,7 +250,11 @@ pub async fn latency(
     for i in 0..events {
         ticker.tick().await;
         let bus = publisher.clone();
-        pending.push(async move { bus.publish(&OrderPlaced::sample(i)).await });
+        let event = OrderPlaced::sample(i);
+        if let Some(t) = sent.get(i as usize) {
+            t.store(origin.elapsed().as_nanos() as u64, Ordering::Release);
+        }
+        pending.push(async move { bus.publish(&event).await });
         // Keep confirms flowing without waiting for each one.
         while let Some(Some(r)) = futures::FutureExt::now_or_never(pending.next()) {
             r?;
@@ -263,13 +275,6 @@ pub async fn latency(
         p99_ms: crate::percentile(&v, 0.99),
         max_ms: v.last().copied().unwrap_or(0.0),
     })
-}
-
-fn chrono_now_micros() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_micros() as i64)
-        .unwrap_or(0)
 }
 
 /// The latency result line.

@@ -4,7 +4,8 @@
 //! process (`herald bench --role consumer`): W1 there measures two processes on one file. The
 //! child prints `READY` once subscribed and `DONE cpu_us=N` once it has handled every event. On
 //! RabbitMQ, publisher and consumer run in this process with their own connections, as the raw
-//! amqprs baseline does (`--raw` runs it first, in the same invocation).
+//! amqprs baseline does (`--raw` runs it in the same invocation: before Herald, and with
+//! `--rounds` alternately before and after, since the order moves the ratio by a few percent).
 
 use std::process::Stdio;
 use std::time::{Duration, Instant};
