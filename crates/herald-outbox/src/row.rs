@@ -55,7 +55,8 @@ impl StagedEvent {
     }
 
     /// Encode a ready-made envelope. Without a `traceparent` it gets the trace context in force
-    /// ([`herald::trace::current_or_root`]).
+    /// ([`herald::trace::current`]), else the trace its id names
+    /// ([`herald::trace::TraceContext::for_event_id`]).
     pub fn from_envelope(envelope: &Envelope) -> Result<Self> {
         let body = std::str::from_utf8(&envelope.body)
             .map_err(|_| {
@@ -68,8 +69,11 @@ impl StagedEvent {
         let mut map = envelope.header_map();
         if envelope.traceparent.is_none() {
             // The relay publishes this unchanged, so the event continues the trace of the code
-            // that staged it (a handler, an OpenTelemetry span) instead of starting a new one.
-            let trace = herald::trace::current_or_root();
+            // that staged it (a handler, an OpenTelemetry span) instead of starting a new one;
+            // outside any trace it starts the one its id names, as `Bus::publish` does.
+            let trace = herald::trace::current()
+                .or_else(|| herald::trace::TraceContext::for_event_id(&envelope.id))
+                .unwrap_or_else(herald::trace::TraceContext::new_root);
             map.insert(header::TRACEPARENT.into(), trace.to_traceparent());
         }
         // Priority and TTL are not wire headers; keep them for the relay.

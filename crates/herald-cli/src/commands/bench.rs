@@ -83,6 +83,9 @@ pub async fn run(mut config: Config, args: Args) -> CliResult<()> {
     // A fresh exchange per run, so earlier runs' leftovers do not count.
     config.exchange = format!("bench.w1.{:08x}", rand::random::<u32>());
     if args.latency {
+        if args.rounds > 1 {
+            return Err("--rounds applies to throughput runs, not --latency".into());
+        }
         return latency(&config, transport, &args).await;
     }
     let mut rounds = herald_bench::Rounds::default();

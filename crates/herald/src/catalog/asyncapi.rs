@@ -216,8 +216,8 @@ fn example_headers(event: &CatalogEvent) -> Value {
     headers
 }
 
-/// The CloudEvents binary-mode headers (docs/wire-format.md); every value is a string. On AMQP
-/// none is always present: id, type, source, datacontenttype and correlation id travel in the
+/// The CloudEvents binary-mode headers (docs/wire-format.md); every value is a string. In the
+/// compact AMQP form (the default) none is always present: id, type, source, datacontenttype and correlation id travel in the
 /// standard properties, the time and a trace the event started in its UUIDv7 id, and the spec
 /// version, event version and attempt are left out at their defaults.
 fn headers_schema(event: &CatalogEvent) -> Value {
@@ -228,14 +228,14 @@ fn headers_schema(event: &CatalogEvent) -> Value {
             "cloudEvents_id": s("UUIDv7, unique per event (on AMQP: the `message_id` property)"),
             "cloudEvents_source": s("the publishing service (on AMQP: the `app_id` property)"),
             "cloudEvents_type": {"type": "string", "const": event.name, "description": "the event name (on AMQP: the `type` property)"},
-            "cloudEvents_specversion": {"type": "string", "const": "1.0", "description": "absent on AMQP (1.0 is assumed)"},
-            "cloudEvents_time": {"type": "string", "format": "date-time", "description": "when it happened, RFC 3339 UTC (absent on AMQP when it is the millisecond of the UUIDv7 id)"},
+            "cloudEvents_specversion": {"type": "string", "const": "1.0", "description": "absent in the compact AMQP form (1.0 is assumed)"},
+            "cloudEvents_time": {"type": "string", "format": "date-time", "description": "when it happened, RFC 3339 UTC (absent in the compact AMQP form when it is the millisecond of the UUIDv7 id)"},
             "cloudEvents_datacontenttype": {"type": "string", "const": "application/json", "description": "on AMQP: the `content_type` property"},
             "cloudEvents_subject": s("optional, e.g. the aggregate id"),
             "cloudEvents_eventversion": {"type": "string", "const": event.version.to_string(), "description": "contract version (absent on AMQP when 1)"},
             "cloudEvents_correlationid": s("id shared by every event of one business flow (on AMQP: the `correlation_id` property)"),
             "cloudEvents_causationid": s("id of the event whose handler published this one"),
-            "cloudEvents_traceparent": s("W3C trace context (absent on AMQP when the event started its trace: trace id = the id's 32 hex digits, parent id = its last 16)"),
+            "cloudEvents_traceparent": s("W3C trace context (absent in the compact AMQP form when it is the trace derived from the id, which readers derive again)"),
             "herald_attempt": s("delivery attempt, 1 on first delivery (absent on AMQP when 1)"),
         },
     })

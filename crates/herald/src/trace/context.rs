@@ -45,55 +45,45 @@ impl TraceContext {
         }
     }
 
-    /// The trace a publish starts when no trace is in force: the event's UUIDv7 id is the trace
-    /// id and its last 8 bytes the span id (sampled). `None` when `id` is not a UUIDv7.
+    /// The trace a publish starts when no trace is in force, derived from the event's UUIDv7 id
+    /// (sampled); `None` when `id` is not a UUIDv7. Deriving it means a compact wire format need
+    /// not send it: readers derive it again from the id, and an event's trace is found from its id.
     ///
-    /// A UUIDv7 ends in 62 random bits, so its right-most 7 bytes are as random as W3C trace
-    /// context asks of a trace id. Deriving the context from the id means a compact wire format
-    /// need not send it (readers derive it again), and an event's trace is found by its id.
+    /// The trace id's first 8 bytes are the id's (its millisecond, so trace ids sort by time);
+    /// the last 8, and the span id, are the id's 16 bytes mixed (splitmix64's finalizer). Not the
+    /// id's own last bytes: those hold fixed variant bits and uuid's per-millisecond counter,
+    /// while samplers that decide by trace-id ratio read the low 8 bytes as a uniform number.
     ///
     /// ```
     /// use herald::trace::TraceContext;
     ///
-    /// let ctx = TraceContext::for_event_id("019ab3f0-6f4a-7cc2-8a1e-5d2b9c0e4f11").unwrap();
-    /// assert_eq!(
-    ///     ctx.to_traceparent(),
-    ///     "00-019ab3f06f4a7cc28a1e5d2b9c0e4f11-8a1e5d2b9c0e4f11-01"
-    /// );
+    /// let id = "019ab3f0-6f4a-7cc2-8a1e-5d2b9c0e4f11";
+    /// let ctx = TraceContext::for_event_id(id).unwrap();
+    /// assert_eq!(ctx.trace_id[..8], [0x01, 0x9a, 0xb3, 0xf0, 0x6f, 0x4a, 0x7c, 0xc2]);
+    /// assert_eq!(TraceContext::for_event_id(&id.to_uppercase()), Some(ctx));
     /// assert_eq!(TraceContext::for_event_id("e1"), None);
     /// ```
     pub fn for_event_id(id: &str) -> Option<Self> {
-        crate::envelope::v7_millis(id)?;
-        let bytes = *uuid::Uuid::try_parse(id).ok()?.as_bytes();
-        let mut span_id = [0u8; 8];
-        span_id.copy_from_slice(&bytes[8..]);
+        let bytes = v7_id_bytes(id)?;
+        let (mut hi, mut lo) = ([0u8; 8], [0u8; 8]);
+        hi.copy_from_slice(&bytes[..8]);
+        lo.copy_from_slice(&bytes[8..]);
+        let (hi, lo) = (u64::from_be_bytes(hi), u64::from_be_bytes(lo));
+        let low = mix(lo ^ mix(hi));
+        let mut trace_id = [0u8; 16];
+        trace_id[..8].copy_from_slice(&bytes[..8]);
+        trace_id[8..].copy_from_slice(&low.to_be_bytes());
         Some(TraceContext {
-            trace_id: bytes,
-            span_id,
+            trace_id,
+            span_id: mix(low ^ hi).max(1).to_be_bytes(),
             sampled: true,
         })
     }
 
-    /// The `traceparent` value of [`for_event_id`](Self::for_event_id), built from the id's
-    /// digits (lower-cased) without parsing them: this runs for every message on RabbitMQ, to
-    /// decide whether the header can be left out and to derive it again on receipt.
+    /// The `traceparent` value of [`for_event_id`](Self::for_event_id), without a string: this
+    /// runs for every message on RabbitMQ, to decide whether the header can be left out.
     pub(crate) fn event_traceparent(id: &str) -> Option<[u8; TRACEPARENT_LEN]> {
-        // Checks the layout too: 36 bytes, hyphens at 8, 13, 18 and 23, hex digits.
-        crate::envelope::v7_millis(id)?;
-        let b = id.as_bytes();
-        let mut out = *b"00-00000000000000000000000000000000-0000000000000000-01";
-        // The five groups of digits, 8-4-4-4-12, side by side.
-        out[3..11].copy_from_slice(&b[0..8]);
-        out[11..15].copy_from_slice(&b[9..13]);
-        out[15..19].copy_from_slice(&b[14..18]);
-        out[19..23].copy_from_slice(&b[19..23]);
-        out[23..35].copy_from_slice(&b[24..36]);
-        if !out[3..35].iter().all(u8::is_ascii_hexdigit) {
-            return None;
-        }
-        out[3..35].make_ascii_lowercase();
-        out.copy_within(19..35, 36);
-        Some(out)
+        Self::for_event_id(id).map(|c| c.traceparent_bytes())
     }
 
     /// A new span in the same trace, with this one as its parent (keeps the sampled flag).
@@ -217,6 +207,35 @@ fn write_hex(out: &mut [u8], bytes: &[u8]) {
 /// Marks a byte that is not a lowercase hex digit in [`HEX`] (the spec forbids upper case).
 const INVALID: u8 = 0x10;
 
+/// The 16 bytes of a hyphenated UUIDv7 (either case), `None` for anything else.
+fn v7_id_bytes(id: &str) -> Option<[u8; 16]> {
+    // Checks the layout: 36 bytes, hyphens at 8, 13, 18 and 23, version 7, the RFC variant.
+    crate::envelope::v7_millis(id)?;
+    let b = id.as_bytes();
+    let mut digits = [0u8; 32];
+    digits[0..8].copy_from_slice(&b[0..8]);
+    digits[8..12].copy_from_slice(&b[9..13]);
+    digits[12..16].copy_from_slice(&b[14..18]);
+    digits[16..20].copy_from_slice(&b[19..23]);
+    digits[20..32].copy_from_slice(&b[24..36]);
+    digits.make_ascii_lowercase();
+    let mut out = [0u8; 16];
+    let mut bad = 0u8;
+    for (i, o) in out.iter_mut().enumerate() {
+        let (h, l) = (HEX[digits[2 * i] as usize], HEX[digits[2 * i + 1] as usize]);
+        bad |= h | l;
+        *o = h << 4 | (l & 0x0f);
+    }
+    (bad & INVALID == 0).then_some(out)
+}
+
+/// splitmix64's finalizer: a bijection on `u64` whose output bits each depend on every input bit.
+fn mix(mut z: u64) -> u64 {
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
 /// The value of each lowercase hex digit; [`INVALID`] for every other byte.
 const HEX: [u8; 256] = {
     let mut t = [INVALID; 256];
@@ -250,18 +269,33 @@ mod tests {
     const EXAMPLE: &str = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
 
     #[test]
-    fn an_events_trace_is_built_from_its_id_digits() {
-        for _ in 0..100 {
-            let id = uuid::Uuid::now_v7().to_string();
-            let ctx = TraceContext::for_event_id(&id).expect("a UUIDv7");
-            let built = TraceContext::event_traceparent(&id).expect("a UUIDv7");
-            assert_eq!(built, ctx.traceparent_bytes(), "{id}");
-            let upper = TraceContext::event_traceparent(&id.to_uppercase());
-            assert_eq!(upper, Some(built), "digits are lower-cased");
+    fn an_events_trace_is_derived_from_its_id() {
+        let mut low_half = 0;
+        for _ in 0..1000 {
+            let id = uuid::Uuid::now_v7();
+            let text = id.to_string();
+            let ctx = TraceContext::for_event_id(&text).expect("a UUIDv7");
+            assert_eq!(TraceContext::for_event_id(&text.to_uppercase()), Some(ctx));
+            assert_eq!(
+                TraceContext::event_traceparent(&text),
+                Some(ctx.traceparent_bytes())
+            );
             assert_eq!(TraceContext::parse(&ctx.to_traceparent()), Some(ctx));
+            assert_eq!(ctx.trace_id[..8], id.as_bytes()[..8]);
+            // What a trace-id ratio sampler reads (the low 8 bytes, shifted right once): about
+            // half below the midpoint, though ids made in one millisecond differ in a counter.
+            let mut low = [0u8; 8];
+            low.copy_from_slice(&ctx.trace_id[8..]);
+            if u64::from_be_bytes(low) >> 1 < 1 << 62 {
+                low_half += 1;
+            }
         }
+        assert!(
+            (400..=600).contains(&low_half),
+            "{low_half} of 1000 in the low half"
+        );
         let not_hex = "019ab3f0-6f4a-7cc2-8a1e-5d2b9c0e4fzz";
-        assert_eq!(TraceContext::event_traceparent(not_hex), None);
+        assert_eq!(TraceContext::for_event_id(not_hex), None);
         let v4 = uuid::Uuid::new_v4().to_string();
         assert_eq!(TraceContext::event_traceparent(&v4), None);
         assert_eq!(TraceContext::for_event_id(&v4), None);

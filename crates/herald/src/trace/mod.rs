@@ -1,5 +1,5 @@
 //! Distributed tracing: every publish and every handling is a span, and W3C trace context
-//! (`traceparent`, carried in the `cloudEvents_traceparent` header) links them across services.
+//! (`traceparent`, the `cloudEvents_traceparent` attribute) links them across services.
 //!
 //! - A publish continues the trace in force ([`current`]) with a new span, or starts a new
 //!   trace named by the event ([`TraceContext::for_event_id`]: its id is the trace id), so every
@@ -51,8 +51,7 @@ pub fn current() -> Option<TraceContext> {
     task_current()
 }
 
-/// [`current`], or a new trace when there is none. This is what the outbox stores with a
-/// staged event, so the relayed event continues the trace of the code that staged it.
+/// [`current`], or a new trace with random ids when there is none.
 pub fn current_or_root() -> TraceContext {
     current().unwrap_or_else(TraceContext::new_root)
 }

@@ -3,7 +3,7 @@
 //!
 //! Field values are only formatted when a subscriber wants the span (`Span::is_disabled`), so
 //! with tracing filtered above INFO a span costs a callsite check, and the trace context costs
-//! a few random numbers plus the header string every event carries anyway.
+//! a few mixed or random numbers plus the `traceparent` string every envelope carries anyway.
 
 use std::future::Future;
 

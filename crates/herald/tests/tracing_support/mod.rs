@@ -218,9 +218,9 @@ pub async fn check_flow(bus: Bus, capture: &Capture, transport: &str) {
         "a new trace has no parent"
     );
     assert_eq!(
-        hex(&ping_trace.trace_id),
-        ping_id.replace('-', ""),
-        "a new trace is named by the event that started it"
+        Some(ping_trace),
+        TraceContext::for_event_id(&ping_id),
+        "a new trace is derived from the event that started it"
     );
 
     // The consumer's span continues the publisher's trace.

@@ -104,17 +104,16 @@ pub(crate) fn to_properties(
 fn carried_by_property(e: &Envelope, k: &str, fits: impl Fn(&str) -> bool) -> bool {
     match k {
         header::SPEC_VERSION => true,
+        // A reader derives the trace only when the `timestamp` property (the time's second)
+        // agrees with the id, so a time set by hand keeps the trace context as a header.
         header::TRACEPARENT => {
             fits(&e.id)
+                && v7_millis(&e.id).map(|ms| ms.div_euclid(1000)) == Some(e.time.timestamp())
                 && e.traceparent.as_deref().is_some_and(|tp| {
                     TraceContext::event_traceparent(&e.id).is_some_and(|d| d == tp.as_bytes())
                 })
         }
-        header::TIME => {
-            fits(&e.id)
-                && e.time.timestamp_subsec_nanos().is_multiple_of(1_000_000)
-                && v7_millis(&e.id) == Some(e.time.timestamp_millis())
-        }
+        header::TIME => fits(&e.id) && time_of_v7_id(&e.id) == Some(e.time),
         header::ID => fits(&e.id),
         header::TYPE => fits(&e.event_type),
         header::SOURCE => fits(&e.source),
@@ -396,13 +395,17 @@ mod tests {
     #[test]
     fn a_time_other_than_the_ids_travels_as_a_header() {
         let mut e = Envelope::new("a.b", 1, "a.b", "svc", Bytes::from_static(b"{}"));
+        e.traceparent = TraceContext::for_event_id(&e.id).map(|c| c.to_traceparent());
         e.time = DateTime::parse_from_rfc3339("2024-01-15T10:35:00.123456Z")
             .expect("a time")
             .with_timezone(&Utc);
         let p = to_properties(&e, false, CloudEventsHeaders::Compact);
-        assert_eq!(header_names(&p), [header::TIME]);
+        // The `timestamp` property no longer agrees with the id, so the reader would not derive
+        // the trace: it travels too.
+        assert_eq!(header_names(&p), [header::TIME, header::TRACEPARENT]);
         let (back, _) = from_message("a.b", &p, b"{}".to_vec());
         assert_eq!(back.time, e.time, "microseconds kept");
+        assert_eq!(back.traceparent, e.traceparent);
     }
 
     #[test]
@@ -419,11 +422,8 @@ mod tests {
         };
         let agreeing = read(Some((ms / 1000) as u64));
         assert_eq!(agreeing.time.timestamp_millis(), ms);
-        assert_eq!(
-            agreeing.traceparent.as_deref(),
-            Some("00-019ab3f06f4a7cc28a1e5d2b9c0e4f11-8a1e5d2b9c0e4f11-01"),
-            "the trace the id started"
-        );
+        let started = TraceContext::for_event_id(id).map(|c| c.to_traceparent());
+        assert_eq!(agreeing.traceparent, started, "the trace the id started");
         let other = read(Some(1_700_000_000));
         assert_eq!(
             other.time.timestamp_millis(),

@@ -210,7 +210,11 @@ impl ConfirmChannel {
                 _permit: permit,
             },
         };
-        self.jobs.send(job).ok()?;
+        if self.jobs.send(job).is_err() {
+            // The sender task is gone (it can only end early by panicking): retire the channel.
+            self.state.fail_all();
+            return None;
+        }
         Some(rx)
     }
 }
@@ -225,13 +229,17 @@ async fn send_jobs(
     state: Arc<ConfirmState>,
     mut jobs: mpsc::UnboundedReceiver<Job>,
 ) {
+    // However the task ends (a panic included), the channel's unconfirmed messages are failed,
+    // so their publishers send them again, and the channel is no longer used.
+    let _retire = FailOnDrop(state.clone());
     let mut seq = 0u64;
     while let Some(job) = jobs.recv().await {
         let next = seq + 1;
         {
-            // Checked under the lock `fail_all` clears with, so no entry is ever stranded.
+            // Checked under the lock `fail_all` clears with, so no entry is ever stranded; a
+            // channel closed by `close_channels` sends nothing more.
             let mut pending = lock(&state.pending);
-            if state.closed.load(Ordering::SeqCst) {
+            if state.closed.load(Ordering::SeqCst) || !channel.is_open() {
                 continue;
             }
             pending.push_back((next, job.pending));
@@ -243,10 +251,18 @@ async fn send_jobs(
             Ok(()) => seq = next,
             Err(e) => {
                 tracing::debug!(error = %e, "publish failed on a closing channel; will retry");
-                lock(&state.pending).retain(|(tag, _)| *tag != next);
                 state.fail_all();
             }
         }
+    }
+}
+
+/// Fails a channel's unconfirmed messages when dropped.
+struct FailOnDrop(Arc<ConfirmState>);
+
+impl Drop for FailOnDrop {
+    fn drop(&mut self) {
+        self.0.fail_all();
     }
 }
 
