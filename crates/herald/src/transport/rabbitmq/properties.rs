@@ -49,8 +49,9 @@ pub(crate) fn to_properties(
     // Short-string properties hold at most 255 bytes (amqprs panics beyond); longer values still
     // travel in the CloudEvents headers.
     let fits = |v: &str| v.len() <= 255;
+    let from_id = (cloudevents == CloudEventsHeaders::Compact).then(|| FromId::of(e, fits));
     e.for_each_wire_header(
-        |k| cloudevents == CloudEventsHeaders::Full || !carried_by_property(e, k, fits),
+        |k| from_id.is_none_or(|id| !carried_by_property(e, k, fits, id)),
         |k, v| {
             if let Some(n) = name(k) {
                 headers.insert(n, FieldValue::from(v.into_owned()));
@@ -101,19 +102,11 @@ pub(crate) fn to_properties(
 /// per event on W1, where raw amqprs spends 33,000 on the whole event. [`from_message`] fills
 /// the attributes back from the properties, so Herald reads both this compact form and the full
 /// one (older Herald versions, other CloudEvents publishers).
-fn carried_by_property(e: &Envelope, k: &str, fits: impl Fn(&str) -> bool) -> bool {
+fn carried_by_property(e: &Envelope, k: &str, fits: impl Fn(&str) -> bool, id: FromId) -> bool {
     match k {
         header::SPEC_VERSION => true,
-        // A reader derives the trace only when the `timestamp` property (the time's second)
-        // agrees with the id, so a time set by hand keeps the trace context as a header.
-        header::TRACEPARENT => {
-            fits(&e.id)
-                && v7_millis(&e.id).map(|ms| ms.div_euclid(1000)) == Some(e.time.timestamp())
-                && e.traceparent.as_deref().is_some_and(|tp| {
-                    TraceContext::event_traceparent(&e.id).is_some_and(|d| d == tp.as_bytes())
-                })
-        }
-        header::TIME => fits(&e.id) && time_of_v7_id(&e.id) == Some(e.time),
+        header::TRACEPARENT => id.trace,
+        header::TIME => id.time,
         header::ID => fits(&e.id),
         header::TYPE => fits(&e.event_type),
         header::SOURCE => fits(&e.source),
@@ -122,6 +115,37 @@ fn carried_by_property(e: &Envelope, k: &str, fits: impl Fn(&str) -> bool) -> bo
         header::EVENT_VERSION => e.event_version == 1,
         header::ATTEMPT => e.attempt == 1,
         _ => false,
+    }
+}
+
+/// Which attributes the envelope's id, in `message_id`, carries for a reader; worked out once
+/// per message.
+#[derive(Clone, Copy)]
+struct FromId {
+    /// The time is the id's millisecond.
+    time: bool,
+    /// The trace context is the one derived from the id, and a reader will derive it: it does
+    /// so only when the `timestamp` property (the time's second) agrees with the id, so a time
+    /// set by hand keeps the trace context as a header.
+    trace: bool,
+}
+
+impl FromId {
+    fn of(e: &Envelope, fits: impl Fn(&str) -> bool) -> Self {
+        let Some(ms) = v7_millis(&e.id).filter(|_| fits(&e.id)) else {
+            return FromId {
+                time: false,
+                trace: false,
+            };
+        };
+        let trace = ms.div_euclid(1000) == e.time.timestamp()
+            && e.traceparent.as_deref().is_some_and(|tp| {
+                TraceContext::event_traceparent(&e.id).is_some_and(|d| d == tp.as_bytes())
+            });
+        FromId {
+            time: DateTime::from_timestamp_millis(ms) == Some(e.time),
+            trace,
+        }
     }
 }
 
