@@ -319,10 +319,7 @@ fn encode_id(id: uuid::Uuid) -> String {
 /// agree and a compact wire format can send the time once, inside the id.
 fn new_id_and_time() -> (String, DateTime<Utc>) {
     let id = uuid::Uuid::now_v7();
-    let b = id.as_bytes();
-    let ms = i64::from_be_bytes([0, 0, b[0], b[1], b[2], b[3], b[4], b[5]]);
-    let time = DateTime::from_timestamp_millis(ms).unwrap_or_else(Utc::now);
-    (encode_id(id), time)
+    (encode_id(id), v7_time(&id).unwrap_or_else(Utc::now))
 }
 
 /// The millisecond a UUIDv7 id carries (its first 48 bits, Unix milliseconds), or `None` when
@@ -339,32 +336,25 @@ fn new_id_and_time() -> (String, DateTime<Utc>) {
 /// assert_eq!(time_of_v7_id(&uuid::Uuid::new_v4().to_string()), None, "v4 carries no time");
 /// ```
 pub fn time_of_v7_id(id: &str) -> Option<DateTime<Utc>> {
-    v7_millis(id).and_then(DateTime::from_timestamp_millis)
+    parse_v7_id(id).and_then(|u| v7_time(&u))
 }
 
-/// The Unix milliseconds of a hyphenated UUIDv7 id; see [`time_of_v7_id`].
-pub(crate) fn v7_millis(id: &str) -> Option<i64> {
-    let b = id.as_bytes();
-    let hyphens = [8, 13, 18, 23].iter().all(|&i| b.get(i) == Some(&b'-'));
-    // Version 7, and the RFC 9562 variant (10xx in the first bits of the fourth group).
-    if b.len() != 36
-        || !hyphens
-        || b[14] != b'7'
-        || !matches!(b[19], b'8' | b'9' | b'a' | b'b' | b'A' | b'B')
-    {
+/// A hyphenated UUIDv7 (either case), parsed; `None` for any other text. uuid's parser also
+/// takes the simple, braced and URN forms; Herald's ids are hyphenated.
+pub(crate) fn parse_v7_id(id: &str) -> Option<uuid::Uuid> {
+    if id.len() != 36 {
         return None;
     }
-    let hex = |c: u8| match c {
-        b'0'..=b'9' => Some(c - b'0'),
-        b'a'..=b'f' => Some(c - b'a' + 10),
-        b'A'..=b'F' => Some(c - b'A' + 10),
-        _ => None,
-    };
-    let mut ms: i64 = 0;
-    for &c in b[0..8].iter().chain(&b[9..13]) {
-        ms = (ms << 4) | i64::from(hex(c)?);
-    }
-    Some(ms)
+    let u = uuid::Uuid::try_parse(id).ok()?;
+    (u.get_version_num() == 7 && u.get_variant() == uuid::Variant::RFC4122).then_some(u)
+}
+
+/// The Unix millisecond in a UUIDv7's first 48 bits.
+pub(crate) fn v7_time(id: &uuid::Uuid) -> Option<DateTime<Utc>> {
+    let b = id.as_bytes();
+    DateTime::from_timestamp_millis(i64::from_be_bytes([
+        0, 0, b[0], b[1], b[2], b[3], b[4], b[5],
+    ]))
 }
 
 /// A version or attempt as text; the usual 1 without an allocation (compact wire formats leave

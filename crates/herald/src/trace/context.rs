@@ -64,7 +64,12 @@ impl TraceContext {
     /// assert_eq!(TraceContext::for_event_id("e1"), None);
     /// ```
     pub fn for_event_id(id: &str) -> Option<Self> {
-        let bytes = v7_id_bytes(id)?;
+        crate::envelope::parse_v7_id(id).map(|u| Self::for_event_uuid(&u))
+    }
+
+    /// [`for_event_id`](Self::for_event_id) for an id already parsed (and known to be a UUIDv7).
+    pub(crate) fn for_event_uuid(id: &uuid::Uuid) -> Self {
+        let bytes = id.as_bytes();
         let (mut hi, mut lo) = ([0u8; 8], [0u8; 8]);
         hi.copy_from_slice(&bytes[..8]);
         lo.copy_from_slice(&bytes[8..]);
@@ -73,17 +78,17 @@ impl TraceContext {
         let mut trace_id = [0u8; 16];
         trace_id[..8].copy_from_slice(&bytes[..8]);
         trace_id[8..].copy_from_slice(&low.to_be_bytes());
-        Some(TraceContext {
+        TraceContext {
             trace_id,
             span_id: mix(low ^ hi).max(1).to_be_bytes(),
             sampled: true,
-        })
+        }
     }
 
-    /// The `traceparent` value of [`for_event_id`](Self::for_event_id), without a string: this
-    /// runs for every message on RabbitMQ, to decide whether the header can be left out.
-    pub(crate) fn event_traceparent(id: &str) -> Option<[u8; TRACEPARENT_LEN]> {
-        Self::for_event_id(id).map(|c| c.traceparent_bytes())
+    /// Whether `traceparent` is this context's header value, compared without making a string
+    /// (this runs for every message on RabbitMQ, to decide whether the header can be left out).
+    pub(crate) fn is_written_as(&self, traceparent: &str) -> bool {
+        self.traceparent_bytes() == traceparent.as_bytes()
     }
 
     /// A new span in the same trace, with this one as its parent (keeps the sampled flag).
@@ -207,28 +212,6 @@ fn write_hex(out: &mut [u8], bytes: &[u8]) {
 /// Marks a byte that is not a lowercase hex digit in [`HEX`] (the spec forbids upper case).
 const INVALID: u8 = 0x10;
 
-/// The 16 bytes of a hyphenated UUIDv7 (either case), `None` for anything else.
-fn v7_id_bytes(id: &str) -> Option<[u8; 16]> {
-    // Checks the layout: 36 bytes, hyphens at 8, 13, 18 and 23, version 7, the RFC variant.
-    crate::envelope::v7_millis(id)?;
-    let b = id.as_bytes();
-    let mut digits = [0u8; 32];
-    digits[0..8].copy_from_slice(&b[0..8]);
-    digits[8..12].copy_from_slice(&b[9..13]);
-    digits[12..16].copy_from_slice(&b[14..18]);
-    digits[16..20].copy_from_slice(&b[19..23]);
-    digits[20..32].copy_from_slice(&b[24..36]);
-    digits.make_ascii_lowercase();
-    let mut out = [0u8; 16];
-    let mut bad = 0u8;
-    for (i, o) in out.iter_mut().enumerate() {
-        let (h, l) = (HEX[digits[2 * i] as usize], HEX[digits[2 * i + 1] as usize]);
-        bad |= h | l;
-        *o = h << 4 | (l & 0x0f);
-    }
-    (bad & INVALID == 0).then_some(out)
-}
-
 /// splitmix64's finalizer: a bijection on `u64` whose output bits each depend on every input bit.
 fn mix(mut z: u64) -> u64 {
     z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
@@ -276,10 +259,7 @@ mod tests {
             let text = id.to_string();
             let ctx = TraceContext::for_event_id(&text).expect("a UUIDv7");
             assert_eq!(TraceContext::for_event_id(&text.to_uppercase()), Some(ctx));
-            assert_eq!(
-                TraceContext::event_traceparent(&text),
-                Some(ctx.traceparent_bytes())
-            );
+            assert!(ctx.is_written_as(&ctx.to_traceparent()));
             assert_eq!(TraceContext::parse(&ctx.to_traceparent()), Some(ctx));
             assert_eq!(ctx.trace_id[..8], id.as_bytes()[..8]);
             // What a trace-id ratio sampler reads (the low 8 bytes, shifted right once): about
@@ -297,7 +277,6 @@ mod tests {
         let not_hex = "019ab3f0-6f4a-7cc2-8a1e-5d2b9c0e4fzz";
         assert_eq!(TraceContext::for_event_id(not_hex), None);
         let v4 = uuid::Uuid::new_v4().to_string();
-        assert_eq!(TraceContext::event_traceparent(&v4), None);
         assert_eq!(TraceContext::for_event_id(&v4), None);
     }
 

@@ -2,7 +2,7 @@
 //! (`traceparent`, the `cloudEvents_traceparent` attribute) links them across services.
 //!
 //! - A publish continues the trace in force ([`current`]) with a new span, or starts a new
-//!   trace named by the event ([`TraceContext::for_event_id`]: its id is the trace id), so every
+//!   trace derived from the event's id ([`TraceContext::for_event_id`]), so every
 //!   event carries a `traceparent`. A `traceparent` set explicitly
 //!   (`MessageOptions::traceparent`, a ready-made envelope, an outbox row) is sent unchanged.
 //! - A handling runs in a span whose parent is the incoming `traceparent`; while it runs, that

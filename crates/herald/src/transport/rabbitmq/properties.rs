@@ -14,9 +14,7 @@ use bytes::Bytes;
 use chrono::{DateTime, TimeZone, Utc};
 
 use super::config::CloudEventsHeaders;
-use crate::envelope::{
-    format_time, header, time_of_v7_id, v7_millis, Envelope, ReceivedAttributes,
-};
+use crate::envelope::{format_time, header, parse_v7_id, v7_time, Envelope, ReceivedAttributes};
 use crate::trace::TraceContext;
 
 /// Header carrying the envelope's routing key on copies Herald moves through the default
@@ -132,18 +130,21 @@ struct FromId {
 
 impl FromId {
     fn of(e: &Envelope, fits: impl Fn(&str) -> bool) -> Self {
-        let Some(ms) = v7_millis(&e.id).filter(|_| fits(&e.id)) else {
+        let Some((id, time)) = parse_v7_id(&e.id)
+            .filter(|_| fits(&e.id))
+            .and_then(|id| Some((id, v7_time(&id)?)))
+        else {
             return FromId {
                 time: false,
                 trace: false,
             };
         };
-        let trace = ms.div_euclid(1000) == e.time.timestamp()
-            && e.traceparent.as_deref().is_some_and(|tp| {
-                TraceContext::event_traceparent(&e.id).is_some_and(|d| d == tp.as_bytes())
-            });
+        let trace = time.timestamp() == e.time.timestamp()
+            && e.traceparent
+                .as_deref()
+                .is_some_and(|tp| TraceContext::for_event_uuid(&id).is_written_as(tp));
         FromId {
-            time: DateTime::from_timestamp_millis(ms) == Some(e.time),
+            time: time == e.time,
             trace,
         }
     }
@@ -270,18 +271,17 @@ pub(crate) fn from_message(
         // (whole seconds) agrees with its time, so a foreign id that happens to be a UUIDv7
         // minted at another time is not taken for the event's time or trace.
         let stamp = props.timestamp().map(|t| t as i64);
-        let id_time =
-            a.id.as_deref()
-                .and_then(time_of_v7_id)
-                .filter(|t| stamp == Some(t.timestamp()));
-        if a.traceparent.is_none() && id_time.is_some() {
-            a.traceparent =
-                a.id.as_deref()
-                    .and_then(TraceContext::event_traceparent)
-                    .and_then(|d| std::str::from_utf8(&d).ok().map(str::to_owned));
+        let id = a.id.as_deref().and_then(parse_v7_id).and_then(|id| {
+            let time = v7_time(&id).filter(|t| stamp == Some(t.timestamp()))?;
+            Some((id, time))
+        });
+        if a.traceparent.is_none() {
+            a.traceparent = id.map(|(id, _)| TraceContext::for_event_uuid(&id).to_traceparent());
         }
         if a.time.is_none() {
-            a.time = id_time.or_else(|| stamp.and_then(|t| Utc.timestamp_opt(t, 0).single()));
+            a.time = id
+                .map(|(_, time)| time)
+                .or_else(|| stamp.and_then(|t| Utc.timestamp_opt(t, 0).single()));
         }
     }
     if let Some(r) = props.reply_to() {
