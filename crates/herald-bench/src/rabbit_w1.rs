@@ -91,8 +91,8 @@ pub async fn run(events: u64, kind: QueueKind) -> BenchResult<W1Figures> {
         let mut got = 0u64;
         while got < events {
             let Some(d) = rx.recv().await else { break };
-            let _v: serde_json::Value =
-                serde_json::from_slice(&d.envelope.body).unwrap_or_default();
+            let _event: Option<crate::w1::OrderPlaced> =
+                serde_json::from_slice(&d.envelope.body).ok();
             if d.ack().await.is_ok() {
                 got += 1;
             }

@@ -1,6 +1,8 @@
 //! W1 on plain amqprs: the baseline. One publisher connection with a confirm channel and a
 //! window of 256 unconfirmed messages, one consumer connection with prefetch 200 that decodes
-//! each body as JSON and acks it (one ack per message, as a straightforward client would).
+//! each body into the event's struct and acks it (one ack per message, as a straightforward
+//! client would). The bodies are the bus's W1 event ([`crate::w1::OrderPlaced`]), encoded and
+//! decoded with serde as the bus does.
 
 use std::sync::Arc;
 
@@ -15,6 +17,7 @@ use amqprs::{Ack, BasicProperties, Cancel, CloseChannel, FieldTable, FieldValue,
 use async_trait::async_trait;
 use tokio::sync::Semaphore;
 
+use crate::w1::OrderPlaced;
 use crate::{run_name, w1_body, Meter, W1Figures};
 
 type AmqpResult<T> = std::result::Result<T, amqprs::error::Error>;
@@ -154,7 +157,7 @@ pub async fn run(events: u64, quorum: bool, with_headers: bool) -> BenchResult<W
             let (Some(d), Some(body)) = (m.deliver, m.content) else {
                 continue;
             };
-            let _v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+            let _event: Option<OrderPlaced> = serde_json::from_slice(&body).ok();
             let _ = con_ch
                 .basic_ack(BasicAckArguments::new(d.delivery_tag(), false))
                 .await;

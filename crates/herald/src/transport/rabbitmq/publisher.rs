@@ -1,8 +1,10 @@
 //! Publishing with pipelined publisher confirms.
 //!
-//! A pool of confirm channels on the publishing connection, each with one sender task that
-//! publishes what the channel's callers queue. Each message gets the channel's next publish
-//! sequence number and a pending entry *before* it is sent; `basic.ack`/`basic.nack`
+//! A pool of confirm channels on the publishing connection. A publish call hands its message to
+//! amqprs's writer itself when nothing is queued ahead of it on the channel; when the writer's
+//! queue is full it queues the message for the channel's sender task instead, which sends in
+//! order. Each message gets the channel's next publish sequence number and a pending entry
+//! *before* it is sent; `basic.ack`/`basic.nack`
 //! (single or `multiple`) resolve entries in order, and a `basic.return` (mandatory, no route)
 //! marks its entry so the following ack resolves it as [`Error::Unroutable`]. At most
 //! `confirm_window` messages are unconfirmed at once. When a channel or the connection is lost,
@@ -10,8 +12,10 @@
 //! reconnected (at-least-once), bounded by `outage_timeout`.
 
 use std::collections::VecDeque;
+use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use amqprs::callbacks::ChannelCallback;
@@ -50,11 +54,23 @@ struct Pending {
     _permit: OwnedSemaphorePermit,
 }
 
+/// What is sent on a channel, in order. Numbering a message and handing it to amqprs's writer
+/// happen under this one lock, so the numbers follow the wire order the broker confirms in.
 #[derive(Default)]
-struct ConfirmState {
+struct Sent {
     /// Unconfirmed messages by sequence number, in the order sent (which is ascending): a
     /// confirm resolves a prefix or one entry, and the buffer is reused from one to the next.
-    pending: Mutex<VecDeque<(u64, Pending)>>,
+    pending: VecDeque<(u64, Pending)>,
+    /// The sequence number of the last message sent.
+    seq: u64,
+    /// Jobs handed to the sender task and not yet sent: while there are any, a publish call
+    /// queues behind them rather than sending itself.
+    queued: usize,
+}
+
+#[derive(Default)]
+struct ConfirmState {
+    sent: Mutex<Sent>,
     closed: AtomicBool,
     /// Why the broker closed the channel, when it did (e.g. 404 for a missing exchange).
     close_reason: Mutex<Option<(u16, String)>>,
@@ -68,7 +84,7 @@ impl ConfirmState {
     fn resolve(&self, tag: u64, multiple: bool, ok: bool) {
         // Resolved under the lock: sending on a oneshot never blocks, and collecting the
         // entries first would allocate for every `multiple` confirm.
-        let mut p = lock(&self.pending);
+        let p = &mut lock(&self.sent).pending;
         let settle = |d: Pending| {
             let c = match (ok, d.returned) {
                 (true, Some((code, text))) => Confirm::Returned { code, text },
@@ -90,9 +106,9 @@ impl ConfirmState {
     /// Drop every pending entry: their publishers see the loss and publish again.
     fn fail_all(&self) {
         let drained = {
-            let mut p = lock(&self.pending);
+            let mut sent = lock(&self.sent);
             self.closed.store(true, Ordering::SeqCst);
-            std::mem::take(&mut *p)
+            std::mem::take(&mut sent.pending)
         };
         drop(drained);
     }
@@ -147,8 +163,9 @@ impl ChannelCallback for ConfirmCallback {
         _content: Vec<u8>,
     ) {
         let Some(id) = props.message_id() else { return };
-        let mut p = lock(&self.0.pending);
-        if let Some((_, entry)) = p
+        let mut sent = lock(&self.0.sent);
+        if let Some((_, entry)) = sent
+            .pending
             .iter_mut()
             .find(|(_, e)| e.returned.is_none() && &e.id == id)
         {
@@ -161,12 +178,12 @@ struct ConfirmChannel {
     channel: Channel,
     generation: u64,
     state: Arc<ConfirmState>,
-    /// To the channel's sender task ([`send_jobs`]), the only code that publishes on it.
+    /// To the channel's sender task ([`send_jobs`]), for messages that cannot be sent at once.
     jobs: mpsc::UnboundedSender<Job>,
 }
 
 /// One message for a channel's sender task: what `basic_publish` takes, and its pending entry.
-/// Unbounded, because every job holds a permit of the confirm window.
+/// The queue is unbounded because every job holds a permit of the confirm window.
 struct Job {
     properties: BasicProperties,
     body: Vec<u8>,
@@ -181,14 +198,15 @@ impl ConfirmChannel {
             && !self.state.closed.load(Ordering::SeqCst)
     }
 
-    /// Hand `m` to the channel's sender task. The receiver resolves with the broker's confirm,
-    /// or fails when the channel is lost first (publish it again). `None`: the channel is
-    /// closed, use another.
+    /// Send `m`: to amqprs's writer at once when nothing is queued ahead of it on this channel
+    /// and the writer has room (nearly always), else to the channel's sender task. The receiver
+    /// resolves with the broker's confirm, or fails when the channel is lost first (publish it
+    /// again). `None`: the channel is closed, use another.
     ///
-    /// Synchronous on purpose: amqprs's `basic_publish` future is over 1 KiB, and awaiting it
-    /// here would put it in every publish call's future, which the transport boxes; glibc serves
-    /// allocations that large from its slow path. The sender task holds one such future at a
-    /// time instead.
+    /// Synchronous on purpose. amqprs's `basic_publish` future is over 1 KiB: awaited here, it
+    /// would sit in every publish call's future, which the transport boxes, and glibc serves
+    /// allocations that large from its slow path. Polled once on this stack frame instead, it
+    /// costs no allocation, and no hand-over to another task.
     fn send(
         &self,
         m: &Outgoing<'_>,
@@ -199,30 +217,75 @@ impl ConfirmChannel {
             return None;
         }
         let (tx, rx) = oneshot::channel();
+        let pending = Pending {
+            id: m.envelope.id.clone(),
+            returned: None,
+            tx,
+            _permit: permit,
+        };
+        let mut sent = lock(&self.state.sent);
+        // Checked under the lock `fail_all` clears with, so no entry is ever stranded.
+        if self.state.closed.load(Ordering::SeqCst) {
+            return None;
+        }
+        let pending = if sent.queued == 0 && self.channel.is_open() {
+            let next = sent.seq + 1;
+            sent.pending.push_back((next, pending));
+            // Unconstrained: tokio's cooperative budget would otherwise make the writer's queue
+            // look full after a burst of sends in one task poll. Polled where it is built: the
+            // future is large, and every move of it is a copy.
+            let publish = std::pin::pin!(tokio::task::unconstrained(self.channel.basic_publish(
+                to_properties(m.envelope, m.routing_key_header, cloudevents),
+                m.envelope.body.to_vec(),
+                publish_arguments(m),
+            )));
+            let mut cx = Context::from_waker(futures::task::noop_waker_ref());
+            match publish.poll(&mut cx) {
+                Poll::Ready(Ok(())) => {
+                    sent.seq = next;
+                    return Some(rx);
+                }
+                Poll::Ready(Err(e)) => {
+                    drop(sent);
+                    tracing::debug!(error = %e, "publish failed on a closing channel; will retry");
+                    // Drops the entry just added too: its publisher sends it again.
+                    self.state.fail_all();
+                    return Some(rx);
+                }
+                // The writer's queue is full (a stalled socket). Nothing was sent, as tokio's
+                // bounded send guarantees when its future is dropped: queue it for the sender
+                // task, which waits for room. Later calls queue behind it until it is sent, so
+                // this is logged once per stall.
+                Poll::Pending => {
+                    tracing::debug!("amqprs's writer queue is full; publishes queue for the channel's sender task");
+                    sent.pending.pop_back()?.1
+                }
+            }
+        } else {
+            pending
+        };
         let job = Job {
             properties: to_properties(m.envelope, m.routing_key_header, cloudevents),
             body: m.envelope.body.to_vec(),
             args: publish_arguments(m),
-            pending: Pending {
-                id: m.envelope.id.clone(),
-                returned: None,
-                tx,
-                _permit: permit,
-            },
+            pending,
         };
         if self.jobs.send(job).is_err() {
+            drop(sent);
             // The sender task is gone (it can only end early by panicking): retire the channel.
             self.state.fail_all();
             return None;
         }
+        sent.queued += 1;
         Some(rx)
     }
 }
 
-/// A channel's sender task: publishes the jobs in the order they came, numbering each with the
-/// channel's next publish sequence number (the broker numbers confirms in wire order) and
-/// recording its pending entry first, so a confirm never arrives for an unknown number. Once
-/// the channel is closed, jobs are dropped, which tells their publishers to publish again. Ends
+/// A channel's sender task: publishes the jobs that could not be sent at once, in the order
+/// they came, numbering each with the channel's next publish sequence number (the broker
+/// numbers confirms in wire order) and recording its pending entry first, so a confirm never
+/// arrives for an unknown number. Until a job is sent, publish calls queue behind it. Once the
+/// channel is closed, jobs are dropped, which tells their publishers to publish again. Ends
 /// when the [`ConfirmChannel`] is gone.
 async fn send_jobs(
     channel: Channel,
@@ -232,27 +295,30 @@ async fn send_jobs(
     // However the task ends (a panic included), the channel's unconfirmed messages are failed,
     // so their publishers send them again, and the channel is no longer used.
     let _retire = FailOnDrop(state.clone());
-    let mut seq = 0u64;
     while let Some(job) = jobs.recv().await {
-        let next = seq + 1;
         {
-            // Checked under the lock `fail_all` clears with, so no entry is ever stranded; a
-            // channel closed by `close_channels` sends nothing more.
-            let mut pending = lock(&state.pending);
+            // A channel closed by `close_channels` sends nothing more.
+            let mut sent = lock(&state.sent);
             if state.closed.load(Ordering::SeqCst) || !channel.is_open() {
+                sent.queued = sent.queued.saturating_sub(1);
                 continue;
             }
-            pending.push_back((next, job.pending));
+            // Numbered now: no publish call sends while this job is queued, so the number
+            // matches the wire order.
+            sent.seq += 1;
+            let seq = sent.seq;
+            sent.pending.push_back((seq, job.pending));
         }
-        match channel
+        let result = channel
             .basic_publish(job.properties, job.body, job.args)
-            .await
+            .await;
         {
-            Ok(()) => seq = next,
-            Err(e) => {
-                tracing::debug!(error = %e, "publish failed on a closing channel; will retry");
-                state.fail_all();
-            }
+            let mut sent = lock(&state.sent);
+            sent.queued = sent.queued.saturating_sub(1);
+        }
+        if let Err(e) = result {
+            tracing::debug!(error = %e, "publish failed on a closing channel; will retry");
+            state.fail_all();
         }
     }
 }
@@ -544,7 +610,7 @@ mod tests {
                 .clone()
                 .try_acquire_owned()
                 .expect("a permit per entry");
-            lock(&state.pending).push_back((
+            lock(&state.sent).pending.push_back((
                 seq,
                 Pending {
                     id: format!("m{seq}"),
@@ -572,19 +638,19 @@ mod tests {
         state.resolve(4, false, true);
         assert!(is_ack(&mut rx[3]));
         assert!(rx[2].try_recv().is_err());
-        assert_eq!(lock(&state.pending).len(), 2);
+        assert_eq!(lock(&state.sent).pending.len(), 2);
         // A nack covering the rest fails them; an unknown tag changes nothing.
         state.resolve(9, false, true);
         state.resolve(5, true, false);
         assert!(matches!(rx[2].try_recv(), Ok(Confirm::Nack)));
         assert!(matches!(rx[4].try_recv(), Ok(Confirm::Nack)));
-        assert!(lock(&state.pending).is_empty());
+        assert!(lock(&state.sent).pending.is_empty());
     }
 
     #[test]
     fn a_lost_channel_drops_every_entry_so_its_publisher_sends_again() {
         let (state, mut rx) = pending(3);
-        lock(&state.pending)[1].1.returned = Some((312, "NO_ROUTE".into()));
+        lock(&state.sent).pending[1].1.returned = Some((312, "NO_ROUTE".into()));
         state.resolve(2, true, true);
         assert!(is_ack(&mut rx[0]));
         assert!(matches!(
