@@ -17,14 +17,15 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::envelope::{header, Envelope};
 use crate::error::Error;
 use crate::event::Event;
 use crate::topology::{QueueSpec, Topology};
-use crate::transport::{ConsumeOptions, Delivery, Failure, Outcome, PublishOptions, Transport};
+use crate::transport::{
+    ConsumeOptions, Deliveries, Delivery, Failure, Outcome, PublishOptions, Transport,
+};
 
 /// How a test reaches a transport.
 #[async_trait]
@@ -90,7 +91,7 @@ async fn declare(t: &dyn Transport, names: &Names, queues: Vec<QueueSpec>) {
     t.apply_topology(&topo).await.expect("apply topology");
 }
 
-async fn recv(rx: &mut mpsc::Receiver<Delivery>, within: Duration) -> Option<Delivery> {
+async fn recv(rx: &mut Deliveries, within: Duration) -> Option<Delivery> {
     tokio::time::timeout(within, rx.recv()).await.ok().flatten()
 }
 

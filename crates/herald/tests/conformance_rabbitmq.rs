@@ -9,9 +9,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use herald::conformance::Harness;
 use herald::transport::rabbitmq::{RabbitConfig, RabbitTransport};
-use herald::transport::{ConsumeOptions, DeadLetter, Delivery, PublishOptions, QueueStats};
+use herald::transport::{ConsumeOptions, DeadLetter, Deliveries, PublishOptions, QueueStats};
 use herald::{Envelope, QueueSpec, Topology, Transport};
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 mod common;
@@ -49,7 +48,7 @@ impl Transport for Recording {
         queue: &QueueSpec,
         options: ConsumeOptions,
         cancel: CancellationToken,
-    ) -> herald::Result<mpsc::Receiver<Delivery>> {
+    ) -> herald::Result<Deliveries> {
         self.inner.consume(queue, options, cancel).await
     }
     async fn dead_letters(&self, queue: &str, limit: usize) -> herald::Result<Vec<DeadLetter>> {

@@ -12,14 +12,15 @@ use std::time::{Duration, Instant};
 
 use futures::stream::{FuturesUnordered, StreamExt};
 use futures::FutureExt;
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::bus::metrics::Metrics;
 use crate::middleware::{Disposition, FailureKind, Handle, HandlerError, Message};
 use crate::telemetry::handles::ConsumerTelemetry;
 use crate::topology::QueueSpec;
-use crate::transport::{ConsumeOptions, Delivery, Failure, Outcome, Transport};
+use crate::transport::{
+    ConsumeOptions, Deliveries, Delivery, Failure, Outcome, Transport, TryRecvError,
+};
 
 /// Everything one subscription's consumer needs.
 pub(crate) struct ConsumerSpec {
@@ -87,7 +88,7 @@ pub(crate) async fn run(
 
 /// Handle deliveries until shutdown or the end of the stream; returns with nothing in flight.
 async fn consume_stream(
-    rx: &mut mpsc::Receiver<Delivery>,
+    rx: &mut Deliveries,
     spec: &Arc<ConsumerSpec>,
     queue: &Arc<str>,
     metrics: &Arc<Metrics>,
@@ -114,11 +115,11 @@ async fn consume_stream(
                     ));
                     continue;
                 }
-                Err(mpsc::error::TryRecvError::Disconnected) => {
+                Err(TryRecvError::Disconnected) => {
                     open = false;
                     continue;
                 }
-                Err(mpsc::error::TryRecvError::Empty) => {}
+                Err(TryRecvError::Empty) => {}
             }
         }
         if !in_flight.is_empty() && in_flight.next().now_or_never().is_some() {

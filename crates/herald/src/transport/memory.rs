@@ -20,8 +20,8 @@ use crate::error::{Error, Result};
 use crate::pattern::topic_matches;
 use crate::topology::{QueueSpec, Topology};
 use crate::transport::{
-    reset_for_replay, ConsumeOptions, DeadLetter, Delivery, Failure, Outcome, PublishOptions,
-    QueueStats, Settle, Transport,
+    reset_for_replay, ConsumeOptions, DeadLetter, Deliveries, Delivery, Failure, Outcome,
+    PublishOptions, QueueStats, Settle, Transport,
 };
 
 /// The in-memory transport. Clones share the broker *and* the connection; [`handle`](Self::handle)
@@ -339,7 +339,7 @@ impl Transport for MemoryTransport {
         queue: &QueueSpec,
         options: ConsumeOptions,
         cancel: CancellationToken,
-    ) -> Result<mpsc::Receiver<Delivery>> {
+    ) -> Result<Deliveries> {
         self.closed_check()?;
         let notify = {
             let mut state = lock(&self.broker.state);
@@ -458,7 +458,7 @@ impl Transport for MemoryTransport {
                 q.consumers = q.consumers.saturating_sub(1);
             }
         });
-        Ok(rx)
+        Ok(rx.into())
     }
 
     async fn dead_letters(&self, queue: &str, limit: usize) -> Result<Vec<DeadLetter>> {

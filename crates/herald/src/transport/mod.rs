@@ -14,19 +14,21 @@ use std::time::Duration;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::envelope::{format_time, header, Envelope};
 use crate::error::Result;
 use crate::topology::{QueueSpec, Topology};
 
+mod deliveries;
 pub mod memory;
 #[cfg(feature = "rabbitmq")]
 pub mod rabbitmq;
 #[cfg(feature = "sqlite")]
 pub mod sqlite;
 mod url;
+
+pub use deliveries::{Deliveries, DeliverySource, TryRecvError};
 
 pub use self::url::{connect, redact_url, BrokerUrl, DEFAULT_SQLITE_PATH};
 
@@ -265,15 +267,15 @@ pub trait Transport: Send + Sync + 'static {
         options: PublishOptions,
     ) -> Result<()>;
 
-    /// Start consuming a declared queue. Deliveries arrive on the returned channel until `cancel`
-    /// fires; at most `options.prefetch` are unsettled at once. Deliveries still buffered when
-    /// the receiver is dropped go back to the queue.
+    /// Start consuming a declared queue. Deliveries are taken from the returned [`Deliveries`]
+    /// until `cancel` fires; at most `options.prefetch` are unsettled at once. Deliveries still
+    /// buffered when it is dropped go back to the queue.
     async fn consume(
         &self,
         queue: &QueueSpec,
         options: ConsumeOptions,
         cancel: CancellationToken,
-    ) -> Result<mpsc::Receiver<Delivery>>;
+    ) -> Result<Deliveries>;
 
     /// Read up to `limit` dead letters of a work queue, oldest first, without removing them.
     async fn dead_letters(&self, queue: &str, limit: usize) -> Result<Vec<DeadLetter>>;

@@ -25,6 +25,8 @@ use amqprs::channel::{
 use amqprs::{Ack, BasicProperties, Cancel, CloseChannel, Nack, Return};
 use async_trait::async_trait;
 use chrono::Utc;
+use std::task::{Context, Poll, Waker};
+
 use tokio::sync::{mpsc, Notify};
 use tokio_util::sync::CancellationToken;
 
@@ -36,7 +38,7 @@ use super::topology::{self, CloseSlot};
 use crate::envelope::{format_time, header, Envelope};
 use crate::error::{Error, Result};
 use crate::topology::{QueueSpec, Topology};
-use crate::transport::{Delivery, Outcome, Settle};
+use crate::transport::{Delivery, DeliverySource, Outcome, Settle};
 
 const EPOCH_SHIFT: u32 = 40;
 
@@ -398,11 +400,28 @@ impl ChannelCallback for ConsumerCallback {
     async fn publish_return(&mut self, _: &Channel, _: Return, _: BasicProperties, _: Vec<u8>) {}
 }
 
-/// A consumer channel with its subscription.
+/// A consumer channel with its subscription: amqprs's channel of its messages, and what the
+/// control task keeps to watch and cancel it.
 pub(crate) struct Subscription {
+    consumer: Consumer,
+    rx: mpsc::UnboundedReceiver<ConsumerMessage>,
+}
+
+struct Consumer {
     channel: Channel,
     tag: String,
-    rx: mpsc::UnboundedReceiver<ConsumerMessage>,
+    /// Set when the broker cancels the consumer (its queue was deleted).
+    broker_cancelled: Arc<AtomicBool>,
+}
+
+impl Consumer {
+    /// Whether it still delivers: its channel and connection are open and the broker has not
+    /// cancelled it.
+    fn is_alive(&self) -> bool {
+        self.channel.is_open()
+            && self.channel.is_connection_open()
+            && !self.broker_cancelled.load(Ordering::SeqCst)
+    }
 }
 
 /// Open a channel on `conn` and subscribe to `queue`.
@@ -419,10 +438,11 @@ pub(crate) async fn subscribe(
         )
     })?;
     let slot: CloseSlot = Arc::new(Mutex::new(None));
+    let broker_cancelled = Arc::new(AtomicBool::new(false));
     channel
         .register_callback(ConsumerCallback {
             slot: slot.clone(),
-            broker_cancelled: Arc::new(AtomicBool::new(false)),
+            broker_cancelled: broker_cancelled.clone(),
             queue: queue.to_string(),
         })
         .await
@@ -443,19 +463,155 @@ pub(crate) async fn subscribe(
     let mut args = BasicConsumeArguments::new(queue, &tag);
     args.manual_ack(true);
     match channel.basic_consume_rx(args.finish()).await {
-        Ok((tag, rx)) => Ok(Subscription { channel, tag, rx }),
+        Ok((tag, rx)) => Ok(Subscription {
+            consumer: Consumer {
+                channel,
+                tag,
+                broker_cancelled,
+            },
+            rx,
+        }),
         Err(e) => Err(topology::broker_error(e, &slot, queue, "consuming from queue").await),
     }
 }
 
-/// Everything a consumer task needs.
+/// What a consumer's control task ([`ConsumerTask`]) and its [`RabbitDeliveries`] share.
+pub(crate) struct ConsumeShared {
+    slot: Mutex<Slot>,
+    /// The consumer found the subscription's channel gone: resubscribe.
+    lost: Notify,
+    /// Fired when the consumer closes or drops its deliveries, or the transport's cancel token
+    /// fires (it is a child of that token).
+    closed: CancellationToken,
+    settler: Arc<ConsumerSettler>,
+}
+
+#[derive(Default)]
+struct Slot {
+    /// The subscription's epoch and amqprs's channel of its messages; `None` while subscribing.
+    current: Option<(u64, mpsc::UnboundedReceiver<ConsumerMessage>)>,
+    /// No more deliveries: the consumer stopped.
+    ended: bool,
+    /// The consumer, waiting for a subscription.
+    waker: Option<Waker>,
+    /// The epoch whose channel the consumer found gone.
+    lost: Option<u64>,
+}
+
+impl ConsumeShared {
+    pub fn new(settler: Arc<ConsumerSettler>, cancel: &CancellationToken) -> Arc<Self> {
+        Arc::new(ConsumeShared {
+            slot: Mutex::new(Slot::default()),
+            lost: Notify::new(),
+            closed: cancel.child_token(),
+            settler,
+        })
+    }
+
+    /// Hand a new subscription's messages to the consumer.
+    fn install(&self, epoch: u64, rx: mpsc::UnboundedReceiver<ConsumerMessage>) {
+        let waker = {
+            let mut slot = lock(&self.slot);
+            slot.current = Some((epoch, rx));
+            slot.waker.take()
+        };
+        if let Some(w) = waker {
+            w.wake();
+        }
+    }
+
+    /// Hand out nothing more; returns the subscription's messages not yet taken.
+    fn end(&self) -> Option<(u64, mpsc::UnboundedReceiver<ConsumerMessage>)> {
+        let (current, waker) = {
+            let mut slot = lock(&self.slot);
+            slot.ended = true;
+            (slot.current.take(), slot.waker.take())
+        };
+        if let Some(w) = waker {
+            w.wake();
+        }
+        current
+    }
+
+    /// The delivery for one of amqprs's messages (`None` for a message without content, which
+    /// a consumer channel does not send).
+    fn delivery(&self, epoch: u64, msg: ConsumerMessage) -> Option<Delivery> {
+        let (Some(deliver), Some(props), Some(body)) =
+            (msg.deliver, msg.basic_properties, msg.content)
+        else {
+            return None;
+        };
+        let dtag = deliver.delivery_tag();
+        let (envelope, _) = from_message(deliver.routing_key(), &props, body);
+        self.settler.track(epoch, dtag);
+        Some(Delivery::new(
+            envelope,
+            deliver.redelivered(),
+            encode(epoch, dtag),
+            as_settle(&self.settler),
+        ))
+    }
+}
+
+/// A consumer's deliveries, converted from amqprs's messages as the consumer takes them: no
+/// task and no second channel between amqprs and the consumer.
+pub(crate) struct RabbitDeliveries(pub Arc<ConsumeShared>);
+
+impl DeliverySource for RabbitDeliveries {
+    fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Option<Delivery>> {
+        let shared = &self.0;
+        let mut slot = lock(&shared.slot);
+        loop {
+            if slot.ended || shared.closed.is_cancelled() {
+                return Poll::Ready(None);
+            }
+            // Kept for the control task, which wakes the consumer when it installs a new
+            // subscription or stops: replacing or dropping amqprs's receiver wakes nobody.
+            if !slot.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                slot.waker = Some(cx.waker().clone());
+            }
+            let Some((epoch, rx)) = slot.current.as_mut() else {
+                return Poll::Pending;
+            };
+            let epoch = *epoch;
+            match rx.poll_recv(cx) {
+                Poll::Ready(Some(msg)) => {
+                    if let Some(d) = shared.delivery(epoch, msg) {
+                        return Poll::Ready(Some(d));
+                    }
+                }
+                // The channel is gone (connection lost, queue deleted): the control task
+                // subscribes again and installs the new subscription.
+                Poll::Ready(None) => {
+                    slot.current = None;
+                    slot.lost = Some(epoch);
+                    shared.lost.notify_one();
+                }
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+    }
+
+    fn close(&mut self) {
+        lock(&self.0.slot).ended = true;
+        self.0.closed.cancel();
+    }
+}
+
+impl Drop for RabbitDeliveries {
+    fn drop(&mut self) {
+        // The control task cancels the subscription and requeues what was not taken.
+        self.0.closed.cancel();
+    }
+}
+
+/// Everything a consumer's control task needs: it subscribes, resubscribes when the channel is
+/// lost, and cancels the subscription when the consumer stops.
 pub(crate) struct ConsumerTask {
     pub link: Link,
     pub spec: QueueSpec,
     pub prefetch: usize,
-    pub settler: Arc<ConsumerSettler>,
-    pub tx: mpsc::Sender<Delivery>,
-    pub cancel: CancellationToken,
+    pub shared: Arc<ConsumeShared>,
     pub topologies: Arc<Mutex<Vec<Topology>>>,
     pub cfg: Arc<RabbitConfig>,
 }
@@ -466,16 +622,19 @@ fn as_settle(s: &Arc<ConsumerSettler>) -> Arc<dyn Settle> {
 }
 
 impl ConsumerTask {
-    /// Run until cancelled or the receiver is dropped, resubscribing after failures.
+    /// Run until the consumer stops (cancelled, closed or dropped), resubscribing after
+    /// failures.
     pub async fn run(self, first: Subscription) {
+        let closed = self.shared.closed.clone();
+        let settler = self.shared.settler.clone();
         let mut sub = Some(first);
         let mut epoch: u64 = 0;
         let mut failures: u32 = 0;
-        'outer: loop {
+        loop {
             let current = match sub.take() {
                 Some(s) => s,
                 None => {
-                    let Some(session) = self.link.session_or_cancel(&self.cancel).await else {
+                    let Some(session) = self.link.session_or_cancel(&closed).await else {
                         break;
                     };
                     match subscribe(
@@ -493,7 +652,7 @@ impl ConsumerTask {
                             self.redeclare(&session.conn).await;
                             let delay = Duration::from_millis(100 * u64::from(failures.min(50)));
                             tokio::select! {
-                                _ = self.cancel.cancelled() => break,
+                                _ = closed.cancelled() => break,
                                 _ = tokio::time::sleep(delay) => continue,
                             }
                         }
@@ -502,106 +661,44 @@ impl ConsumerTask {
             };
             failures = 0;
             epoch += 1;
-            let Subscription {
-                channel,
-                tag,
-                mut rx,
-            } = current;
-            self.settler.set_channel(epoch, channel.clone());
+            let Subscription { consumer, rx } = current;
+            settler.set_channel(epoch, consumer.channel.clone());
+            self.shared.install(epoch, rx);
+            // Until the subscription is lost: the consumer finds its channel of messages ended
+            // when it takes the next one; a consumer that takes none (busy, paused) would never
+            // notice, so the subscription is also checked every 100 ms.
             loop {
-                // A message already waiting is taken without building the wait below: under
-                // load that is most of them, and each wait registers with two notifiers.
-                let ready = match rx.try_recv() {
-                    Ok(m) if !self.cancel.is_cancelled() && !self.tx.is_closed() => Some(Some(m)),
-                    Ok(m) => {
-                        if let Some(d) = m.deliver {
-                            self.settler
-                                .nack(epoch, d.delivery_tag(), true, false)
-                                .await;
-                        }
-                        None
-                    }
-                    Err(_) => None,
-                };
-                let msg = match ready {
-                    Some(m) => m,
-                    None => tokio::select! {
-                        biased;
-                        _ = self.cancel.cancelled() => {
-                            self.stop(&channel, &tag, &mut rx, epoch).await;
-                            break 'outer;
-                        }
-                        // The receiver was dropped: stop consuming, the broker keeps the rest.
-                        _ = self.tx.closed() => {
-                            self.stop(&channel, &tag, &mut rx, epoch).await;
-                            break 'outer;
-                        }
-                        m = rx.recv() => m,
-                    },
-                };
-                let Some(msg) = msg else {
-                    if self.cancel.is_cancelled() {
-                        break 'outer;
-                    }
-                    tracing::warn!(queue = %self.spec.name, "consumer channel lost; resubscribing");
-                    break;
-                };
-                let (Some(deliver), Some(props), Some(body)) =
-                    (msg.deliver, msg.basic_properties, msg.content)
-                else {
-                    continue;
-                };
-                let dtag = deliver.delivery_tag();
-                let (envelope, _) = from_message(deliver.routing_key(), &props, body);
-                self.settler.track(epoch, dtag);
-                let delivery = Delivery::new(
-                    envelope,
-                    deliver.redelivered(),
-                    encode(epoch, dtag),
-                    as_settle(&self.settler),
-                );
-                // Room in the bus's queue is the usual case: no wait to build.
-                let delivery = match self.tx.try_reserve() {
-                    Ok(p) => {
-                        p.send(delivery);
-                        continue;
-                    }
-                    Err(_) => delivery,
-                };
                 tokio::select! {
                     biased;
-                    permit = self.tx.reserve() => match permit {
-                        Ok(p) => p.send(delivery),
-                        Err(_) => {
-                            // The receiver is gone: give everything back.
-                            let _ = delivery.settle(Outcome::Release { delay: Duration::ZERO }).await;
-                            self.stop(&channel, &tag, &mut rx, epoch).await;
-                            break 'outer;
+                    _ = closed.cancelled() => {
+                        self.stop(&consumer.channel, &consumer.tag).await;
+                        return;
+                    }
+                    _ = self.shared.lost.notified() => {
+                        if lock(&self.shared.slot).lost == Some(epoch) {
+                            break;
                         }
-                    },
-                    _ = self.cancel.cancelled() => {
-                        let _ = delivery.settle(Outcome::Release { delay: Duration::ZERO }).await;
-                        self.stop(&channel, &tag, &mut rx, epoch).await;
-                        break 'outer;
+                    }
+                    _ = tokio::time::sleep(Duration::from_millis(100)) => {
+                        if !consumer.is_alive() {
+                            break;
+                        }
                     }
                 }
             }
+            tracing::warn!(queue = %self.spec.name, "consumer channel lost; resubscribing");
             tokio::select! {
-                _ = self.cancel.cancelled() => break,
+                _ = closed.cancelled() => break,
                 _ = tokio::time::sleep(Duration::from_millis(50)) => {}
             }
         }
-        self.settler.flush().await;
+        self.shared.end();
+        settler.flush().await;
     }
 
-    /// basic.cancel, then requeue what arrived but was never handed out, then flush acks.
-    async fn stop(
-        &self,
-        channel: &Channel,
-        tag: &str,
-        rx: &mut mpsc::UnboundedReceiver<ConsumerMessage>,
-        epoch: u64,
-    ) {
+    /// Hand out nothing more, basic.cancel, requeue what arrived but was not taken, flush acks.
+    async fn stop(&self, channel: &Channel, tag: &str) {
+        let rest = self.shared.end();
         if channel.is_open() {
             let cancel = channel.basic_cancel(BasicCancelArguments::new(tag));
             if tokio::time::timeout(Duration::from_secs(5), cancel)
@@ -611,14 +708,15 @@ impl ConsumerTask {
                 tracing::warn!(queue = %self.spec.name, "basic.cancel timed out");
             }
         }
-        while let Ok(m) = rx.try_recv() {
-            if let Some(d) = m.deliver {
-                self.settler
-                    .nack(epoch, d.delivery_tag(), true, false)
-                    .await;
+        let settler = &self.shared.settler;
+        if let Some((epoch, mut rx)) = rest {
+            while let Ok(m) = rx.try_recv() {
+                if let Some(d) = m.deliver {
+                    settler.nack(epoch, d.delivery_tag(), true, false).await;
+                }
             }
         }
-        self.settler.flush().await;
+        settler.flush().await;
     }
 
     async fn redeclare(&self, conn: &amqprs::connection::Connection) {

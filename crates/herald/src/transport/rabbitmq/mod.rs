@@ -34,12 +34,11 @@ use amqprs::channel::{
     BasicAckArguments, BasicGetArguments, Channel, QueueDeclareArguments, QueuePurgeArguments,
 };
 use async_trait::async_trait;
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 pub use self::config::{CloudEventsHeaders, RabbitConfig};
 use self::connection::Link;
-use self::consumer::{ConsumerSettler, ConsumerTask};
+use self::consumer::{ConsumeShared, ConsumerSettler, ConsumerTask, RabbitDeliveries};
 use self::properties::{from_message, record_broker_death};
 use self::publisher::{Outgoing, Publisher};
 use self::request_reply::Requester;
@@ -48,7 +47,7 @@ use crate::envelope::Envelope;
 use crate::error::{Error, Result};
 use crate::topology::{dead_letter_queue_name, QueueSpec, Topology};
 use crate::transport::{
-    reset_for_replay, ConsumeOptions, DeadLetter, Delivery, PublishOptions, QueueStats, Transport,
+    reset_for_replay, ConsumeOptions, DeadLetter, Deliveries, PublishOptions, QueueStats, Transport,
 };
 
 /// The AMQP properties Herald writes for an envelope: the standard properties plus the
@@ -368,7 +367,7 @@ impl Transport for RabbitTransport {
         queue: &QueueSpec,
         options: ConsumeOptions,
         cancel: CancellationToken,
-    ) -> Result<mpsc::Receiver<Delivery>> {
+    ) -> Result<Deliveries> {
         self.check_open()?;
         check_name(&queue.name, "queue name")?;
         let prefetch = options.prefetch.max(1);
@@ -386,19 +385,17 @@ impl Transport for RabbitTransport {
             self.shared.cfg.clone(),
         );
         consumer::remember(&self.shared.settlers, &settler);
-        let (tx, rx) = mpsc::channel(prefetch);
+        let shared = ConsumeShared::new(settler, &cancel);
         let task = ConsumerTask {
             link: self.shared.consume_link.clone(),
             spec: queue.clone(),
             prefetch,
-            settler,
-            tx,
-            cancel,
+            shared: shared.clone(),
             topologies: self.shared.topologies.clone(),
             cfg: self.shared.cfg.clone(),
         };
         tokio::spawn(task.run(first));
-        Ok(rx)
+        Ok(Deliveries::from_source(RabbitDeliveries(shared)))
     }
 
     async fn dead_letters(&self, queue: &str, limit: usize) -> Result<Vec<DeadLetter>> {

@@ -47,7 +47,7 @@ use crate::envelope::Envelope;
 use crate::error::{Error, Result};
 use crate::topology::{QueueSpec, Topology};
 use crate::transport::{
-    ConsumeOptions, DeadLetter, Delivery, PublishOptions, QueueStats, Transport,
+    ConsumeOptions, DeadLetter, Deliveries, PublishOptions, QueueStats, Transport,
 };
 
 mod consumer;
@@ -338,7 +338,7 @@ impl Transport for SqliteTransport {
         queue: &QueueSpec,
         options: ConsumeOptions,
         cancel: CancellationToken,
-    ) -> Result<mpsc::Receiver<Delivery>> {
+    ) -> Result<Deliveries> {
         self.inner.check_open()?;
         let n = self.inner.next_consumer.fetch_add(1, Ordering::Relaxed);
         let owner: Arc<str> = Arc::from(format!("{}:{n}", self.inner.instance));
@@ -365,7 +365,7 @@ impl Transport for SqliteTransport {
             every,
         ));
         tokio::spawn(consumer::run(settler, tx, prefetch, cancel));
-        Ok(rx)
+        Ok(rx.into())
     }
 
     async fn dead_letters(&self, queue: &str, limit: usize) -> Result<Vec<DeadLetter>> {
