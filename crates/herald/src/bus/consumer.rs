@@ -148,13 +148,13 @@ async fn process(
     metrics: Arc<Metrics>,
     telemetry: Arc<ConsumerTelemetry>,
 ) {
-    let (envelope, settler) = delivery.into_parts();
+    let (envelope, settler, trace) = delivery.into_traced_parts();
     let envelope = Arc::new(envelope);
     let counters = telemetry.event(&envelope.event_type);
     counters.consumed.increment(1);
     telemetry.in_flight.increment(1.0);
     let started = Instant::now();
-    let handling = crate::trace::spans::Handling::start(&envelope, &queue);
+    let handling = crate::trace::spans::Handling::start(&envelope, &queue, trace);
     let result = if envelope.body.len() > spec.max_message_bytes {
         Err(HandlerError::new(
             FailureKind::TooLarge,

@@ -97,8 +97,9 @@ pub(crate) struct Handling {
 }
 
 impl Handling {
-    /// Open the span for `envelope` taken from `queue`.
-    pub(crate) fn start(envelope: &Envelope, queue: &str) -> Self {
+    /// Open the span for `envelope` taken from `queue`. `known` is the context its
+    /// `traceparent` holds, when the transport already had it parsed.
+    pub(crate) fn start(envelope: &Envelope, queue: &str, known: Option<TraceContext>) -> Self {
         let span = tracing::info_span!(
             "herald.handle",
             otel.kind = "consumer",
@@ -111,10 +112,12 @@ impl Handling {
             span_id = Empty,
             parent_span_id = Empty,
         );
-        let incoming = envelope
-            .traceparent
-            .as_deref()
-            .and_then(TraceContext::parse);
+        let incoming = known.or_else(|| {
+            envelope
+                .traceparent
+                .as_deref()
+                .and_then(TraceContext::parse)
+        });
         let own = || match incoming {
             Some(p) => p.child(),
             None => TraceContext::new_root(),

@@ -151,6 +151,9 @@ pub struct Delivery {
     pub redelivered: bool,
     tag: u64,
     settler: Arc<dyn Settle>,
+    /// The trace context the transport read from the message, when it had it at hand anyway
+    /// (it equals `envelope.traceparent` parsed, which the consumer then need not parse).
+    trace: Option<crate::trace::TraceContext>,
 }
 
 impl std::fmt::Debug for Delivery {
@@ -171,7 +174,14 @@ impl Delivery {
             redelivered,
             tag,
             settler,
+            trace: None,
         }
+    }
+
+    /// With the trace context `envelope.traceparent` holds, already parsed.
+    pub(crate) fn with_trace(mut self, trace: Option<crate::trace::TraceContext>) -> Self {
+        self.trace = trace;
+        self
     }
 
     /// Settle with any outcome.
@@ -186,12 +196,21 @@ impl Delivery {
 
     /// Split into the envelope and a handle that settles it later.
     pub fn into_parts(self) -> (Envelope, Settler) {
+        let (envelope, settler, _) = self.into_traced_parts();
+        (envelope, settler)
+    }
+
+    /// [`into_parts`](Self::into_parts), with the trace context when the transport gave it.
+    pub(crate) fn into_traced_parts(
+        self,
+    ) -> (Envelope, Settler, Option<crate::trace::TraceContext>) {
         (
             self.envelope,
             Settler {
                 tag: self.tag,
                 settler: self.settler,
             },
+            self.trace,
         )
     }
 }

@@ -32,7 +32,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::config::{pick_level, RabbitConfig};
 use super::connection::Link;
-use super::properties::from_message;
+use super::properties::receive;
 use super::publisher::{Outgoing, Publisher};
 use super::topology::{self, CloseSlot};
 use crate::envelope::{format_time, header, Envelope};
@@ -542,14 +542,15 @@ impl ConsumeShared {
             return None;
         };
         let dtag = deliver.delivery_tag();
-        let (envelope, _) = from_message(deliver.routing_key(), &props, body);
+        let received = receive(deliver.routing_key(), &props, body);
         self.settler.track(epoch, dtag);
-        Some(Delivery::new(
-            envelope,
+        let delivery = Delivery::new(
+            received.envelope,
             deliver.redelivered(),
             encode(epoch, dtag),
             as_settle(&self.settler),
-        ))
+        );
+        Some(delivery.with_trace(received.derived_trace))
     }
 }
 

@@ -232,8 +232,24 @@ pub(crate) fn from_message(
     props: &BasicProperties,
     body: Vec<u8>,
 ) -> (Envelope, Option<Death>) {
+    let received = receive(routing_key, props, body);
+    (received.envelope, received.death)
+}
+
+/// What [`receive`] read from a message.
+pub(crate) struct Received {
+    pub envelope: Envelope,
+    pub death: Option<Death>,
+    /// The trace context derived from the message's UUIDv7 id, when the message left it out
+    /// (the envelope's `traceparent` is this, formatted).
+    pub derived_trace: Option<TraceContext>,
+}
+
+/// [`from_message`], with the trace context when it was derived from the id.
+pub(crate) fn receive(routing_key: &str, props: &BasicProperties, body: Vec<u8>) -> Received {
     let mut attributes = ReceivedAttributes::default();
     let mut death = None;
+    let mut derived_trace = None;
     let mut key_header = None;
     if let Some(h) = props.headers() {
         for (k, v) in h.as_ref() {
@@ -280,7 +296,8 @@ pub(crate) fn from_message(
             Some((id, time))
         });
         if a.traceparent.is_none() {
-            a.traceparent = id.map(|(id, _)| TraceContext::for_event_uuid(&id).to_traceparent());
+            derived_trace = id.map(|(id, _)| TraceContext::for_event_uuid(&id));
+            a.traceparent = derived_trace.map(|c| c.to_traceparent());
         }
         if a.time.is_none() {
             a.time = id
@@ -298,7 +315,11 @@ pub(crate) fn from_message(
         .expiration()
         .and_then(|x| x.parse::<u64>().ok())
         .map(Duration::from_millis);
-    (e, death)
+    Received {
+        envelope: e,
+        death,
+        derived_trace,
+    }
 }
 
 /// Fill the failure headers of a message the broker dead-lettered on its own (TTL expiry,
@@ -412,10 +433,15 @@ mod tests {
         assert!(p.headers().is_none(), "no table at all, not an empty one");
         let (back, _) = from_message("a.b", &p, b"{}".to_vec());
         assert_eq!(back, e, "nothing lost");
+        // The consumer gets the derived context parsed, as the envelope's traceparent holds it.
+        let r = receive("a.b", &p, b"{}".to_vec());
+        assert_eq!(r.derived_trace, Some(ctx));
+        assert_eq!(r.derived_trace.map(|c| c.to_traceparent()), e.traceparent);
         // A continued trace (a child span) is not the id's, so it travels.
         e.traceparent = Some(ctx.child().to_traceparent());
         let p = to_properties(&e, false, CloudEventsHeaders::Compact);
         assert_eq!(header_names(&p), [header::TRACEPARENT]);
+        assert_eq!(receive("a.b", &p, b"{}".to_vec()).derived_trace, None);
         let (back, _) = from_message("a.b", &p, b"{}".to_vec());
         assert_eq!(back.traceparent, e.traceparent);
     }
