@@ -7,10 +7,16 @@
 //! the dead-letter queue through the default exchange, then ack the original; if that publish
 //! fails the original is requeued, so nothing is lost. `Release{0}` is `basic.nack requeue`.
 //!
-//! Recovery: when the channel or connection goes, the consumer waits for the supervisor's new
-//! connection, re-declares its queue if the broker lost it, and consumes again. Deliveries from
-//! the old channel can no longer be settled (the broker requeued them); settling them is a no-op.
-//! A broker-sent `basic.cancel` (queue deleted) is handled the same way.
+//! Taking: the consumer reads amqprs's buffer of the subscription's messages itself
+//! ([`RabbitDeliveries`]), each turned into a `Delivery` as it is taken, so no task and no
+//! second channel sit between amqprs and the handlers.
+//!
+//! Recovery: a control task per consumer ([`ConsumerTask`]) notices a lost subscription (the
+//! consumer found amqprs's buffer ended, or a check every 100 ms finds the channel or
+//! connection closed or a broker-sent `basic.cancel`, as when the queue is deleted), waits for
+//! the supervisor's new connection, re-declares its queue if the broker lost it, and subscribes
+//! again. Deliveries from the old channel can no longer be settled (the broker requeued them);
+//! settling them is a no-op.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
