@@ -573,9 +573,13 @@ impl DeliverySource for RabbitDeliveries {
                 return Poll::Ready(None);
             }
             // Kept for the control task, which wakes the consumer when it installs a new
-            // subscription or stops: replacing or dropping amqprs's receiver wakes nobody.
-            if !slot.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
-                slot.waker = Some(cx.waker().clone());
+            // subscription or stops: replacing or dropping amqprs's receiver wakes nobody. A
+            // `try_recv` (a no-op waker) leaves the waker of the last real poll in place.
+            let waker = cx.waker();
+            if !waker.will_wake(futures::task::noop_waker_ref())
+                && !slot.waker.as_ref().is_some_and(|w| w.will_wake(waker))
+            {
+                slot.waker = Some(waker.clone());
             }
             let Some((epoch, rx)) = slot.current.as_mut() else {
                 return Poll::Pending;

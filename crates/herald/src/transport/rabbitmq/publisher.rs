@@ -223,22 +223,27 @@ impl ConfirmChannel {
             tx,
             _permit: permit,
         };
+        // Built before the lock: the confirm callbacks wait on it, and nothing that could fail
+        // runs between numbering a message and sending it.
+        let (properties, body, args) = (
+            to_properties(m.envelope, m.routing_key_header, cloudevents),
+            m.envelope.body.to_vec(),
+            publish_arguments(m),
+        );
         let mut sent = lock(&self.state.sent);
         // Checked under the lock `fail_all` clears with, so no entry is ever stranded.
-        if self.state.closed.load(Ordering::SeqCst) {
+        if self.state.closed.load(Ordering::SeqCst) || !self.channel.is_open() {
             return None;
         }
-        let pending = if sent.queued == 0 && self.channel.is_open() {
+        let job = if sent.queued == 0 {
             let next = sent.seq + 1;
             sent.pending.push_back((next, pending));
             // Unconstrained: tokio's cooperative budget would otherwise make the writer's queue
             // look full after a burst of sends in one task poll. Polled where it is built: the
             // future is large, and every move of it is a copy.
-            let publish = std::pin::pin!(tokio::task::unconstrained(self.channel.basic_publish(
-                to_properties(m.envelope, m.routing_key_header, cloudevents),
-                m.envelope.body.to_vec(),
-                publish_arguments(m),
-            )));
+            let publish = std::pin::pin!(tokio::task::unconstrained(
+                self.channel.basic_publish(properties, body, args)
+            ));
             let mut cx = Context::from_waker(futures::task::noop_waker_ref());
             match publish.poll(&mut cx) {
                 Poll::Ready(Ok(())) => {
@@ -258,17 +263,21 @@ impl ConfirmChannel {
                 // this is logged once per stall.
                 Poll::Pending => {
                     tracing::debug!("amqprs's writer queue is full; publishes queue for the channel's sender task");
-                    sent.pending.pop_back()?.1
+                    Job {
+                        properties: to_properties(m.envelope, m.routing_key_header, cloudevents),
+                        body: m.envelope.body.to_vec(),
+                        args: publish_arguments(m),
+                        pending: sent.pending.pop_back()?.1,
+                    }
                 }
             }
         } else {
-            pending
-        };
-        let job = Job {
-            properties: to_properties(m.envelope, m.routing_key_header, cloudevents),
-            body: m.envelope.body.to_vec(),
-            args: publish_arguments(m),
-            pending,
+            Job {
+                properties,
+                body,
+                args,
+                pending,
+            }
         };
         if self.jobs.send(job).is_err() {
             drop(sent);
