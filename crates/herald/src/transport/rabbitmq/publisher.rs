@@ -225,11 +225,7 @@ impl ConfirmChannel {
         };
         // Built before the lock: the confirm callbacks wait on it, and nothing that could fail
         // runs between numbering a message and sending it.
-        let (properties, body, args) = (
-            to_properties(m.envelope, m.routing_key_header, cloudevents),
-            m.envelope.body.to_vec(),
-            publish_arguments(m),
-        );
+        let (properties, body, args) = wire_parts(m, cloudevents);
         let mut sent = lock(&self.state.sent);
         // Checked under the lock `fail_all` clears with, so no entry is ever stranded.
         if self.state.closed.load(Ordering::SeqCst) || !self.channel.is_open() {
@@ -263,10 +259,12 @@ impl ConfirmChannel {
                 // this is logged once per stall.
                 Poll::Pending => {
                     tracing::debug!("amqprs's writer queue is full; publishes queue for the channel's sender task");
+                    // The first parts went into the dropped future: built again.
+                    let (properties, body, args) = wire_parts(m, cloudevents);
                     Job {
-                        properties: to_properties(m.envelope, m.routing_key_header, cloudevents),
-                        body: m.envelope.body.to_vec(),
-                        args: publish_arguments(m),
+                        properties,
+                        body,
+                        args,
                         pending: sent.pending.pop_back()?.1,
                     }
                 }
@@ -528,10 +526,18 @@ impl Publisher {
     }
 }
 
-fn publish_arguments(m: &Outgoing<'_>) -> BasicPublishArguments {
+/// What `basic_publish` takes for `m`: its properties, its body and the publish arguments.
+fn wire_parts(
+    m: &Outgoing<'_>,
+    cloudevents: CloudEventsHeaders,
+) -> (BasicProperties, Vec<u8>, BasicPublishArguments) {
     let mut args = BasicPublishArguments::new(m.exchange, m.routing_key);
     args.mandatory(m.mandatory);
-    args
+    (
+        to_properties(m.envelope, m.routing_key_header, cloudevents),
+        m.envelope.body.to_vec(),
+        args,
+    )
 }
 
 fn outcome(
