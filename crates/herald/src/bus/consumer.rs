@@ -1,13 +1,17 @@
 //! The consume loop of one subscription: take deliveries, run the pipeline, settle.
 //!
 //! One task per subscription drives up to `concurrency` handler calls at once (a
-//! `FuturesUnordered`), so taking a delivery costs no lock and no cross-task wake-up. Before
+//! `FuturesUnordered`), so taking a delivery costs no lock and no cross-task wake-up. A call is
+//! polled once where it is taken and joins the set only if it has to wait. Before
 //! taking a message it asks the pipeline whether it is paused (open circuit), so a failing
 //! dependency stops consumption instead of burning through attempts. On shutdown it stops
 //! taking, finishes the calls in flight, releases whatever is still buffered, and the
 //! transport's consumer is cancelled.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use futures::stream::{FuturesUnordered, StreamExt};
@@ -106,13 +110,14 @@ async fn consume_stream(
         if can_take {
             match rx.try_recv() {
                 Ok(d) => {
-                    in_flight.push(process(
+                    let call = Box::pin(process(
                         d,
                         spec.clone(),
                         queue.clone(),
                         metrics.clone(),
                         telemetry.clone(),
                     ));
+                    start(call, &mut in_flight).await;
                     continue;
                 }
                 Err(TryRecvError::Disconnected) => {
@@ -130,7 +135,10 @@ async fn consume_stream(
             _ = shutdown.cancelled() => break,
             Some(()) = in_flight.next(), if !in_flight.is_empty() => {}
             next = rx.recv(), if can_take => match next {
-                Some(d) => in_flight.push(process(d, spec.clone(), queue.clone(), metrics.clone(), telemetry.clone())),
+                Some(d) => {
+                    let call = Box::pin(process(d, spec.clone(), queue.clone(), metrics.clone(), telemetry.clone()));
+                    start(call, &mut in_flight).await;
+                }
                 // The transport ended the stream (queue deleted, connection gone for good).
                 None => open = false,
             },
@@ -139,6 +147,24 @@ async fn consume_stream(
     }
     // Finish what was started; nothing new is taken.
     while in_flight.next().await.is_some() {}
+}
+
+/// Poll a handler call once where it was taken, and keep it in `in_flight` only when it has to
+/// wait: a call that finishes at once (most do: a handler without I/O, an ack that joins the
+/// next batch) then costs no task in the set, no wake-up and no second poll. A call that waits
+/// was polled with this task's waker; in the set it is polled again at once with the set's own,
+/// so the first registration costs at most a spurious wake-up.
+async fn start<F: Future<Output = ()>>(
+    mut call: Pin<Box<F>>,
+    in_flight: &mut FuturesUnordered<Pin<Box<F>>>,
+) {
+    let first = std::future::poll_fn(|cx| Poll::Ready(call.as_mut().poll(cx))).await;
+    if first.is_pending() {
+        in_flight.push(call);
+    }
+    // Calls finishing here never give the loop a reason to yield while deliveries keep coming:
+    // this counts each against tokio's cooperative budget, so other tasks still get their turn.
+    tokio::task::consume_budget().await;
 }
 
 async fn process(

@@ -6,7 +6,7 @@ use std::time::Duration;
 use crate::middleware::{
     CatchPanicLayer, CircuitBreakerConfig, CircuitBreakerLayer, ConcurrencyLimitLayer,
     DeadLetterLayer, DedupLayer, Handle, Layer, RateLimitLayer, RetryLayer, RetryPolicy,
-    SchemaLayer, TimeoutLayer,
+    SchemaLayer, StandardStack, TimeoutLayer,
 };
 use crate::topology::{QueueKind, QueueSpec};
 
@@ -174,18 +174,28 @@ impl SubscribeOptions {
         if let Some(schema) = &self.schema {
             h = schema.layer(h);
         }
-        if let Some(limit) = self.timeout.unwrap_or(default_timeout) {
-            h = TimeoutLayer::new(limit).layer(h);
+        let timeout = self.timeout.unwrap_or(default_timeout);
+        if self.layers.is_empty() && self.dedup.is_none() {
+            // Nothing between the four standard layers: one step does what they do.
+            h = StandardStack {
+                retry: self.retry_policy(),
+                timeout,
+            }
+            .wrap(h);
+        } else {
+            if let Some(limit) = timeout {
+                h = TimeoutLayer::new(limit).layer(h);
+            }
+            h = CatchPanicLayer.layer(h);
+            for layer in self.layers.iter().rev() {
+                h = layer.layer(h);
+            }
+            h = RetryLayer::new(self.retry_policy()).layer(h);
+            if let Some(dedup) = &self.dedup {
+                h = dedup.layer(h);
+            }
+            h = DeadLetterLayer.layer(h);
         }
-        h = CatchPanicLayer.layer(h);
-        for layer in self.layers.iter().rev() {
-            h = layer.layer(h);
-        }
-        h = RetryLayer::new(self.retry_policy()).layer(h);
-        if let Some(dedup) = &self.dedup {
-            h = dedup.layer(h);
-        }
-        h = DeadLetterLayer.layer(h);
         if let Some(limit) = &self.concurrency_limit {
             h = limit.layer(h);
         }

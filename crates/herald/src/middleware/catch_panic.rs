@@ -1,6 +1,7 @@
 //! Panic isolation: a handler that panics fails its attempt like any other error (and is
 //! retried by the retry layer); the consumer task and its other messages carry on.
 
+use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,6 +24,24 @@ struct CatchPanic {
     inner: Arc<dyn Handle>,
 }
 
+/// Start and run a handler call, a panic in either failing the attempt. Calling can itself
+/// panic (a handler that panics before its first await), so `start` runs inside the guard too.
+/// Shared with the standard stack ([`super::standard`]).
+pub(crate) async fn guarded<F: Future<Output = HandlerResult>>(
+    start: impl FnOnce() -> F,
+) -> HandlerResult {
+    match AssertUnwindSafe(async move { start().await })
+        .catch_unwind()
+        .await
+    {
+        Ok(result) => result,
+        Err(payload) => Err(HandlerError::new(
+            FailureKind::Panic,
+            format!("handler panicked: {}", panic_text(&*payload)),
+        )),
+    }
+}
+
 fn panic_text(payload: &(dyn std::any::Any + Send)) -> String {
     if let Some(s) = payload.downcast_ref::<&str>() {
         (*s).to_string()
@@ -36,18 +55,7 @@ fn panic_text(payload: &(dyn std::any::Any + Send)) -> String {
 impl Handle for CatchPanic {
     fn call(&self, msg: Message) -> BoxFuture<HandlerResult> {
         let inner = self.inner.clone();
-        Box::pin(async move {
-            // Calling `inner.call` can itself panic (a handler that panics before its first
-            // await), so both the call and the future run inside the guard.
-            let guarded = AssertUnwindSafe(async move { inner.call(msg).await }).catch_unwind();
-            match guarded.await {
-                Ok(result) => result,
-                Err(payload) => Err(HandlerError::new(
-                    FailureKind::Panic,
-                    format!("handler panicked: {}", panic_text(&*payload)),
-                )),
-            }
-        })
+        Box::pin(guarded(move || inner.call(msg)))
     }
 
     fn paused_for(&self) -> Option<Duration> {

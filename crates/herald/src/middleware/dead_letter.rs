@@ -20,6 +20,24 @@ impl Layer for DeadLetterLayer {
     }
 }
 
+/// The result of handling `msg`, with any failure no layer decided about sent to the dead
+/// letters, its reason carrying the attempt. Shared with the standard stack
+/// ([`super::standard`]).
+pub(crate) fn decide(msg: &Message, result: HandlerResult) -> HandlerResult {
+    match result {
+        Ok(()) => Ok(()),
+        Err(e) if e.disposition.is_some() => Err(e),
+        Err(e) => {
+            tracing::warn!(
+                id = %msg.envelope.id, queue = %msg.queue, attempt = msg.envelope.attempt,
+                kind = e.kind.as_str(), error = %e.message, "dead-lettering message"
+            );
+            let message = format!("{} (attempt {})", e.message, msg.envelope.attempt);
+            Err(super::HandlerError { message, ..e }.with_disposition(Disposition::DeadLetter))
+        }
+    }
+}
+
 struct DeadLetter {
     inner: Arc<dyn Handle>,
 }
@@ -28,19 +46,8 @@ impl Handle for DeadLetter {
     fn call(&self, msg: Message) -> BoxFuture<HandlerResult> {
         let inner = self.inner.clone();
         Box::pin(async move {
-            match inner.call(msg.clone()).await {
-                Ok(()) => Ok(()),
-                Err(e) if e.disposition.is_some() => Err(e),
-                Err(e) => {
-                    tracing::warn!(
-                        id = %msg.envelope.id, queue = %msg.queue, attempt = msg.envelope.attempt,
-                        kind = e.kind.as_str(), error = %e.message, "dead-lettering message"
-                    );
-                    let message = format!("{} (attempt {})", e.message, msg.envelope.attempt);
-                    Err(super::HandlerError { message, ..e }
-                        .with_disposition(Disposition::DeadLetter))
-                }
-            }
+            let result = inner.call(msg.clone()).await;
+            decide(&msg, result)
         })
     }
 

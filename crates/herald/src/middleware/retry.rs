@@ -6,6 +6,7 @@
 //! through the broker; delayed redelivery frees the consumer for other messages while a slower
 //! fault clears, and survives a restart of the consumer.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -157,6 +158,41 @@ impl Layer for RetryLayer {
     }
 }
 
+/// Call `call` with `msg`, again at once up to `policy.immediate` times on a retryable failure,
+/// then decide: a delayed redelivery, or the dead letters once `max_attempts` deliveries have
+/// failed. Shared with the standard stack ([`super::standard`]).
+pub(crate) async fn retrying<F: Future<Output = HandlerResult>>(
+    policy: RetryPolicy,
+    msg: &Message,
+    mut call: impl FnMut(Message) -> F,
+) -> HandlerResult {
+    let mut immediate_left = policy.immediate;
+    loop {
+        let err = match call(msg.clone()).await {
+            Ok(()) => return Ok(()),
+            Err(e) => e,
+        };
+        if err.disposition.is_some() || !err.kind.is_retryable() {
+            return Err(err);
+        }
+        if immediate_left > 0 {
+            immediate_left -= 1;
+            tracing::debug!(id = %msg.envelope.id, error = %err, "retrying immediately");
+            continue;
+        }
+        let attempt = msg.envelope.attempt;
+        if attempt >= policy.max_attempts {
+            let message = format!("{} (gave up after {attempt} attempts)", err.message);
+            return Err(
+                super::HandlerError { message, ..err }.with_disposition(Disposition::DeadLetter)
+            );
+        }
+        let delay = policy.delay(attempt);
+        tracing::debug!(id = %msg.envelope.id, attempt, ?delay, error = %err, "redelivering later");
+        return Err(err.with_disposition(Disposition::RetryAfter(delay)));
+    }
+}
+
 struct Retry {
     inner: Arc<dyn Handle>,
     policy: RetryPolicy,
@@ -166,32 +202,7 @@ impl Handle for Retry {
     fn call(&self, msg: Message) -> BoxFuture<HandlerResult> {
         let inner = self.inner.clone();
         let policy = self.policy;
-        Box::pin(async move {
-            let mut immediate_left = policy.immediate;
-            loop {
-                let err = match inner.call(msg.clone()).await {
-                    Ok(()) => return Ok(()),
-                    Err(e) => e,
-                };
-                if err.disposition.is_some() || !err.kind.is_retryable() {
-                    return Err(err);
-                }
-                if immediate_left > 0 {
-                    immediate_left -= 1;
-                    tracing::debug!(id = %msg.envelope.id, error = %err, "retrying immediately");
-                    continue;
-                }
-                let attempt = msg.envelope.attempt;
-                if attempt >= policy.max_attempts {
-                    let message = format!("{} (gave up after {attempt} attempts)", err.message);
-                    return Err(super::HandlerError { message, ..err }
-                        .with_disposition(Disposition::DeadLetter));
-                }
-                let delay = policy.delay(attempt);
-                tracing::debug!(id = %msg.envelope.id, attempt, ?delay, error = %err, "redelivering later");
-                return Err(err.with_disposition(Disposition::RetryAfter(delay)));
-            }
-        })
+        Box::pin(async move { retrying(policy, &msg, |m| inner.call(m)).await })
     }
 
     fn paused_for(&self) -> Option<Duration> {

@@ -1,7 +1,9 @@
 //! Timeout: a handler call that runs longer than the limit is abandoned and counts as a failed,
 //! retryable attempt, so one stuck call cannot hold a consumer slot for ever.
 
+use std::future::Future;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 use super::{BoxFuture, FailureKind, Handle, HandlerError, HandlerResult, Layer, Message};
@@ -28,6 +30,29 @@ impl Layer for TimeoutLayer {
     }
 }
 
+/// `call`, failed as a retryable timeout when it runs longer than `limit`. Shared with the
+/// standard stack ([`super::standard`]).
+pub(crate) async fn within(
+    limit: Duration,
+    call: impl Future<Output = HandlerResult>,
+) -> HandlerResult {
+    let started = tokio::time::Instant::now();
+    let mut call = std::pin::pin!(call);
+    // Most calls finish on their first poll, and need no timer: one is set only for a call
+    // that waits, with the deadline counted from the start.
+    let first = std::future::poll_fn(|cx| Poll::Ready(call.as_mut().poll(cx))).await;
+    if let Poll::Ready(result) = first {
+        return result;
+    }
+    match tokio::time::timeout_at(started + limit, call).await {
+        Ok(result) => result,
+        Err(_) => Err(HandlerError::new(
+            FailureKind::Timeout,
+            format!("handler did not finish within {limit:?}"),
+        )),
+    }
+}
+
 struct Timeout {
     inner: Arc<dyn Handle>,
     limit: Duration,
@@ -35,17 +60,7 @@ struct Timeout {
 
 impl Handle for Timeout {
     fn call(&self, msg: Message) -> BoxFuture<HandlerResult> {
-        let fut = self.inner.call(msg);
-        let limit = self.limit;
-        Box::pin(async move {
-            match tokio::time::timeout(limit, fut).await {
-                Ok(result) => result,
-                Err(_) => Err(HandlerError::new(
-                    FailureKind::Timeout,
-                    format!("handler did not finish within {limit:?}"),
-                )),
-            }
-        })
+        Box::pin(within(self.limit, self.inner.call(msg)))
     }
 
     fn paused_for(&self) -> Option<Duration> {
