@@ -118,6 +118,11 @@ async fn consume_stream(
                         telemetry.clone(),
                     ));
                     start(call, &mut in_flight).await;
+                    // Calls that finish at once never fill the set, so without this a call
+                    // waiting in it would not get a turn while deliveries keep coming.
+                    if !in_flight.is_empty() {
+                        let _ = in_flight.next().now_or_never();
+                    }
                     continue;
                 }
                 Err(TryRecvError::Disconnected) => {
@@ -153,7 +158,8 @@ async fn consume_stream(
 /// wait: a call that finishes at once (most do: a handler without I/O, an ack that joins the
 /// next batch) then costs no task in the set, no wake-up and no second poll. A call that waits
 /// was polled with this task's waker; in the set it is polled again at once with the set's own,
-/// so the first registration costs at most a spurious wake-up.
+/// so the first registration costs at most a spurious wake-up. (A future that kept only the
+/// first waker it saw would hang here; the `Future` contract asks every poll to register.)
 async fn start<F: Future<Output = ()>>(
     mut call: Pin<Box<F>>,
     in_flight: &mut FuturesUnordered<Pin<Box<F>>>,

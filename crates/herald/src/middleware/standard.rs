@@ -102,6 +102,15 @@ mod tests {
         })
     }
 
+    /// A handler that panics in `call` itself, before there is a future to poll.
+    struct PanicsAtCall;
+
+    impl Handle for PanicsAtCall {
+        fn call(&self, _msg: Message) -> BoxFuture<HandlerResult> {
+            panic!("no future for you")
+        }
+    }
+
     /// What a stack answers and how many calls it made, on a message at `attempt`.
     async fn outcome(
         build: impl Fn(Arc<dyn Handle>) -> Arc<dyn Handle>,
@@ -150,6 +159,34 @@ mod tests {
                 let reference = outcome(|h| layered(h, stack), fail, kind, attempt).await;
                 assert_eq!(fused, reference, "{stack:?}, {fail} failures of {kind:?}");
             }
+        }
+        // A handler that panics while making its future, and one that decided itself.
+        for stack in stacks {
+            let panics_at_call = || -> Arc<dyn Handle> { Arc::new(PanicsAtCall) };
+            let fused = stack.wrap(panics_at_call()).call(message(1)).await;
+            let reference = layered(panics_at_call(), stack).call(message(1)).await;
+            let (fused, reference) = (fused.unwrap_err(), reference.unwrap_err());
+            assert_eq!(fused.kind, FailureKind::Panic);
+            assert_eq!(
+                (fused.kind, fused.message, fused.disposition),
+                (reference.kind, reference.message, reference.disposition)
+            );
+            let releases = || {
+                handle_fn(|_| async {
+                    Err(HandlerError::transient("busy")
+                        .with_disposition(Disposition::Release(Duration::from_secs(3))))
+                })
+            };
+            let fused = stack.wrap(releases()).call(message(1)).await.unwrap_err();
+            let reference = layered(releases(), stack)
+                .call(message(1))
+                .await
+                .unwrap_err();
+            assert_eq!(
+                fused.disposition,
+                Some(Disposition::Release(Duration::from_secs(3)))
+            );
+            assert_eq!(fused.disposition, reference.disposition);
         }
         // Timeouts only where a limit is set; the retry layer then asks for a redelivery.
         let stack = stacks[0];

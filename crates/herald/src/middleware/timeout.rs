@@ -44,13 +44,27 @@ pub(crate) async fn within(
     if let Poll::Ready(result) = first {
         return result;
     }
-    match tokio::time::timeout_at(started + limit, call).await {
-        Ok(result) => result,
-        Err(_) => Err(HandlerError::new(
-            FailureKind::Timeout,
-            format!("handler did not finish within {limit:?}"),
-        )),
-    }
+    // A limit too large to add to the clock never runs out.
+    let Some(deadline) = started.checked_add(limit) else {
+        return call.await;
+    };
+    let mut timer = std::pin::pin!(tokio::time::sleep_until(deadline));
+    // The call was just polled: this turn only sets the timer; later turns poll the call first.
+    let mut just_polled = true;
+    std::future::poll_fn(|cx| {
+        if !std::mem::take(&mut just_polled) {
+            if let Poll::Ready(result) = call.as_mut().poll(cx) {
+                return Poll::Ready(result);
+            }
+        }
+        timer.as_mut().poll(cx).map(|()| {
+            Err(HandlerError::new(
+                FailureKind::Timeout,
+                format!("handler did not finish within {limit:?}"),
+            ))
+        })
+    })
+    .await
 }
 
 struct Timeout {
@@ -87,5 +101,14 @@ mod tests {
         let fast =
             TimeoutLayer::new(Duration::from_millis(50)).layer(handle_fn(|_| async { Ok(()) }));
         assert!(fast.call(message(1)).await.is_ok());
+    }
+
+    #[tokio::test]
+    async fn a_limit_past_the_clock_never_runs_out() {
+        let waits = TimeoutLayer::new(Duration::MAX).layer(handle_fn(|_| async {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            Ok(())
+        }));
+        assert!(waits.call(message(1)).await.is_ok());
     }
 }
