@@ -160,6 +160,16 @@ impl ConsumerSettler {
         }
     }
 
+    /// Close the consumer's channel while the connection is still up (the transport closes):
+    /// left to its last handle, amqprs would close it from a spawned task after the connection
+    /// is gone, and log that as an error. Later settlements are no-ops; the broker requeues.
+    pub async fn close_channel(&self) {
+        let ch = lock(&self.state).channel.take();
+        if let Some(ch) = ch.filter(Channel::is_open) {
+            let _ = tokio::time::timeout(Duration::from_secs(5), ch.close()).await;
+        }
+    }
+
     /// Send the acks waiting, as one `multiple` ack where that is safe.
     pub async fn flush(&self) {
         let _g = self.send_lock.lock().await;

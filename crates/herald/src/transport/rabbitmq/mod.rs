@@ -530,6 +530,7 @@ impl Transport for RabbitTransport {
             .collect();
         for s in settlers {
             s.flush().await;
+            s.close_channel().await;
         }
         self.shared.publisher.close_channels().await;
         self.shared.publish_link.close().await;
