@@ -337,6 +337,39 @@ async fn stream_sends_matching_events_only() {
     shop.stop().await;
 }
 
+/// A message that is not JSON (a foreign publisher's text) shows in the stream as a string:
+/// the stream's subscription decodes nothing, so it neither drops nor dead-letters it.
+#[tokio::test]
+async fn stream_shows_bodies_that_are_not_json() {
+    let shop = Shop::start(None).await;
+    let http = reqwest::Client::new();
+    let r = http
+        .get(shop.url("/api/stream?type=note.text"))
+        .send()
+        .await
+        .unwrap();
+    let mut stream = r.bytes_stream();
+    let mut buf = String::new();
+    let note = herald::Envelope::new(
+        "note.text",
+        1,
+        "note.text",
+        "notes",
+        bytes::Bytes::from_static(b"plain text, \xff not JSON"),
+    );
+    shop.bus
+        .publisher()
+        .publish_envelopes(vec![note], false)
+        .await
+        .unwrap();
+    let e = next_data(&mut stream, &mut buf).await;
+    assert_eq!(e["type"], "note.text");
+    assert_eq!(e["data"], "plain text, \u{fffd} not JSON");
+    assert_eq!(shop.bus.metrics().dead_lettered, 0);
+    drop(stream);
+    shop.stop().await;
+}
+
 #[tokio::test]
 async fn topology_queues_catalog_and_history() {
     let shop = Shop::start(None).await;

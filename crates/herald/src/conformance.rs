@@ -1153,6 +1153,48 @@ pub async fn bus_consumes_foreign_json_by_pattern(h: &dyn Harness) {
     b.shutdown().await.unwrap();
 }
 
+/// A raw subscription takes every body as it arrived, JSON or not, and dead-letters nothing:
+/// what observers (`herald tail`, the live stream) need.
+pub async fn bus_raw_subscription_takes_any_body(h: &dyn Harness) {
+    let n = Names::new("bus-raw");
+    let b = bus(h, &n, "svc").await;
+    let got = Arc::new(StdMutex::new(Vec::new()));
+    let g = got.clone();
+    b.subscribe_raw(
+        "raw",
+        "raw.*",
+        move |ctx: Context| {
+            g.lock().unwrap().push(ctx.envelope().body.clone());
+            async {}
+        },
+        SubscribeOptions::new(),
+    )
+    .unwrap();
+    b.start().await.unwrap();
+    let bodies: [&'static [u8]; 3] = [
+        b"\xff\xfe not JSON, not UTF-8",
+        b"plain text",
+        br#"{"n": 1}"#,
+    ];
+    let envelopes = bodies
+        .iter()
+        .map(|body| Envelope::new("raw.any", 1, "raw.any", "svc", Bytes::from_static(body)))
+        .collect();
+    b.publisher()
+        .publish_envelopes(envelopes, false)
+        .await
+        .unwrap();
+    wait_until("all three taken", || got.lock().unwrap().len() == 3).await;
+    let mut seen = got.lock().unwrap().clone();
+    seen.sort();
+    let mut sent: Vec<Bytes> = bodies.iter().map(|b| Bytes::from_static(b)).collect();
+    sent.sort();
+    assert_eq!(seen, sent);
+    let m = b.metrics();
+    assert_eq!((m.handled, m.dead_lettered), (3, 0), "{m:?}");
+    b.shutdown().await.unwrap();
+}
+
 /// Expand one `#[tokio::test]` per conformance case for a harness expression.
 #[macro_export]
 macro_rules! conformance_tests {
@@ -1167,7 +1209,7 @@ macro_rules! conformance_tests {
             bus_poison_message_is_dead_lettered_without_retries, bus_panic_is_a_failed_attempt,
             bus_timeout_is_a_failed_attempt, bus_follow_ups_carry_correlation_and_causation,
             bus_unroutable_publish_is_an_error, bus_graceful_shutdown_loses_nothing,
-            bus_consumes_foreign_json_by_pattern);
+            bus_consumes_foreign_json_by_pattern, bus_raw_subscription_takes_any_body);
     };
     (@cases $harness:expr; $($case:ident),*) => {
         $(

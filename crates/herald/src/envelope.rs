@@ -146,6 +146,19 @@ impl Envelope {
         }
     }
 
+    /// The body for display: its JSON value, or, when it is not JSON (a foreign publisher's
+    /// text or bytes), a string of it with invalid UTF-8 replaced.
+    ///
+    /// ```
+    /// let e = herald::Envelope::new("a.b", 1, "a.b", "svc", bytes::Bytes::from_static(b"plain"));
+    /// assert_eq!(e.body_value(), serde_json::json!("plain"));
+    /// ```
+    pub fn body_value(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|_| {
+            serde_json::Value::String(String::from_utf8_lossy(&self.body).into_owned())
+        })
+    }
+
     /// The correlation id, falling back to the event's own id (a flow starts at its first event).
     pub fn correlation_or_id(&self) -> &str {
         self.correlation_id.as_deref().unwrap_or(&self.id)

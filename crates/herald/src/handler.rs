@@ -109,3 +109,32 @@ where
         self.handler.call(payload, ctx)
     }
 }
+
+/// The innermost `Handle` of [`Bus::subscribe_raw`](crate::Bus::subscribe_raw): nothing is
+/// decoded; the function reads the body from the [`Context`]'s envelope as it arrived.
+pub(crate) struct Undecoded<H> {
+    handler: H,
+    publisher: Publisher,
+}
+
+impl<H> Undecoded<H> {
+    pub(crate) fn new(handler: H, publisher: Publisher) -> Self {
+        Undecoded { handler, publisher }
+    }
+}
+
+impl<H, Fut, R> Handle for Undecoded<H>
+where
+    H: Fn(Context) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = R> + Send + 'static,
+    R: IntoHandlerResult,
+{
+    fn call(&self, msg: Message) -> BoxFuture<HandlerResult> {
+        let fut = (self.handler)(Context::new(
+            msg.envelope,
+            msg.queue,
+            self.publisher.clone(),
+        ));
+        Box::pin(async move { fut.await.into_handler_result() })
+    }
+}

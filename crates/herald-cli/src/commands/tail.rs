@@ -28,13 +28,14 @@ pub async fn run(config: Config, args: Args) -> CliResult<()> {
     let done = Arc::new(Notify::new());
     let (s, d, count, json) = (seen.clone(), done.clone(), args.count, args.json);
     let suffix = format!("tail.{}", uuid_suffix());
-    bus.subscribe_pattern(
+    // Raw: an observer shows every message, JSON or not, and dead-letters nothing.
+    bus.subscribe_raw(
         &suffix,
         &args.pattern,
-        move |body: serde_json::Value, ctx: Context| {
+        move |ctx: Context| {
             let n = s.fetch_add(1, Ordering::SeqCst) + 1;
             if count.is_none_or(|c| n <= c) {
-                print_event(&ctx, &body, json);
+                print_event(&ctx, &ctx.envelope().body_value(), json);
             }
             if count.is_some_and(|c| n >= c) {
                 d.notify_one();

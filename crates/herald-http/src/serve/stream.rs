@@ -64,18 +64,19 @@ pub(crate) fn subscribe(
     let suffix = format!("herald-serve.stream.{:08x}", rand::random::<u32>());
     let queue = format!("{}.{suffix}", bus.config().service);
     let sender = tx.clone();
-    bus.subscribe_pattern(
+    // Raw: the stream shows every message, JSON or not, and dead-letters nothing.
+    bus.subscribe_raw(
         &suffix,
         "#",
-        move |data: serde_json::Value, ctx: Context| {
-            let view = EventView::new(ctx.envelope(), data);
+        move |ctx: Context| {
+            let view = EventView::new(ctx.envelope(), ctx.envelope().body_value());
             history.count_event(&view.event_type);
             // No receivers is fine: nobody is watching.
             let _ = sender.send(Arc::new(view));
             std::future::ready(())
         },
-        // No retries: the handler cannot fail, and retry levels would leave delay queues behind
-        // on RabbitMQ.
+        // No retries: the handler cannot fail (nothing is decoded), and retry levels would
+        // leave delay queues behind on RabbitMQ.
         SubscribeOptions::new()
             .temporary()
             .concurrency(1)

@@ -28,6 +28,7 @@
 //! # }).unwrap();
 //! ```
 
+use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -36,9 +37,10 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
+use crate::context::Context;
 use crate::error::{Error, Result};
 use crate::event::Event;
-use crate::handler::{Decoding, Handler};
+use crate::handler::{Decoding, Handler, IntoHandlerResult};
 use crate::middleware::Handle;
 use crate::pattern::validate_pattern;
 use crate::topology::Topology;
@@ -292,6 +294,44 @@ impl Bus {
             expected,
         ));
         self.register(queue, vec![pattern.to_string()], decoding, options)
+    }
+
+    /// Subscribe to a routing-key pattern with a function that takes every message as it
+    /// arrived, whatever its body: nothing is decoded, so nothing is dead-lettered for not being
+    /// JSON. For observers and bridges (`herald tail`, the dashboard's live stream); the body is
+    /// `ctx.envelope().body`. The queue is `<service>.<queue_suffix>`.
+    ///
+    /// ```
+    /// # async fn run() -> herald::Result<()> {
+    /// let bus = herald::Bus::builder().broker("memory://").build().await?;
+    /// bus.subscribe_raw("audit", "#", |ctx: herald::Context| async move {
+    ///     let e = ctx.envelope();
+    ///     println!("{} {} ({} bytes)", e.routing_key, e.id, e.body.len());
+    /// }, herald::SubscribeOptions::new())?;
+    /// # Ok(()) }
+    /// ```
+    pub fn subscribe_raw<H, Fut, R>(
+        &self,
+        queue_suffix: &str,
+        pattern: &str,
+        handler: H,
+        options: SubscribeOptions,
+    ) -> Result<()>
+    where
+        H: Fn(Context) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = R> + Send + 'static,
+        R: IntoHandlerResult,
+    {
+        validate_pattern(pattern).map_err(Error::Config)?;
+        let queue = options
+            .queue
+            .clone()
+            .unwrap_or_else(|| format!("{}.{}", self.inner.config.service, queue_suffix));
+        let undecoded: Arc<dyn Handle> = Arc::new(crate::handler::Undecoded::new(
+            handler,
+            self.inner.publisher.clone(),
+        ));
+        self.register(queue, vec![pattern.to_string()], undecoded, options)
     }
 
     fn register(

@@ -41,8 +41,7 @@ impl From<DeadLetter> for DeadLetterView {
             error_kind: h(header::ERROR_KIND),
             first_failure: h(header::FIRST_FAILURE),
             last_failure: h(header::LAST_FAILURE),
-            data: serde_json::from_slice(&e.body)
-                .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&e.body).into_owned())),
+            data: e.body_value(),
             queue: d.queue,
             id: e.id,
             event_type: e.event_type,
