@@ -282,18 +282,13 @@ impl Bus {
         H: Handler<P, Args>,
         Args: 'static,
     {
-        validate_pattern(pattern).map_err(Error::Config)?;
-        let queue = options
-            .queue
-            .clone()
-            .unwrap_or_else(|| format!("{}.{}", self.inner.config.service, queue_suffix));
         let expected = format!("{} (pattern `{pattern}`)", std::any::type_name::<P>());
         let decoding: Arc<dyn Handle> = Arc::new(Decoding::<P, H, Args>::new(
             handler,
             self.inner.publisher.clone(),
             expected,
         ));
-        self.register(queue, vec![pattern.to_string()], decoding, options)
+        self.register_pattern(queue_suffix, pattern, decoding, options)
     }
 
     /// Subscribe to a routing-key pattern with a function that takes every message as it
@@ -322,16 +317,28 @@ impl Bus {
         Fut: Future<Output = R> + Send + 'static,
         R: IntoHandlerResult,
     {
+        let undecoded: Arc<dyn Handle> = Arc::new(crate::handler::Undecoded::new(
+            handler,
+            self.inner.publisher.clone(),
+        ));
+        self.register_pattern(queue_suffix, pattern, undecoded, options)
+    }
+
+    /// Register a pattern subscription on `<service>.<queue_suffix>` (or the queue the options
+    /// name), once the pattern is known to be valid.
+    fn register_pattern(
+        &self,
+        queue_suffix: &str,
+        pattern: &str,
+        innermost: Arc<dyn Handle>,
+        options: SubscribeOptions,
+    ) -> Result<()> {
         validate_pattern(pattern).map_err(Error::Config)?;
         let queue = options
             .queue
             .clone()
             .unwrap_or_else(|| format!("{}.{}", self.inner.config.service, queue_suffix));
-        let undecoded: Arc<dyn Handle> = Arc::new(crate::handler::Undecoded::new(
-            handler,
-            self.inner.publisher.clone(),
-        ));
-        self.register(queue, vec![pattern.to_string()], undecoded, options)
+        self.register(queue, vec![pattern.to_string()], innermost, options)
     }
 
     fn register(
