@@ -43,7 +43,7 @@ enum Command {
     Demo(commands::demo::Args),
     /// Publish one event with a JSON body.
     Publish(commands::publish::Args),
-    /// Print events matching a routing-key pattern as they arrive (`*` one word, `#` any).
+    /// Print events matching a routing-key pattern as they arrive (`*` one word, `#` any), whatever their body (one that is not JSON shows as text).
     Tail(commands::tail::Args),
     /// List, show, replay and purge dead letters.
     #[command(subcommand)]

@@ -17,7 +17,7 @@ pub struct Args {
     /// Stop after this many events
     #[arg(long)]
     count: Option<u64>,
-    /// One JSON object per line (envelope attributes and body)
+    /// One JSON object per line (envelope attributes and body; a body that is not JSON is a string)
     #[arg(long)]
     json: bool,
 }
