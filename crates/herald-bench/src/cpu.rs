@@ -16,8 +16,63 @@ pub fn process_cpu() -> Duration {
     tv(usage.ru_utime) + tv(usage.ru_stime)
 }
 
+/// CPU time used so far by a RabbitMQ broker on this host (the `beam.smp` process), when one runs
+/// here: the broker shares the machine's cores with the client, so its CPU per event decides the
+/// end-to-end rate as much as the client's does. `None` when no such process is visible.
+pub fn broker_cpu() -> Option<Duration> {
+    let ticks = clock_ticks()?;
+    std::fs::read_dir("/proc")
+        .ok()?
+        .flatten()
+        .find_map(|entry| {
+            let name = entry.file_name();
+            let pid = name.to_str()?;
+            if !pid.bytes().all(|b| b.is_ascii_digit()) {
+                return None;
+            }
+            let stat = std::fs::read_to_string(entry.path().join("stat")).ok()?;
+            stat_cpu(&stat, "beam.smp", ticks)
+        })
+}
+
+/// Clock ticks per second, the unit of `/proc/<pid>/stat`'s CPU times.
+fn clock_ticks() -> Option<u64> {
+    // SAFETY: sysconf reads a configuration value; it has no memory effects.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    u64::try_from(ticks).ok().filter(|t| *t > 0)
+}
+
+/// User + system time from one `/proc/<pid>/stat` line, when the process's name is `comm`.
+fn stat_cpu(stat: &str, comm: &str, ticks: u64) -> Option<Duration> {
+    // The name sits in parentheses and may itself hold spaces or parentheses: split at the last.
+    let (head, rest) = stat.rsplit_once(')')?;
+    if head.split_once('(')?.1 != comm {
+        return None;
+    }
+    // After the name: state (field 3) ... utime (14) and stime (15).
+    let mut fields = rest.split_whitespace().skip(11);
+    let utime: u64 = fields.next()?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    let total = utime + stime;
+    Some(
+        Duration::from_secs(total / ticks)
+            + Duration::from_nanos((total % ticks) * 1_000_000_000 / ticks),
+    )
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn reads_cpu_times_from_a_stat_line() {
+        let line = "1234 (beam.smp) S 1 1234 1234 0 -1 4194560 100 0 0 0 250 50 0 0 20 0 30 0 1000";
+        assert_eq!(
+            super::stat_cpu(line, "beam.smp", 100),
+            Some(std::time::Duration::from_secs(3))
+        );
+        assert_eq!(super::stat_cpu(line, "bash", 100), None);
+        assert_eq!(super::stat_cpu("garbage", "beam.smp", 100), None);
+    }
+
     #[test]
     fn cpu_time_grows() {
         let before = super::process_cpu();

@@ -24,6 +24,8 @@ pub struct W1Figures {
     pub eps: f64,
     /// Client CPU (user + system, this process) per event, in microseconds.
     pub cpu_us_per_event: f64,
+    /// The local broker's CPU per event, in microseconds, when it runs on this host.
+    pub broker_us_per_event: Option<f64>,
     /// Wall time of the run.
     pub elapsed: Duration,
     /// Wall time until the last publish was confirmed.
@@ -183,6 +185,7 @@ pub fn latency_line(l: &LatencyFigures, raw: Option<&LatencyFigures>) -> String 
 pub(crate) struct Meter {
     wall: Instant,
     cpu: Duration,
+    broker: Option<Duration>,
 }
 
 impl Meter {
@@ -190,6 +193,7 @@ impl Meter {
         Meter {
             wall: Instant::now(),
             cpu: cpu::process_cpu(),
+            broker: cpu::broker_cpu(),
         }
     }
     pub fn finish(&self, events: u64) -> W1Figures {
@@ -199,6 +203,7 @@ impl Meter {
             events,
             eps: events as f64 / elapsed.as_secs_f64().max(1e-9),
             cpu_us_per_event: cpu.as_secs_f64() * 1e6 / events.max(1) as f64,
+            broker_us_per_event: per_event(self.broker, cpu::broker_cpu(), events),
             elapsed,
             publish_elapsed: Duration::ZERO,
         }
@@ -206,6 +211,16 @@ impl Meter {
     pub fn elapsed(&self) -> Duration {
         self.wall.elapsed()
     }
+}
+
+/// CPU per event in microseconds between two readings of a CPU clock, when both were taken.
+pub(crate) fn per_event(
+    before: Option<Duration>,
+    after: Option<Duration>,
+    events: u64,
+) -> Option<f64> {
+    let used = after?.checked_sub(before?)?;
+    Some(used.as_secs_f64() * 1e6 / events.max(1) as f64)
 }
 
 /// The `n`-th W1 event body: [`w1::OrderPlaced::sample`] as JSON, about 200 bytes. Raw amqprs

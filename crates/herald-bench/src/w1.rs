@@ -13,7 +13,7 @@ use herald::{Bus, Event, EventDescriptor, SubscribeOptions};
 use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
 
-use crate::cpu::process_cpu;
+use crate::cpu::{broker_cpu, process_cpu};
 
 /// The W1 event: about 200 bytes of JSON.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -71,6 +71,8 @@ pub struct W1Figures {
     pub publish_eps: f64,
     pub end_to_end_eps: f64,
     pub cpu_us_per_event: f64,
+    /// The local broker's CPU per event, in microseconds, when it runs on this host.
+    pub broker_us_per_event: Option<f64>,
 }
 
 /// The consumer's subscription options: ack after decode, prefetch 200, a queue of this run's
@@ -146,12 +148,14 @@ pub async fn run_in_process(
     consumer.start().await?;
     let publisher = bench_bus(broker, exchange, "bench-publisher").await?;
     let cpu_before = process_cpu();
+    let broker_before = broker_cpu();
     let started = Instant::now();
     let notified = done.notified();
     let publish_time = publish_all(&publisher, events).await?;
     notified.await;
     let e2e = started.elapsed();
     let cpu = process_cpu() - cpu_before;
+    let broker_us_per_event = crate::per_event(broker_before, broker_cpu(), events);
     publisher.shutdown().await?;
     consumer.shutdown().await?;
     Ok(W1Figures {
@@ -159,6 +163,7 @@ pub async fn run_in_process(
         publish_eps: events as f64 / publish_time.as_secs_f64(),
         end_to_end_eps: events as f64 / e2e.as_secs_f64(),
         cpu_us_per_event: cpu.as_secs_f64() * 1e6 / events as f64,
+        broker_us_per_event,
     })
 }
 
@@ -195,6 +200,7 @@ pub async fn run_raw_in_process(events: u64) -> W1Figures {
         publish_eps: events as f64 / publish_time.as_secs_f64(),
         end_to_end_eps: events as f64 / e2e.as_secs_f64(),
         cpu_us_per_event: cpu.as_secs_f64() * 1e6 / events as f64,
+        broker_us_per_event: None,
     }
 }
 

@@ -291,3 +291,85 @@ async fn cluster_urls_are_tried_in_turn() {
         "password leaked: {err}"
     );
 }
+
+/// Publish calls take the pool's channels in turn (two by default). A call made after another
+/// returned still lands after it, and one call's batch stays in order, even with other calls
+/// publishing at the same time on the other channel.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publishes_spread_over_the_channel_pool_keep_their_order() {
+    let t = open("rt-order").await;
+    assert_eq!(
+        RabbitConfig::new(vec![common::amqp_url()], "x").publish_channels,
+        herald::transport::rabbitmq::DEFAULT_PUBLISH_CHANNELS
+    );
+    let (exchange, prefix) = names("order");
+    let q = QueueSpec::new(format!("{prefix}.a"), "o.#");
+    let mut topo = Topology::new(&exchange);
+    topo.add_queue(q.clone());
+    t.apply_topology(&topo).await.unwrap();
+    for n in 0..100 {
+        t.publish(&exchange, &[event("o.seq", n)], PublishOptions::default())
+            .await
+            .unwrap();
+    }
+    let batch: Vec<Envelope> = (1000..1100).map(|n| event("o.batch", n)).collect();
+    let singles = (2000..2100).map(|n| {
+        let t = t.clone();
+        let exchange = exchange.clone();
+        async move {
+            t.publish(
+                &exchange,
+                &[event("o.single", n)],
+                PublishOptions::default(),
+            )
+            .await
+        }
+    });
+    let (batched, singles) = tokio::join!(
+        t.publish(&exchange, &batch, PublishOptions::default()),
+        futures::future::join_all(singles)
+    );
+    batched.unwrap();
+    singles.into_iter().for_each(|r| r.unwrap());
+
+    let cancel = CancellationToken::new();
+    let mut rx = t
+        .consume(&q, ConsumeOptions { prefetch: 50 }, cancel.clone())
+        .await
+        .unwrap();
+    let mut seen = Vec::new();
+    while seen.len() < 300 {
+        let d = tokio::time::timeout(Duration::from_secs(15), rx.recv())
+            .await
+            .expect("every message arrives")
+            .expect("stream open");
+        let v: serde_json::Value = serde_json::from_slice(&d.envelope.body).unwrap();
+        seen.push(v["n"].as_u64().unwrap());
+        d.ack().await.unwrap();
+    }
+    assert_eq!(
+        seen[..100],
+        (0..100).collect::<Vec<u64>>()[..],
+        "sequential calls in order"
+    );
+    let batch_order: Vec<u64> = seen
+        .iter()
+        .copied()
+        .filter(|n| (1000..1100).contains(n))
+        .collect();
+    assert_eq!(
+        batch_order,
+        (1000..1100).collect::<Vec<u64>>(),
+        "a batch in order"
+    );
+    let mut rest: Vec<u64> = seen[100..].iter().copied().filter(|n| *n >= 2000).collect();
+    rest.sort_unstable();
+    assert_eq!(
+        rest,
+        (2000..2100).collect::<Vec<u64>>(),
+        "every concurrent call arrived once"
+    );
+    cancel.cancel();
+    t.close().await.unwrap();
+    common::delete_queue_set(&exchange, &q).await;
+}

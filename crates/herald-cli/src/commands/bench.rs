@@ -131,8 +131,10 @@ async fn raw_run(transport: &str, args: &Args) -> CliResult<Option<f64>> {
     } else if args.raw {
         let raw = raw_amqprs::run(args.events, args.quorum, false).await?;
         eprintln!(
-            "raw amqprs: end to end {:.0}/s, {:.1} µs CPU per event",
-            raw.eps, raw.cpu_us_per_event
+            "raw amqprs: end to end {:.0}/s, {:.1} µs CPU per event{}",
+            raw.eps,
+            raw.cpu_us_per_event,
+            broker_figure(raw.broker_us_per_event)
         );
         Ok(Some(raw.eps))
     } else {
@@ -159,14 +161,20 @@ async fn herald_run(
     cleanup(config, transport).await;
     let figures = figures?;
     eprintln!(
-        "W1 on {transport}{}: {} events, published {:.0}/s, end to end {:.0}/s, {:.1} µs CPU per event",
+        "W1 on {transport}{}: {} events, published {:.0}/s, end to end {:.0}/s, {:.1} µs CPU per event{}",
         if args.quorum { " (quorum)" } else { "" },
         figures.events,
         figures.publish_eps,
         figures.end_to_end_eps,
-        figures.cpu_us_per_event
+        figures.cpu_us_per_event,
+        broker_figure(figures.broker_us_per_event)
     );
     Ok(figures)
+}
+
+/// The broker's CPU per event, when it runs on this host (it shares the cores with the client).
+fn broker_figure(us_per_event: Option<f64>) -> String {
+    us_per_event.map_or_else(String::new, |us| format!(" (broker {us:.1} µs)"))
 }
 
 async fn latency(config: &Config, transport: &str, args: &Args) -> CliResult<()> {
@@ -281,5 +289,6 @@ async fn split_run(config: &Config, events: u64, quorum: bool) -> CliResult<w1::
         publish_eps: events as f64 / publish_time.as_secs_f64(),
         end_to_end_eps: events as f64 / e2e.as_secs_f64(),
         cpu_us_per_event: (cpu.as_secs_f64() * 1e6 + child_cpu_us) / events as f64,
+        broker_us_per_event: None,
     })
 }

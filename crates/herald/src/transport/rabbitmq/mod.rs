@@ -36,7 +36,7 @@ use amqprs::channel::{
 use async_trait::async_trait;
 use tokio_util::sync::CancellationToken;
 
-pub use self::config::{CloudEventsHeaders, RabbitConfig};
+pub use self::config::{CloudEventsHeaders, RabbitConfig, DEFAULT_PUBLISH_CHANNELS};
 use self::connection::Link;
 use self::consumer::{ConsumeShared, ConsumerSettler, ConsumerTask, RabbitDeliveries};
 use self::properties::{from_message, record_broker_death};
