@@ -1,8 +1,9 @@
 //! Run W1 on RabbitMQ through Herald and raw amqprs, a quorum-queue run and the latency run.
 //!
-//! `cargo run --release -p herald-bench --example rabbit_w1 -- [events] [runs] [all|latency]`
+//! `cargo run --release -p herald-bench --example rabbit_w1 -- [events] [runs] [all|latency|herald|raw|raw2]`
 //! (defaults: 50000 events, 3 runs; medians are printed last; `latency` runs only the latency
-//! run, `events` at 1,000/s, `runs` times).
+//! run, `events` at 1,000/s, `runs` times; `herald`, `raw` and `raw2` run only the transport,
+//! raw amqprs, or raw amqprs publishing on two channels, `runs` times each).
 
 use herald::QueueKind;
 use herald_bench::{latency_line, rabbit_w1, raw_amqprs, result_line, W1Figures};
@@ -28,12 +29,12 @@ async fn main() -> Result<(), String> {
     let events: u64 = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(50_000);
     let runs: usize = args.get(2).and_then(|a| a.parse().ok()).unwrap_or(3).max(1);
     let mode = args.get(3).map(String::as_str).unwrap_or("all");
-    if mode == "herald" || mode == "raw" {
+    if mode == "herald" || mode == "raw" || mode == "raw2" {
         for _ in 0..runs {
-            let f = if mode == "herald" {
-                rabbit_w1::run(events, QueueKind::Classic).await?
-            } else {
-                raw_amqprs::run(events, false, false).await?
+            let f = match mode {
+                "herald" => rabbit_w1::run(events, QueueKind::Classic).await?,
+                "raw2" => raw_amqprs::run_on_channels(events, false, false, 2).await?,
+                _ => raw_amqprs::run(events, false, false).await?,
             };
             println!(
                 "{mode}: eps={:.0} cpu_us_per_event={:.1}",

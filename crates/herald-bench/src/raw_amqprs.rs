@@ -77,6 +77,18 @@ async fn open(name: &str) -> BenchResult<Connection> {
 /// carries the same CloudEvents headers and properties Herald writes (the same wire format), which
 /// separates the cost of the wire format from the cost of the client.
 pub async fn run(events: u64, quorum: bool, with_headers: bool) -> BenchResult<W1Figures> {
+    run_on_channels(events, quorum, with_headers, 1).await
+}
+
+/// [`run`] publishing on `channels` confirm channels in turn, sharing the one window of 256: the
+/// shape of Herald's default channel pool, to tell what the pool gains on the broker from what
+/// the client costs.
+pub async fn run_on_channels(
+    events: u64,
+    quorum: bool,
+    with_headers: bool,
+    channels: usize,
+) -> BenchResult<W1Figures> {
     let queue = run_name("bench-raw");
     let exchange = format!("{queue}.x");
     let pub_conn = open("bench raw publisher").await?;
@@ -132,22 +144,26 @@ pub async fn run(events: u64, quorum: bool, with_headers: bool) -> BenchResult<W
         .await
         .map_err(|e| e.to_string())?;
 
-    let pub_ch = pub_conn
-        .open_channel(None)
-        .await
-        .map_err(|e| e.to_string())?;
     let permits = Arc::new(Semaphore::new(256));
-    pub_ch
-        .register_callback(Window {
-            permits: permits.clone(),
-            confirmed: 0,
-        })
-        .await
-        .map_err(|e| e.to_string())?;
-    pub_ch
-        .confirm_select(ConfirmSelectArguments::new(false))
-        .await
-        .map_err(|e| e.to_string())?;
+    let mut pub_chs = Vec::new();
+    for _ in 0..channels.max(1) {
+        let pub_ch = pub_conn
+            .open_channel(None)
+            .await
+            .map_err(|e| e.to_string())?;
+        pub_ch
+            .register_callback(Window {
+                permits: permits.clone(),
+                confirmed: 0,
+            })
+            .await
+            .map_err(|e| e.to_string())?;
+        pub_ch
+            .confirm_select(ConfirmSelectArguments::new(false))
+            .await
+            .map_err(|e| e.to_string())?;
+        pub_chs.push(pub_ch);
+    }
 
     let meter = Meter::start();
     let consumer = tokio::spawn(async move {
@@ -179,7 +195,7 @@ pub async fn run(events: u64, quorum: bool, with_headers: bool) -> BenchResult<W
                 .with_content_type("application/json")
                 .with_message_id(&n.to_string());
         }
-        pub_ch
+        pub_chs[n as usize % pub_chs.len()]
             .basic_publish(
                 props.finish(),
                 w1_body(n),
@@ -197,7 +213,9 @@ pub async fn run(events: u64, quorum: bool, with_headers: bool) -> BenchResult<W
     let _ = admin
         .exchange_delete(ExchangeDeleteArguments::new(&exchange))
         .await;
-    let _ = pub_ch.close().await;
+    for pub_ch in pub_chs {
+        let _ = pub_ch.close().await;
+    }
     let _ = pub_conn.close().await;
     let _ = con_conn.close().await;
     if got < events {
