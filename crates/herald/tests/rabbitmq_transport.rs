@@ -373,3 +373,42 @@ async fn publishes_spread_over_the_channel_pool_keep_their_order() {
     t.close().await.unwrap();
     common::delete_queue_set(&exchange, &q).await;
 }
+
+/// A consumer whose prefetch window is small gets its acks sent at once: the broker delivers
+/// nothing more until they arrive, so holding them for the flush interval would hold up the
+/// consumer too (with prefetch 1, one message per interval).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acks_do_not_wait_when_the_prefetch_window_is_half_used() {
+    common::wait_for_broker(Duration::from_secs(60)).await;
+    let mut cfg = RabbitConfig::new(vec![common::amqp_url()], "rt-small-prefetch");
+    cfg.ack_flush_interval = Duration::from_secs(30);
+    let t = RabbitTransport::connect(cfg).await.expect("connect");
+    let (exchange, prefix) = names("prefetch");
+    let q = QueueSpec::new(format!("{prefix}.a"), "p.#");
+    let mut topo = Topology::new(&exchange);
+    topo.add_queue(q.clone());
+    t.apply_topology(&topo).await.unwrap();
+    let batch: Vec<Envelope> = (0..20).map(|n| event("p.x", n)).collect();
+    t.publish(&exchange, &batch, PublishOptions::default())
+        .await
+        .unwrap();
+    for prefetch in [1, 4] {
+        let cancel = CancellationToken::new();
+        let mut rx = t
+            .consume(&q, ConsumeOptions { prefetch }, cancel.clone())
+            .await
+            .unwrap();
+        for _ in 0..10 {
+            let d = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+                .await
+                .unwrap_or_else(|_| {
+                    panic!("prefetch {prefetch}: the next delivery came, so the acks went out")
+                })
+                .expect("stream open");
+            d.ack().await.unwrap();
+        }
+        cancel.cancel();
+    }
+    t.close().await.unwrap();
+    common::delete_queue_set(&exchange, &q).await;
+}

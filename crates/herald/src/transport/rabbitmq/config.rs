@@ -75,9 +75,12 @@ pub struct RabbitConfig {
     pub max_backoff: Duration,
     /// Retry delay levels used for a queue that declares none.
     pub default_retry_delays: Vec<Duration>,
-    /// Acks are sent as one `multiple` ack once this many are waiting ...
+    /// Acks are sent as one `multiple` ack once this many are waiting (or half the consumer's
+    /// prefetch window, if that is less: the broker delivers nothing more to a full window) ...
     pub ack_batch: usize,
-    /// ... or after this long, whichever comes first.
+    /// ... or after this long, whichever comes first. The wait only bounds how long the last
+    /// acks of a burst stay unsent, so it can be long: at 10 ms instead of 1 ms the flusher wakes
+    /// a tenth as often, which measured about 0.6 µs less client CPU per event on W1.
     pub ack_flush_interval: Duration,
     /// Which CloudEvents attributes travel as headers (a `cloudevents=full` query parameter on
     /// any URL selects [`CloudEventsHeaders::Full`]).
@@ -129,7 +132,7 @@ impl RabbitConfig {
                 Duration::from_secs(600),
             ],
             ack_batch: 64,
-            ack_flush_interval: Duration::from_millis(1),
+            ack_flush_interval: Duration::from_millis(10),
             cloudevents_headers: cloudevents_headers_of(&urls),
             urls,
         }

@@ -1,7 +1,8 @@
 //! Consuming: one channel per consumer on the consuming connection, manual acks, recovery.
 //!
-//! Settlement: `Ack` is batched. Acks wait at most `ack_flush_interval` (or until `ack_batch` are
-//! waiting) and go out as one `basic.ack multiple` covering every tag below the oldest delivery
+//! Settlement: `Ack` is batched. Acks wait at most `ack_flush_interval`, or until `ack_batch` are
+//! waiting, or half the prefetch window (the broker sends nothing more to a consumer whose window
+//! is full, so acks held longer would hold up the consumer), and go out as one `basic.ack multiple` covering every tag below the oldest delivery
 //! still being handled (that is when `multiple` is safe); later tags are acked one by one.
 //! `Retry`/`DeadLetter`/`Release{delay>0}` publish a copy (with confirms) to the retry level or
 //! the dead-letter queue through the default exchange, then ack the original; if that publish
@@ -103,9 +104,17 @@ struct AckState {
     acked: Vec<u64>,
 }
 
+/// How many waiting acks are sent at once: `ack_batch`, but never more than half the prefetch
+/// window (at least one), so the broker always has room to deliver while acks wait.
+fn flush_threshold(ack_batch: usize, prefetch: usize) -> usize {
+    ack_batch.min(prefetch / 2).max(1)
+}
+
 /// Settles the deliveries of one consumer.
 pub(crate) struct ConsumerSettler {
     queue: String,
+    /// Acks waiting that are sent at once: `ack_batch`, or half the prefetch window if less.
+    flush_at: usize,
     levels: Vec<Duration>,
     publisher: Arc<Publisher>,
     cfg: Arc<RabbitConfig>,
@@ -116,9 +125,15 @@ pub(crate) struct ConsumerSettler {
 }
 
 impl ConsumerSettler {
-    pub fn new(spec: &QueueSpec, publisher: Arc<Publisher>, cfg: Arc<RabbitConfig>) -> Arc<Self> {
+    pub fn new(
+        spec: &QueueSpec,
+        prefetch: usize,
+        publisher: Arc<Publisher>,
+        cfg: Arc<RabbitConfig>,
+    ) -> Arc<Self> {
         let s = Arc::new(ConsumerSettler {
             queue: spec.name.clone(),
+            flush_at: flush_threshold(cfg.ack_batch, prefetch),
             levels: cfg.retry_levels(&spec.retry_delays),
             publisher,
             state: Mutex::new(AckState::default()),
@@ -210,7 +225,7 @@ impl ConsumerSettler {
             st.acked.push(dtag);
             st.acked.len()
         };
-        if n >= self.cfg.ack_batch {
+        if n >= self.flush_at {
             // Boxed, like the other cold paths: it keeps the per-ack future small.
             Box::pin(self.flush()).await;
         } else {
@@ -767,6 +782,15 @@ pub(crate) fn remember(list: &Mutex<Vec<Weak<ConsumerSettler>>>, s: &Arc<Consume
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn acks_are_sent_before_the_prefetch_window_fills() {
+        assert_eq!(flush_threshold(64, 200), 64);
+        assert_eq!(flush_threshold(64, 100), 50);
+        assert_eq!(flush_threshold(64, 4), 2);
+        assert_eq!(flush_threshold(64, 1), 1);
+        assert_eq!(flush_threshold(0, 200), 1);
+    }
 
     #[test]
     fn delivery_tags_stay_ordered_for_multiple_acks() {

@@ -381,6 +381,7 @@ impl Transport for RabbitTransport {
         .await?;
         let settler = ConsumerSettler::new(
             queue,
+            prefetch,
             self.shared.publisher.clone(),
             self.shared.cfg.clone(),
         );
