@@ -16,23 +16,38 @@ pub fn process_cpu() -> Duration {
     tv(usage.ru_utime) + tv(usage.ru_stime)
 }
 
-/// CPU time used so far by a RabbitMQ broker on this host (the `beam.smp` process), when one runs
-/// here: the broker shares the machine's cores with the client, so its CPU per event decides the
-/// end-to-end rate as much as the client's does. `None` when no such process is visible.
-pub fn broker_cpu() -> Option<Duration> {
-    let ticks = clock_ticks()?;
-    std::fs::read_dir("/proc")
-        .ok()?
-        .flatten()
-        .find_map(|entry| {
-            let name = entry.file_name();
-            let pid = name.to_str()?;
-            if !pid.bytes().all(|b| b.is_ascii_digit()) {
-                return None;
-            }
-            let stat = std::fs::read_to_string(entry.path().join("stat")).ok()?;
-            stat_cpu(&stat, "beam.smp", ticks)
-        })
+/// The CPU clock of a RabbitMQ broker on this host (its `beam.smp` process): the broker shares
+/// the machine's cores with the client, so its CPU per event decides the end-to-end rate as much
+/// as the client's does. Found once and read by pid, so a reading before a run and one after it
+/// are of the same process.
+#[derive(Debug, Clone, Copy)]
+pub struct BrokerClock {
+    pid: u32,
+    ticks: u64,
+}
+
+impl BrokerClock {
+    /// The `beam.smp` process that has used the most CPU (the broker, not a short-lived
+    /// `rabbitmqctl`, which is a `beam.smp` too); `None` when there is none.
+    pub fn find() -> Option<Self> {
+        let ticks = clock_ticks()?;
+        let (pid, _) = std::fs::read_dir("/proc")
+            .ok()?
+            .flatten()
+            .filter_map(|entry| {
+                let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
+                let stat = std::fs::read_to_string(entry.path().join("stat")).ok()?;
+                Some((pid, stat_cpu(&stat, "beam.smp", ticks)?))
+            })
+            .max_by_key(|(_, cpu)| *cpu)?;
+        Some(BrokerClock { pid, ticks })
+    }
+
+    /// CPU time the broker has used so far; `None` once its process is gone.
+    pub fn read(&self) -> Option<Duration> {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid)).ok()?;
+        stat_cpu(&stat, "beam.smp", self.ticks)
+    }
 }
 
 /// Clock ticks per second, the unit of `/proc/<pid>/stat`'s CPU times.
@@ -71,6 +86,14 @@ mod tests {
         );
         assert_eq!(super::stat_cpu(line, "bash", 100), None);
         assert_eq!(super::stat_cpu("garbage", "beam.smp", 100), None);
+    }
+
+    /// The test command starts RabbitMQ on this host, so its broker is there to find.
+    #[test]
+    fn finds_the_local_broker_and_reads_it_again() {
+        let clock = super::BrokerClock::find().expect("a beam.smp runs here");
+        let first = clock.read().expect("its stat is readable");
+        assert!(clock.read().expect("read again") >= first);
     }
 
     #[test]

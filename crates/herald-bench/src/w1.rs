@@ -13,7 +13,7 @@ use herald::{Bus, Event, EventDescriptor, SubscribeOptions};
 use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
 
-use crate::cpu::{broker_cpu, process_cpu};
+use crate::cpu::{process_cpu, BrokerClock};
 
 /// The W1 event: about 200 bytes of JSON.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -149,7 +149,7 @@ pub async fn run_in_process(
     let publisher = bench_bus(broker, exchange, "bench-publisher").await?;
     // The broker's clock first: finding its process reads /proc, which the client's figures
     // should not count.
-    let broker_before = broker_cpu();
+    let broker_clock = BrokerClock::find().and_then(|clock| Some((clock, clock.read()?)));
     let cpu_before = process_cpu();
     let started = Instant::now();
     let notified = done.notified();
@@ -157,7 +157,8 @@ pub async fn run_in_process(
     notified.await;
     let e2e = started.elapsed();
     let cpu = process_cpu() - cpu_before;
-    let broker_us_per_event = crate::per_event(broker_before, broker_cpu(), events);
+    let broker_us_per_event =
+        broker_clock.and_then(|(clock, before)| crate::per_event(before, clock.read()?, events));
     publisher.shutdown().await?;
     consumer.shutdown().await?;
     Ok(W1Figures {

@@ -297,11 +297,12 @@ async fn cluster_urls_are_tried_in_turn() {
 /// publishing at the same time on the other channel.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn publishes_spread_over_the_channel_pool_keep_their_order() {
-    let t = open("rt-order").await;
-    assert_eq!(
-        RabbitConfig::new(vec![common::amqp_url()], "x").publish_channels,
-        herald::transport::rabbitmq::DEFAULT_PUBLISH_CHANNELS
+    let service = format!(
+        "rt-order-{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..8]
     );
+    let t = open(&service).await;
+    let pool = RabbitConfig::new(vec![common::amqp_url()], &service).publish_channels;
     let (exchange, prefix) = names("order");
     let q = QueueSpec::new(format!("{prefix}.a"), "o.#");
     let mut topo = Topology::new(&exchange);
@@ -331,6 +332,11 @@ async fn publishes_spread_over_the_channel_pool_keep_their_order() {
     );
     batched.unwrap();
     singles.into_iter().for_each(|r| r.unwrap());
+    assert_eq!(
+        confirm_channels_of(&format!("{service} herald publisher")),
+        pool,
+        "the broker sees every channel of the pool in confirm mode"
+    );
 
     let cancel = CancellationToken::new();
     let mut rx = t
@@ -411,4 +417,27 @@ async fn acks_do_not_wait_when_the_prefetch_window_is_half_used() {
     }
     t.close().await.unwrap();
     common::delete_queue_set(&exchange, &q).await;
+}
+
+/// How many channels in confirm mode the broker lists on the connection named `name`.
+fn confirm_channels_of(name: &str) -> usize {
+    let list = |args: &[&str]| {
+        let out = std::process::Command::new("rabbitmqctl")
+            .args(args)
+            .output()
+            .expect("rabbitmqctl runs");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let connections = list(&["list_connections", "pid", "client_properties", "-q"]);
+    let needle = format!("{{\"connection_name\",\"{name}\"}}");
+    let pid = connections
+        .lines()
+        .find(|l| l.contains(&needle))
+        .and_then(|l| l.split('\t').next())
+        .unwrap_or_else(|| panic!("no connection named {name} in:\n{connections}"))
+        .to_string();
+    list(&["list_channels", "connection", "confirm", "-q"])
+        .lines()
+        .filter(|l| l.split('\t').collect::<Vec<_>>() == [pid.as_str(), "true"])
+        .count()
 }

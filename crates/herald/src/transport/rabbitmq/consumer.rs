@@ -2,8 +2,9 @@
 //!
 //! Settlement: `Ack` is batched. Acks wait at most `ack_flush_interval`, or until `ack_batch` are
 //! waiting, or half the prefetch window (the broker sends nothing more to a consumer whose window
-//! is full, so acks held longer would hold up the consumer), and go out as one `basic.ack multiple` covering every tag below the oldest delivery
-//! still being handled (that is when `multiple` is safe); later tags are acked one by one.
+//! is full, so acks held longer would hold up the consumer), and go out as one
+//! `basic.ack multiple` covering every tag below the oldest delivery still being handled (that
+//! is when `multiple` is safe); later tags are acked one by one.
 //! `Retry`/`DeadLetter`/`Release{delay>0}` publish a copy (with confirms) to the retry level or
 //! the dead-letter queue through the default exchange, then ack the original; if that publish
 //! fails the original is requeued, so nothing is lost. `Release{0}` is `basic.nack requeue`.
