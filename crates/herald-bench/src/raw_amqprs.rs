@@ -73,6 +73,21 @@ async fn open(name: &str) -> BenchResult<Connection> {
     Ok(conn)
 }
 
+/// A channel on `conn` in confirm mode whose confirms give their permits back to `permits`.
+async fn confirm_channel(conn: &Connection, permits: &Arc<Semaphore>) -> BenchResult<Channel> {
+    let ch = conn.open_channel(None).await.map_err(|e| e.to_string())?;
+    ch.register_callback(Window {
+        permits: permits.clone(),
+        confirmed: 0,
+    })
+    .await
+    .map_err(|e| e.to_string())?;
+    ch.confirm_select(ConfirmSelectArguments::new(false))
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(ch)
+}
+
 /// Run W1 with `events` events on a classic (or quorum) queue. With `with_headers`, each message
 /// carries the same CloudEvents headers and properties Herald writes (the same wire format), which
 /// separates the cost of the wire format from the cost of the client.
@@ -147,22 +162,7 @@ pub async fn run_on_channels(
     let permits = Arc::new(Semaphore::new(256));
     let mut pub_chs = Vec::new();
     for _ in 0..channels.max(1) {
-        let pub_ch = pub_conn
-            .open_channel(None)
-            .await
-            .map_err(|e| e.to_string())?;
-        pub_ch
-            .register_callback(Window {
-                permits: permits.clone(),
-                confirmed: 0,
-            })
-            .await
-            .map_err(|e| e.to_string())?;
-        pub_ch
-            .confirm_select(ConfirmSelectArguments::new(false))
-            .await
-            .map_err(|e| e.to_string())?;
-        pub_chs.push(pub_ch);
+        pub_chs.push(confirm_channel(&pub_conn, &permits).await?);
     }
 
     let meter = Meter::start();
@@ -256,22 +256,8 @@ pub async fn latency(events: u64, rate: u64) -> BenchResult<crate::LatencyFigure
         )
         .await
         .map_err(|e| e.to_string())?;
-    let pub_ch = pub_conn
-        .open_channel(None)
-        .await
-        .map_err(|e| e.to_string())?;
     let permits = Arc::new(Semaphore::new(256));
-    pub_ch
-        .register_callback(Window {
-            permits: permits.clone(),
-            confirmed: 0,
-        })
-        .await
-        .map_err(|e| e.to_string())?;
-    pub_ch
-        .confirm_select(ConfirmSelectArguments::new(false))
-        .await
-        .map_err(|e| e.to_string())?;
+    let pub_ch = confirm_channel(&pub_conn, &permits).await?;
     let origin = Instant::now();
     let consumer = tokio::spawn(async move {
         let mut lat = Vec::with_capacity(events as usize);
