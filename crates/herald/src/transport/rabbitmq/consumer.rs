@@ -111,6 +111,28 @@ fn flush_threshold(ack_batch: usize, prefetch: usize) -> usize {
     ack_batch.min(prefetch / 2).max(1)
 }
 
+/// Channel closes that dropped settlers started in the background. The transport waits for
+/// them before it closes its connection: a channel closed after its connection is gone is left
+/// to amqprs, which then logs an error.
+#[derive(Default)]
+pub(crate) struct BackgroundCloses(Mutex<Vec<tokio::task::JoinHandle<()>>>);
+
+impl BackgroundCloses {
+    fn push(&self, close: tokio::task::JoinHandle<()>) {
+        let mut closes = lock(&self.0);
+        closes.retain(|c| !c.is_finished());
+        closes.push(close);
+    }
+
+    /// Wait for every close started so far (each is bounded by its own timeout).
+    pub async fn wait(&self) {
+        let closes = std::mem::take(&mut *lock(&self.0));
+        for close in closes {
+            let _ = close.await;
+        }
+    }
+}
+
 /// Settles the deliveries of one consumer.
 pub(crate) struct ConsumerSettler {
     queue: String,
@@ -123,6 +145,7 @@ pub(crate) struct ConsumerSettler {
     send_lock: tokio::sync::Mutex<()>,
     wake: Arc<Notify>,
     stop: CancellationToken,
+    closes: Arc<BackgroundCloses>,
 }
 
 impl ConsumerSettler {
@@ -131,6 +154,7 @@ impl ConsumerSettler {
         prefetch: usize,
         publisher: Arc<Publisher>,
         cfg: Arc<RabbitConfig>,
+        closes: Arc<BackgroundCloses>,
     ) -> Arc<Self> {
         let s = Arc::new(ConsumerSettler {
             queue: spec.name.clone(),
@@ -142,6 +166,7 @@ impl ConsumerSettler {
             wake: Arc::new(Notify::new()),
             stop: CancellationToken::new(),
             cfg,
+            closes,
         });
         let weak = Arc::downgrade(&s);
         let (wake, stop, interval) = (s.wake.clone(), s.stop.clone(), s.cfg.ack_flush_interval);
@@ -382,14 +407,14 @@ impl Drop for ConsumerSettler {
         let acked = st.acked;
         // Send what was acked, then let the channel close: the broker requeues the rest.
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
-            rt.spawn(async move {
+            self.closes.push(rt.spawn(async move {
                 for tag in acked {
                     let _ = ch.basic_ack(BasicAckArguments::new(tag, false)).await;
                 }
                 if ch.is_open() {
                     let _ = tokio::time::timeout(Duration::from_secs(5), ch.close()).await;
                 }
-            });
+            }));
         }
     }
 }

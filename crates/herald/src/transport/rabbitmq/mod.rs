@@ -38,7 +38,9 @@ use tokio_util::sync::CancellationToken;
 
 pub use self::config::{CloudEventsHeaders, RabbitConfig, DEFAULT_PUBLISH_CHANNELS};
 use self::connection::Link;
-use self::consumer::{ConsumeShared, ConsumerSettler, ConsumerTask, RabbitDeliveries};
+use self::consumer::{
+    BackgroundCloses, ConsumeShared, ConsumerSettler, ConsumerTask, RabbitDeliveries,
+};
 use self::properties::{from_message, record_broker_death};
 use self::publisher::{Outgoing, Publisher};
 use self::request_reply::Requester;
@@ -117,6 +119,8 @@ struct Shared {
     publisher: Arc<Publisher>,
     topologies: Arc<Mutex<Vec<Topology>>>,
     settlers: Mutex<Vec<Weak<ConsumerSettler>>>,
+    /// Consumer channels being closed by settlers that were dropped; waited for at close.
+    closes: Arc<BackgroundCloses>,
     requester: tokio::sync::Mutex<Option<Arc<Requester>>>,
     closed: AtomicBool,
 }
@@ -153,6 +157,7 @@ impl RabbitTransport {
                 publisher,
                 topologies,
                 settlers: Mutex::new(Vec::new()),
+                closes: Arc::default(),
                 requester: tokio::sync::Mutex::new(None),
                 closed: AtomicBool::new(false),
             }),
@@ -384,6 +389,7 @@ impl Transport for RabbitTransport {
             prefetch,
             self.shared.publisher.clone(),
             self.shared.cfg.clone(),
+            self.shared.closes.clone(),
         );
         consumer::remember(&self.shared.settlers, &settler);
         let shared = ConsumeShared::new(settler, &cancel);
@@ -533,6 +539,9 @@ impl Transport for RabbitTransport {
             s.flush().await;
             s.close_channel().await;
         }
+        // Settlers dropped before this call close their channels from a task; the connection
+        // must outlive those closes.
+        let _ = tokio::time::timeout(Duration::from_secs(10), self.shared.closes.wait()).await;
         self.shared.publisher.close_channels().await;
         self.shared.publish_link.close().await;
         self.shared.consume_link.close().await;
