@@ -111,25 +111,45 @@ fn flush_threshold(ack_batch: usize, prefetch: usize) -> usize {
     ack_batch.min(prefetch / 2).max(1)
 }
 
-/// Channel closes that dropped settlers started in the background. The transport waits for
-/// them before it closes its connection: a channel closed after its connection is gone is left
-/// to amqprs, which then logs an error.
+/// The consumers of one transport, so that closing the transport closes their channels while
+/// its connection is still up: a live consumer's channel directly, a dropped one's by waiting
+/// for the task its settler's drop started. (A channel left to amqprs after its connection is
+/// gone makes amqprs log an error.)
 #[derive(Default)]
-pub(crate) struct BackgroundCloses(Mutex<Vec<tokio::task::JoinHandle<()>>>);
+pub(crate) struct Settlers {
+    live: Mutex<Vec<Weak<ConsumerSettler>>>,
+    closing: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+}
 
-impl BackgroundCloses {
-    fn push(&self, close: tokio::task::JoinHandle<()>) {
-        let mut closes = lock(&self.0);
-        closes.retain(|c| !c.is_finished());
-        closes.push(close);
+impl Settlers {
+    fn remember(&self, s: &Arc<ConsumerSettler>) {
+        let mut live = lock(&self.live);
+        live.retain(|w| w.strong_count() > 0);
+        live.push(Arc::downgrade(s));
     }
 
-    /// Wait for every close started so far (each is bounded by its own timeout).
-    pub async fn wait(&self) {
-        let closes = std::mem::take(&mut *lock(&self.0));
-        for close in closes {
-            let _ = close.await;
+    fn closing(&self, close: tokio::task::JoinHandle<()>) {
+        let mut closing = lock(&self.closing);
+        closing.retain(|c| !c.is_finished());
+        closing.push(close);
+    }
+
+    /// Send every consumer's waiting acks and close its channel.
+    pub async fn close_all(&self) {
+        let live: Vec<Arc<ConsumerSettler>> =
+            lock(&self.live).iter().filter_map(Weak::upgrade).collect();
+        for s in live {
+            s.flush().await;
+            s.close_channel().await;
         }
+        let closing = std::mem::take(&mut *lock(&self.closing));
+        // Each close is bounded by its own timeout; this bounds them all.
+        let _ = tokio::time::timeout(Duration::from_secs(10), async {
+            for close in closing {
+                let _ = close.await;
+            }
+        })
+        .await;
     }
 }
 
@@ -145,7 +165,8 @@ pub(crate) struct ConsumerSettler {
     send_lock: tokio::sync::Mutex<()>,
     wake: Arc<Notify>,
     stop: CancellationToken,
-    closes: Arc<BackgroundCloses>,
+    /// The transport's consumers, this one among them.
+    settlers: Arc<Settlers>,
 }
 
 impl ConsumerSettler {
@@ -154,7 +175,7 @@ impl ConsumerSettler {
         prefetch: usize,
         publisher: Arc<Publisher>,
         cfg: Arc<RabbitConfig>,
-        closes: Arc<BackgroundCloses>,
+        settlers: Arc<Settlers>,
     ) -> Arc<Self> {
         let s = Arc::new(ConsumerSettler {
             queue: spec.name.clone(),
@@ -166,8 +187,9 @@ impl ConsumerSettler {
             wake: Arc::new(Notify::new()),
             stop: CancellationToken::new(),
             cfg,
-            closes,
+            settlers,
         });
+        s.settlers.remember(&s);
         let weak = Arc::downgrade(&s);
         let (wake, stop, interval) = (s.wake.clone(), s.stop.clone(), s.cfg.ack_flush_interval);
         tokio::spawn(async move {
@@ -407,7 +429,7 @@ impl Drop for ConsumerSettler {
         let acked = st.acked;
         // Send what was acked, then let the channel close: the broker requeues the rest.
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
-            self.closes.push(rt.spawn(async move {
+            self.settlers.closing(rt.spawn(async move {
                 for tag in acked {
                     let _ = ch.basic_ack(BasicAckArguments::new(tag, false)).await;
                 }
@@ -799,12 +821,6 @@ impl ConsumerTask {
 }
 
 /// Keep a weak list of settlers so `close` can flush their acks.
-pub(crate) fn remember(list: &Mutex<Vec<Weak<ConsumerSettler>>>, s: &Arc<ConsumerSettler>) {
-    let mut l = lock(list);
-    l.retain(|w| w.strong_count() > 0);
-    l.push(Arc::downgrade(s));
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

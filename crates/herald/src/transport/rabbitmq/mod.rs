@@ -27,7 +27,7 @@ mod request_reply;
 mod topology;
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use amqprs::channel::{
@@ -38,9 +38,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use self::config::{CloudEventsHeaders, RabbitConfig, DEFAULT_PUBLISH_CHANNELS};
 use self::connection::Link;
-use self::consumer::{
-    BackgroundCloses, ConsumeShared, ConsumerSettler, ConsumerTask, RabbitDeliveries,
-};
+use self::consumer::{ConsumeShared, ConsumerSettler, ConsumerTask, RabbitDeliveries, Settlers};
 use self::properties::{from_message, record_broker_death};
 use self::publisher::{Outgoing, Publisher};
 use self::request_reply::Requester;
@@ -118,9 +116,7 @@ struct Shared {
     consume_link: Link,
     publisher: Arc<Publisher>,
     topologies: Arc<Mutex<Vec<Topology>>>,
-    settlers: Mutex<Vec<Weak<ConsumerSettler>>>,
-    /// Consumer channels being closed by settlers that were dropped; waited for at close.
-    closes: Arc<BackgroundCloses>,
+    settlers: Arc<Settlers>,
     requester: tokio::sync::Mutex<Option<Arc<Requester>>>,
     closed: AtomicBool,
 }
@@ -156,8 +152,7 @@ impl RabbitTransport {
                 consume_link,
                 publisher,
                 topologies,
-                settlers: Mutex::new(Vec::new()),
-                closes: Arc::default(),
+                settlers: Arc::default(),
                 requester: tokio::sync::Mutex::new(None),
                 closed: AtomicBool::new(false),
             }),
@@ -389,9 +384,8 @@ impl Transport for RabbitTransport {
             prefetch,
             self.shared.publisher.clone(),
             self.shared.cfg.clone(),
-            self.shared.closes.clone(),
+            self.shared.settlers.clone(),
         );
-        consumer::remember(&self.shared.settlers, &settler);
         let shared = ConsumeShared::new(settler, &cancel);
         let task = ConsumerTask {
             link: self.shared.consume_link.clone(),
@@ -531,17 +525,7 @@ impl Transport for RabbitTransport {
         if self.shared.closed.swap(true, Ordering::SeqCst) {
             return Ok(());
         }
-        let settlers: Vec<Arc<ConsumerSettler>> = lock(&self.shared.settlers)
-            .iter()
-            .filter_map(Weak::upgrade)
-            .collect();
-        for s in settlers {
-            s.flush().await;
-            s.close_channel().await;
-        }
-        // Settlers dropped before this call close their channels from a task; the connection
-        // must outlive those closes.
-        let _ = tokio::time::timeout(Duration::from_secs(10), self.shared.closes.wait()).await;
+        self.shared.settlers.close_all().await;
         self.shared.publisher.close_channels().await;
         self.shared.publish_link.close().await;
         self.shared.consume_link.close().await;
