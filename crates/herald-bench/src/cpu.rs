@@ -16,22 +16,23 @@ pub fn process_cpu() -> Duration {
     tv(usage.ru_utime) + tv(usage.ru_stime)
 }
 
-/// The CPU clock of a RabbitMQ broker on this host (its `beam.smp` process): the broker shares
-/// the machine's cores with the client, so its CPU per event decides the end-to-end rate as much
-/// as the client's does. Found once and read by pid, so a reading before a run and one after it
-/// are of the same process.
+/// The CPU clock of a RabbitMQ broker on this host (its `beam.smp` process), started at a
+/// reading: the broker shares the machine's cores with the client, so its CPU per event decides
+/// the end-to-end rate as much as the client's does. Found once and read again by pid, so both
+/// readings are of the same process.
 #[derive(Debug, Clone, Copy)]
 pub struct BrokerClock {
     pid: u32,
     ticks: u64,
+    start: Duration,
 }
 
 impl BrokerClock {
-    /// The `beam.smp` process that has used the most CPU (the broker, not a short-lived
-    /// `rabbitmqctl`, which is a `beam.smp` too); `None` when there is none.
-    pub fn find() -> Option<Self> {
+    /// Start at the `beam.smp` process that has used the most CPU (the broker, not a
+    /// short-lived `rabbitmqctl`, which is a `beam.smp` too); `None` when there is none.
+    pub fn start() -> Option<Self> {
         let ticks = clock_ticks()?;
-        let (pid, _) = std::fs::read_dir("/proc")
+        let (pid, start) = std::fs::read_dir("/proc")
             .ok()?
             .flatten()
             .filter_map(|entry| {
@@ -40,13 +41,19 @@ impl BrokerClock {
                 Some((pid, stat_cpu(&stat, "beam.smp", ticks)?))
             })
             .max_by_key(|(_, cpu)| *cpu)?;
-        Some(BrokerClock { pid, ticks })
+        Some(BrokerClock { pid, ticks, start })
     }
 
-    /// CPU time the broker has used so far; `None` once its process is gone.
-    pub fn read(&self) -> Option<Duration> {
+    /// CPU time the broker has used since [`start`](Self::start); `None` once its process is
+    /// gone.
+    pub fn elapsed(&self) -> Option<Duration> {
         let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid)).ok()?;
-        stat_cpu(&stat, "beam.smp", self.ticks)
+        stat_cpu(&stat, "beam.smp", self.ticks)?.checked_sub(self.start)
+    }
+
+    /// Broker CPU per event since the start, in microseconds.
+    pub fn us_per_event(&self, events: u64) -> Option<f64> {
+        Some(self.elapsed()?.as_secs_f64() * 1e6 / events.max(1) as f64)
     }
 }
 
@@ -91,9 +98,8 @@ mod tests {
     /// The test command starts RabbitMQ on this host, so its broker is there to find.
     #[test]
     fn finds_the_local_broker_and_reads_it_again() {
-        let clock = super::BrokerClock::find().expect("a beam.smp runs here");
-        let first = clock.read().expect("its stat is readable");
-        assert!(clock.read().expect("read again") >= first);
+        let clock = super::BrokerClock::start().expect("a beam.smp runs here");
+        assert!(clock.elapsed().is_some(), "read again by pid");
     }
 
     #[test]

@@ -185,14 +185,14 @@ pub fn latency_line(l: &LatencyFigures, raw: Option<&LatencyFigures>) -> String 
 pub(crate) struct Meter {
     wall: Instant,
     cpu: Duration,
-    broker: Option<(cpu::BrokerClock, Duration)>,
+    broker: Option<cpu::BrokerClock>,
 }
 
 impl Meter {
     pub fn start() -> Self {
         // The broker's clock first: finding its process reads /proc, which neither the wall
         // time nor the client's CPU time should count.
-        let broker = cpu::BrokerClock::find().and_then(|clock| Some((clock, clock.read()?)));
+        let broker = cpu::BrokerClock::start();
         Meter {
             cpu: cpu::process_cpu(),
             wall: Instant::now(),
@@ -206,9 +206,7 @@ impl Meter {
             events,
             eps: events as f64 / elapsed.as_secs_f64().max(1e-9),
             cpu_us_per_event: cpu.as_secs_f64() * 1e6 / events.max(1) as f64,
-            broker_us_per_event: self
-                .broker
-                .and_then(|(clock, before)| per_event(before, clock.read()?, events)),
+            broker_us_per_event: self.broker.and_then(|b| b.us_per_event(events)),
             elapsed,
             publish_elapsed: Duration::ZERO,
         }
@@ -216,13 +214,6 @@ impl Meter {
     pub fn elapsed(&self) -> Duration {
         self.wall.elapsed()
     }
-}
-
-/// CPU per event in microseconds between two readings of a CPU clock (`None` if the clock went
-/// back, as a different process's would).
-pub(crate) fn per_event(before: Duration, after: Duration, events: u64) -> Option<f64> {
-    let used = after.checked_sub(before)?;
-    Some(used.as_secs_f64() * 1e6 / events.max(1) as f64)
 }
 
 /// The `n`-th W1 event body: [`w1::OrderPlaced::sample`] as JSON, about 200 bytes. Raw amqprs

@@ -149,7 +149,7 @@ pub async fn run_in_process(
     let publisher = bench_bus(broker, exchange, "bench-publisher").await?;
     // The broker's clock first: finding its process reads /proc, which the client's figures
     // should not count.
-    let broker_clock = BrokerClock::find().and_then(|clock| Some((clock, clock.read()?)));
+    let broker_clock = BrokerClock::start();
     let cpu_before = process_cpu();
     let started = Instant::now();
     let notified = done.notified();
@@ -157,8 +157,7 @@ pub async fn run_in_process(
     notified.await;
     let e2e = started.elapsed();
     let cpu = process_cpu() - cpu_before;
-    let broker_us_per_event =
-        broker_clock.and_then(|(clock, before)| crate::per_event(before, clock.read()?, events));
+    let broker_us_per_event = broker_clock.and_then(|b| b.us_per_event(events));
     publisher.shutdown().await?;
     consumer.shutdown().await?;
     Ok(W1Figures {

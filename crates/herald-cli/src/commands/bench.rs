@@ -23,7 +23,9 @@ pub struct Args {
     /// Number of events
     #[arg(long, default_value_t = 50_000)]
     events: u64,
-    /// RabbitMQ: also run raw amqprs on the same workload and print the ratio
+    /// RabbitMQ: also run raw amqprs on the same workload (one publishing channel; Herald uses
+    /// its pool, two by default) and print the ratio. With the broker on this host each run
+    /// also prints the broker's CPU per event
     #[arg(long)]
     raw: bool,
     /// RabbitMQ: use quorum queues
