@@ -5,7 +5,7 @@
 //!
 //! W1: 200-byte persistent JSON events, publisher confirms with 256 in flight, prefetch 200,
 //! ack after decoding the JSON. [`raw_amqprs`] runs it on plain amqprs, [`rabbit_w1`] through
-//! Herald's [`RabbitTransport`](herald::transport::rabbitmq::RabbitTransport); both return
+//! Herald's [`RabbitTransport`](herald_rabbitmq::RabbitTransport); both return
 //! [`W1Figures`]. [`rabbit_w1::latency`] measures publish-to-handler latency at a fixed rate.
 
 pub mod cpu;

@@ -6,9 +6,9 @@ use std::time::{Duration, Instant};
 use amqprs::channel::{ExchangeDeleteArguments, QueueDeleteArguments};
 use amqprs::connection::Connection;
 use bytes::Bytes;
-use herald::transport::rabbitmq::{RabbitConfig, RabbitTransport};
 use herald::transport::{ConsumeOptions, PublishOptions};
 use herald::{Envelope, QueueKind, QueueSpec, Topology, Transport};
+use herald_rabbitmq::{RabbitConfig, RabbitTransport};
 use tokio_util::sync::CancellationToken;
 
 use crate::raw_amqprs::BenchResult;

@@ -188,7 +188,7 @@ pub async fn run_on_channels(
             let mut e =
                 herald::Envelope::new("w1.event", 1, "w1.event", "bench", Default::default());
             e.traceparent = Some(herald::trace::current_or_root().to_traceparent());
-            props = herald::transport::rabbitmq::amqp_properties(&e);
+            props = herald_rabbitmq::amqp_properties(&e);
         } else {
             props
                 .with_persistence(true)

@@ -82,7 +82,14 @@ pub fn broker_display(config: &Config) -> String {
     }
 }
 
+/// Make every transport this build ships open its URL schemes.
+fn register_transports() {
+    #[cfg(feature = "rabbitmq")]
+    herald_rabbitmq::register();
+}
+
 async fn run(cli: Cli) -> CliResult<()> {
+    register_transports();
     let config = load_config(&cli)?;
     match cli.command {
         Command::Demo(args) => commands::demo::run(config, args).await,

@@ -27,6 +27,7 @@ async fn ready(base: &str) -> (u16, HealthReport) {
 }
 
 async fn bus_with_consumer(broker: &str, service: &str) -> Bus {
+    herald_rabbitmq::register();
     let bus = Bus::builder()
         .service(service)
         .broker(broker)

@@ -450,6 +450,7 @@ async fn topology_queues_catalog_and_history() {
 /// stream through a temporary queue, dead letters replayed.
 #[tokio::test]
 async fn rabbitmq_publish_stream_and_replay() {
+    herald_rabbitmq::register();
     let service = format!(
         "serve-rmq-{}-{:08x}",
         std::process::id(),

@@ -151,6 +151,8 @@ async fn main() -> Result<(), BoxError> {
     let writers = env_usize("OUTBOX_BENCH_WRITERS", 8);
     let relays = env_usize("OUTBOX_BENCH_RELAYS", 2);
     let dir = tempfile::tempdir()?;
+    #[cfg(feature = "rabbitmq")]
+    herald_rabbitmq::register();
     let broker = std::env::var("HERALD_BROKER")
         .unwrap_or_else(|_| format!("sqlite://{}", dir.path().join("broker.db").display()));
     let transport_name = broker

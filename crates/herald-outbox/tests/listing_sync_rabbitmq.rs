@@ -53,6 +53,7 @@ async fn listing_sync_survives_broker_connection_kills() {
     let db = app::connect(PG).await.unwrap();
 
     // Queues are global on a broker: a service and exchange of this run's own.
+    herald_rabbitmq::register();
     let bus = Bus::builder()
         .service(format!("listing-sync-{schema}"))
         .exchange(format!("listings.{schema}"))

@@ -151,7 +151,7 @@ impl Config {
                 "`max_message_bytes` must be at least 1".into(),
             ));
         }
-        crate::transport::BrokerUrl::parse(&self.broker)?;
+        crate::transport::check_url(&self.broker)?;
         Ok(())
     }
 

@@ -247,18 +247,41 @@ impl Envelope {
 /// The attributes of a received message, gathered one header at a time: a transport feeds
 /// its own header format in without building a map of strings first, and an attribute costs
 /// one allocation (none for those parsed, like the time, or dropped, like the spec version).
+///
+/// ```
+/// use std::borrow::Cow;
+/// use herald::envelope::{header, ReceivedAttributes};
+///
+/// let mut received = ReceivedAttributes::default();
+/// received.set(header::TYPE, Cow::Borrowed("order.placed"));
+/// received.set("x-tenant", Cow::Borrowed("acme"));
+/// let e = received.into_envelope("order.placed".into(), bytes::Bytes::from_static(b"{}"));
+/// assert_eq!(e.event_type, "order.placed");
+/// assert_eq!(e.headers["x-tenant"], "acme");
+/// ```
 #[derive(Debug, Default)]
-pub(crate) struct ReceivedAttributes {
+pub struct ReceivedAttributes {
+    /// `ce_id`.
     pub id: Option<String>,
+    /// `ce_source`.
     pub source: Option<String>,
+    /// `ce_type`.
     pub event_type: Option<String>,
+    /// `ce_time`.
     pub time: Option<DateTime<Utc>>,
+    /// `content-type`.
     pub content_type: Option<String>,
+    /// The event's schema version.
     pub event_version: Option<u32>,
+    /// The delivery attempt.
     pub attempt: Option<u32>,
+    /// `ce_subject`.
     pub subject: Option<String>,
+    /// The flow's correlation id.
     pub correlation_id: Option<String>,
+    /// The id of the event that caused this one.
     pub causation_id: Option<String>,
+    /// W3C trace context.
     pub traceparent: Option<String>,
     /// Everything else: extensions and failure metadata.
     pub headers: BTreeMap<String, String>,
@@ -354,7 +377,7 @@ pub fn time_of_v7_id(id: &str) -> Option<DateTime<Utc>> {
 
 /// A hyphenated UUIDv7 (either case), parsed; `None` for any other text. uuid's parser also
 /// takes the simple, braced and URN forms; Herald's ids are hyphenated.
-pub(crate) fn parse_v7_id(id: &str) -> Option<uuid::Uuid> {
+pub fn parse_v7_id(id: &str) -> Option<uuid::Uuid> {
     if id.len() != 36 {
         return None;
     }
@@ -363,7 +386,7 @@ pub(crate) fn parse_v7_id(id: &str) -> Option<uuid::Uuid> {
 }
 
 /// The Unix millisecond in a UUIDv7's first 48 bits.
-pub(crate) fn v7_time(id: &uuid::Uuid) -> Option<DateTime<Utc>> {
+pub fn v7_time(id: &uuid::Uuid) -> Option<DateTime<Utc>> {
     let b = id.as_bytes();
     DateTime::from_timestamp_millis(i64::from_be_bytes([
         0, 0, b[0], b[1], b[2], b[3], b[4], b[5],

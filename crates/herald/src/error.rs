@@ -86,6 +86,16 @@ pub enum Error {
     #[error("no reply within {0:?}")]
     Timeout(Duration),
 
+    /// The transport cannot do what was asked; its [`Capabilities`](crate::transport::Capabilities)
+    /// say what it can.
+    #[error("the {transport} transport has no {capability}; drop that option or use a transport that has it")]
+    Unsupported {
+        /// Which transport.
+        transport: &'static str,
+        /// What it lacks (`priority queues`, `dead-letter administration`, ...).
+        capability: String,
+    },
+
     /// Anything the transport reports that has no better variant (I/O, protocol, storage).
     #[error("{transport} transport: {message}")]
     Transport {

@@ -2,8 +2,10 @@
 //!
 //! Typed events on a broker: event contracts, a bus that publishes and subscribes, a middleware
 //! pipeline around handlers (retry, dead-lettering, timeouts, panic isolation, circuit breaking,
-//! rate limiting) and transports behind one trait: the embedded durable SQLite broker (default),
-//! an in-memory one for tests, and RabbitMQ.
+//! rate limiting) and transports behind one small trait. This crate has the embedded durable
+//! SQLite broker (the default) and an in-memory one; network brokers are crates of their own
+//! built on [`transport`]'s public API (`herald-rabbitmq`, `herald-nats`, `herald-kafka`), each
+//! registering its URL scheme.
 //!
 //! See `ARCHITECTURE.md` for the map and `docs/wire-format.md` for what goes on the wire.
 #![warn(missing_docs)]

@@ -61,8 +61,8 @@ async fn invalid_bodies_are_dead_lettered_with_the_reason() {
     .unwrap();
     let mut dead = Vec::new();
     for _ in 0..100 {
-        dead = bus
-            .transport()
+        dead = herald::transport::dead_letter_admin(&**bus.transport())
+            .unwrap()
             .dead_letters("ratings.review.created", 10)
             .await
             .unwrap();

@@ -4,7 +4,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use herald::transport::sqlite::{SqliteOptions, SqliteTransport};
-use herald::transport::{ConsumeOptions, Outcome, PublishOptions};
+use herald::transport::{
+    ConsumeOptions, DeadLetterAdmin, Outcome, PublishOptions, QueueStatistics,
+};
 use herald::{Envelope, Error, QueueSpec, Topology, Transport};
 use tokio_util::sync::CancellationToken;
 

@@ -10,7 +10,6 @@
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use herald::transport::BrokerUrl;
 use herald::{Bus, Config, QueueKind};
 use herald_bench::{raw_amqprs, w1};
 use tokio::io::{AsyncBufReadExt, BufReader};
@@ -47,12 +46,15 @@ pub struct Args {
 }
 
 fn transport_name(config: &Config) -> CliResult<&'static str> {
-    Ok(match BrokerUrl::parse(&config.broker)? {
-        BrokerUrl::Memory(_) => "memory",
-        BrokerUrl::Sqlite(_) => "sqlite",
-        BrokerUrl::Amqp(_) => "rabbitmq",
-        BrokerUrl::Nats(_) => "nats",
-    })
+    herald::transport::check_url(&config.broker)?;
+    Ok(
+        match herald::transport::scheme_of(&config.broker).unwrap_or("sqlite") {
+            "memory" => "memory",
+            "sqlite" => "sqlite",
+            "amqp" | "amqps" => "rabbitmq",
+            other => return Err(format!("herald bench has no workload for {other}:// yet").into()),
+        },
+    )
 }
 
 fn queue_kind(quorum: bool) -> QueueKind {

@@ -59,6 +59,7 @@ pub async fn run(config: Config, cmd: Command) -> CliResult<()> {
     let bus = cli_bus(&config).await?;
     let t = bus.transport().clone();
     let result: CliResult<()> = async {
+        let admin = herald::transport::dead_letter_admin(&*t)?;
         match cmd {
             Command::List { queue: None, .. } => {
                 println!(
@@ -66,7 +67,9 @@ pub async fn run(config: Config, cmd: Command) -> CliResult<()> {
                     "QUEUE", "READY", "DELAYED", "DEAD"
                 );
                 let fmt = |v: Option<u64>| v.map_or("-".to_string(), |v| v.to_string());
-                let stats = t.queue_stats().await?;
+                let stats = herald::transport::queue_statistics(&*t)?
+                    .queue_stats()
+                    .await?;
                 if stats.is_empty() {
                     super::explain_empty_listing(&*t);
                 }
@@ -84,7 +87,7 @@ pub async fn run(config: Config, cmd: Command) -> CliResult<()> {
                 queue: Some(q),
                 limit,
             } => {
-                let dead = t.dead_letters(&q, limit).await?;
+                let dead = admin.dead_letters(&q, limit).await?;
                 if dead.is_empty() {
                     println!("no dead letters on {q}");
                 }
@@ -102,7 +105,7 @@ pub async fn run(config: Config, cmd: Command) -> CliResult<()> {
                 }
             }
             Command::Show { queue, id } => {
-                let dead = t.dead_letters(&queue, usize::MAX).await?;
+                let dead = admin.dead_letters(&queue, usize::MAX).await?;
                 let d = dead
                     .into_iter()
                     .find(|d| d.envelope.id == id)
@@ -123,11 +126,15 @@ pub async fn run(config: Config, cmd: Command) -> CliResult<()> {
                 println!("\n{body}");
             }
             Command::Replay { queue, ids, all } => {
-                let n = t.replay_dead_letters(&queue, selection(&ids, all)?).await?;
+                let n = admin
+                    .replay_dead_letters(&queue, selection(&ids, all)?)
+                    .await?;
                 println!("replayed {n} dead letters to {queue}");
             }
             Command::Purge { queue, ids, all } => {
-                let n = t.purge_dead_letters(&queue, selection(&ids, all)?).await?;
+                let n = admin
+                    .purge_dead_letters(&queue, selection(&ids, all)?)
+                    .await?;
                 println!("purged {n} dead letters from {queue}");
             }
         }

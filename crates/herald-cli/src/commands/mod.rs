@@ -25,7 +25,7 @@ pub async fn cli_bus(config: &Config) -> CliResult<Bus> {
 /// What to say when a transport cannot enumerate the broker's queues (AMQP 0-9-1 has no way to
 /// list them; a RabbitMQ handle knows only the queues it declared itself).
 pub fn explain_empty_listing(transport: &dyn herald::Transport) {
-    if !transport.lists_all_queues() {
+    if !transport.capabilities().lists_all_queues {
         eprintln!(
             "RabbitMQ does not list queues over AMQP: name one, e.g. `herald dlq list <service>.<routing key>` \
              (`herald topology` prints the demo's queue names; `rabbitmqctl list_queues` lists them all)"

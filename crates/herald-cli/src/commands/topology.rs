@@ -31,7 +31,10 @@ pub async fn run(config: Config, args: Args) -> CliResult<()> {
     }
     if args.live {
         let bus = cli_bus(&config).await?;
-        let stats = bus.transport().queue_stats().await;
+        let stats = match herald::transport::queue_statistics(&**bus.transport()) {
+            Ok(s) => s.queue_stats().await,
+            Err(e) => Err(e),
+        };
         if stats.as_ref().is_ok_and(|s| s.is_empty()) {
             super::explain_empty_listing(&**bus.transport());
         }

@@ -148,8 +148,9 @@ async fn dead_letter_ids(consumers: &[Bus]) -> CliResult<HashMap<&'static str, H
     let mut out = HashMap::new();
     for (service, bus) in services::CONSUMERS.iter().zip(consumers) {
         let mut ids = HashSet::new();
+        let admin = herald::transport::dead_letter_admin(&**bus.transport())?;
         for q in bus.topology().queues {
-            for d in bus.transport().dead_letters(&q.name, 1_000_000).await? {
+            for d in admin.dead_letters(&q.name, 1_000_000).await? {
                 ids.insert(d.envelope.id);
             }
         }

@@ -63,7 +63,7 @@ impl History {
             .into_iter()
             .map(|(k, n)| (k, n as f64 / secs))
             .collect();
-        let queues = match transport.queue_stats().await {
+        let queues = match super::api::queue_stats(transport).await {
             Ok(stats) => stats
                 .into_iter()
                 .filter(|s| s.queue != skip_queue)

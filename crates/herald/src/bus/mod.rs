@@ -381,10 +381,9 @@ impl Bus {
         if self.inner.shutdown.is_cancelled() {
             return Err(Error::Closed);
         }
-        self.inner
-            .transport
-            .apply_topology(&self.topology())
-            .await?;
+        let topology = self.topology();
+        check_supported(&topology, &*self.inner.transport)?;
+        self.inner.transport.apply_topology(&topology).await?;
         let mut subs = lock(&self.inner.subscriptions);
         for s in subs.iter_mut().filter(|s| s.task.is_none()) {
             s.task = Some(tokio::spawn(consumer::run(
@@ -452,6 +451,29 @@ impl Bus {
     pub fn is_shut_down(&self) -> bool {
         self.inner.shutdown.is_cancelled()
     }
+}
+
+/// Refuse queue options the transport cannot honour, rather than run without them.
+fn check_supported(topology: &Topology, transport: &dyn Transport) -> Result<()> {
+    let caps = transport.capabilities();
+    for q in &topology.queues {
+        let lacking = if q.max_priority.is_some() && !caps.priority {
+            Some("priority queues")
+        } else if q.max_length.is_some() && !caps.max_length {
+            Some("queue length limits")
+        } else if q.message_ttl.is_some() && !caps.message_ttl {
+            Some("message TTL")
+        } else {
+            None
+        };
+        if let Some(what) = lacking {
+            return Err(Error::Unsupported {
+                transport: transport.kind(),
+                capability: format!("{what} (asked for on queue `{}`)", q.name),
+            });
+        }
+    }
+    Ok(())
 }
 
 /// Wait for Ctrl-C or SIGTERM (a service manager stopping the process), as

@@ -11,8 +11,7 @@
 use serde_json::{json, Map, Value};
 
 use super::{Catalog, CatalogEvent};
-use crate::transport::redact_url;
-use crate::transport::BrokerUrl;
+use crate::transport::{redact_url, scheme_of};
 
 const AMQP_BINDING_VERSION: &str = "0.3.0";
 
@@ -121,46 +120,62 @@ pub(super) fn document(catalog: &Catalog, broker: Option<&str>) -> Value {
     doc
 }
 
-/// `servers` for RabbitMQ URLs; embedded brokers become the `x-herald-broker` extension, since
-/// they are a file or a process rather than a server a client connects to.
+/// `servers` for network broker URLs (each URL of a comma-separated cluster list is a server,
+/// credentials left out); embedded brokers become the `x-herald-broker` extension, since they
+/// are a file or a process rather than a server a client connects to.
 fn add_servers(root: &mut Map<String, Value>, url: &str) {
-    match BrokerUrl::parse(url) {
-        Ok(BrokerUrl::Amqp(urls)) => {
+    let urls: Vec<&str> = url.split(',').map(str::trim).collect();
+    let network = |scheme: &str| matches!(scheme, "amqp" | "amqps" | "nats" | "tls" | "kafka");
+    match scheme_of(url) {
+        Some(scheme) if network(scheme) => {
             let mut servers = Map::new();
             for (i, raw) in urls.iter().enumerate() {
                 let Ok(parsed) = url::Url::parse(raw) else {
                     continue;
                 };
-                let secure = parsed.scheme() == "amqps";
-                let host = parsed.host_str().unwrap_or_default();
-                let port = parsed.port().unwrap_or(if secure { 5671 } else { 5672 });
-                let vhost = match parsed.path() {
-                    "" | "/" => "/".to_string(),
-                    p => url_decode(&p[1..]),
+                let scheme = parsed.scheme();
+                let (default_port, version, description) = match scheme {
+                    "amqps" => (5671, "0.9.1", "RabbitMQ"),
+                    "amqp" => (5672, "0.9.1", "RabbitMQ"),
+                    "kafka" => (9092, "3", "Kafka"),
+                    _ => (4222, "2", "NATS JetStream"),
                 };
+                let host = parsed.host_str().unwrap_or_default();
+                let port = parsed.port().unwrap_or(default_port);
                 let name = if urls.len() == 1 {
                     "broker".to_string()
                 } else {
                     format!("broker-{}", i + 1)
                 };
-                servers.insert(
-                    name,
-                    json!({
-                        "host": format!("{host}:{port}"),
-                        "protocol": parsed.scheme(),
-                        "protocolVersion": "0.9.1",
-                        // The URL's own (percent-encoded) path, as an AMQP URI spells the vhost.
-                        "pathname": if parsed.path().is_empty() { "/" } else { parsed.path() },
-                        "description": format!("RabbitMQ, virtual host `{vhost}`"),
-                    }),
-                );
+                let mut server = json!({
+                    "host": format!("{host}:{port}"),
+                    "protocol": scheme,
+                    "protocolVersion": version,
+                    "description": description,
+                });
+                if scheme.starts_with("amqp") {
+                    let vhost = match parsed.path() {
+                        "" | "/" => "/".to_string(),
+                        p => url_decode(&p[1..]),
+                    };
+                    // The URL's own (percent-encoded) path, as an AMQP URI spells the vhost.
+                    server["pathname"] = json!(if parsed.path().is_empty() {
+                        "/"
+                    } else {
+                        parsed.path()
+                    });
+                    server["description"] = json!(format!("RabbitMQ, virtual host `{vhost}`"));
+                }
+                servers.insert(name, server);
             }
             root.insert("servers".into(), Value::Object(servers));
         }
-        Ok(_) => {
+        Some(_) => {
             root.insert("x-herald-broker".into(), Value::String(redact_url(url)));
         }
-        Err(e) => tracing::warn!(error = %e, "broker URL left out of the AsyncAPI document"),
+        None => {
+            tracing::warn!(url = %redact_url(url), "broker URL left out of the AsyncAPI document: no scheme")
+        }
     }
 }
 

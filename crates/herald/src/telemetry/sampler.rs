@@ -10,7 +10,7 @@ use tokio_util::sync::CancellationToken;
 use super::names::{LABEL_QUEUE, LABEL_STATE, QUEUE_DEPTH};
 use crate::transport::{QueueStats, Transport};
 
-/// Sample `transport.queue_stats()` every `interval` (at least 100 ms) until `cancel` fires,
+/// Sample the transport's [`QueueStatistics`](crate::transport::QueueStatistics) every `interval` (at least 100 ms) until `cancel` fires,
 /// setting `herald_queue_depth{queue, state}` for `ready`, `in_flight`, `delayed` and
 /// `dead_letters`. A failed read is logged and tried again next interval. Needs a Tokio runtime.
 ///
@@ -41,7 +41,14 @@ pub fn spawn_queue_depth_sampler(
                 _ = cancel.cancelled() => return,
                 _ = ticker.tick() => {}
             }
-            match transport.queue_stats().await {
+            let Some(stats) = transport.queue_statistics() else {
+                tracing::info!(
+                    transport = transport.kind(),
+                    "this transport has no queue statistics; queue depth sampling stops"
+                );
+                return;
+            };
+            match stats.queue_stats().await {
                 Ok(stats) => stats.iter().for_each(record),
                 Err(e) => {
                     tracing::warn!(transport = transport.kind(), error = %e, "queue depth sampling failed; trying again next interval")

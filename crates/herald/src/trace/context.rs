@@ -68,7 +68,7 @@ impl TraceContext {
     }
 
     /// [`for_event_id`](Self::for_event_id) for an id already parsed (and known to be a UUIDv7).
-    pub(crate) fn for_event_uuid(id: &uuid::Uuid) -> Self {
+    pub fn for_event_uuid(id: &uuid::Uuid) -> Self {
         let bytes = id.as_bytes();
         let (mut hi, mut lo) = ([0u8; 8], [0u8; 8]);
         hi.copy_from_slice(&bytes[..8]);
@@ -87,7 +87,7 @@ impl TraceContext {
 
     /// Whether `traceparent` is this context's header value, compared without making a string
     /// (this runs for every message on RabbitMQ, to decide whether the header can be left out).
-    pub(crate) fn is_written_as(&self, traceparent: &str) -> bool {
+    pub fn is_written_as(&self, traceparent: &str) -> bool {
         self.traceparent_bytes() == traceparent.as_bytes()
     }
 

@@ -2,7 +2,7 @@
 //! consumer, taken one at a time.
 //!
 //! Most transports feed a channel from a task of their own. A transport whose client already
-//! buffers the broker's messages (RabbitMQ: amqprs hands each consumer a channel of raw
+//! buffers the broker's messages (the RabbitMQ client hands each consumer a channel of raw
 //! messages) implements [`DeliverySource`] instead and turns a message into a [`Delivery`]
 //! when the consumer takes it, so no task sits in between: one wake-up and one hand-over less
 //! for every message.

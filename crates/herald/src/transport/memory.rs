@@ -20,8 +20,8 @@ use crate::error::{Error, Result};
 use crate::pattern::topic_matches;
 use crate::topology::{QueueSpec, Topology};
 use crate::transport::{
-    reset_for_replay, ConsumeOptions, DeadLetter, Deliveries, Delivery, Failure, Outcome,
-    PublishOptions, QueueStats, Settle, Transport,
+    reset_for_replay, Capabilities, ConsumeOptions, DeadLetter, DeadLetterAdmin, Deliveries,
+    Delivery, Failure, Outcome, PublishOptions, QueueStatistics, QueueStats, Settle, Transport,
 };
 
 /// The in-memory transport. Clones share the broker *and* the connection; [`handle`](Self::handle)
@@ -252,6 +252,22 @@ impl Broker {
 
 #[async_trait]
 impl Transport for MemoryTransport {
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            // Shared by every handle in the process, gone with it.
+            durable: false,
+            ..Capabilities::EMBEDDED
+        }
+    }
+
+    fn dead_letter_admin(&self) -> Option<&dyn DeadLetterAdmin> {
+        Some(self)
+    }
+
+    fn queue_statistics(&self) -> Option<&dyn QueueStatistics> {
+        Some(self)
+    }
+
     fn kind(&self) -> &'static str {
         "memory"
     }
@@ -461,6 +477,14 @@ impl Transport for MemoryTransport {
         Ok(rx.into())
     }
 
+    async fn close(&self) -> Result<()> {
+        self.conn.closed.store(true, AtomicOrdering::Relaxed);
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl DeadLetterAdmin for MemoryTransport {
     async fn dead_letters(&self, queue: &str, limit: usize) -> Result<Vec<DeadLetter>> {
         let state = lock(&self.broker.state);
         Ok(state
@@ -507,7 +531,10 @@ impl Transport for MemoryTransport {
             .retain(|e| !ids.is_none_or(|ids| ids.contains(&e.id)));
         Ok((before - q.dead.len()) as u64)
     }
+}
 
+#[async_trait]
+impl QueueStatistics for MemoryTransport {
     async fn queue_stats(&self) -> Result<Vec<QueueStats>> {
         let state = lock(&self.broker.state);
         let mut stats: Vec<QueueStats> = state
@@ -524,11 +551,6 @@ impl Transport for MemoryTransport {
             .collect();
         stats.sort_by(|a, b| a.queue.cmp(&b.queue));
         Ok(stats)
-    }
-
-    async fn close(&self) -> Result<()> {
-        self.conn.closed.store(true, AtomicOrdering::Relaxed);
-        Ok(())
     }
 }
 

@@ -1,144 +1,78 @@
-//! Broker URLs: which transport, where, and how to print them without secrets.
+//! Broker URLs as text: their scheme, and how to print them without secrets.
 
-use std::path::PathBuf;
-use std::sync::Arc;
-
-use crate::error::{Error, Result};
-use crate::transport::Transport;
+use std::borrow::Cow;
 
 /// The default embedded broker file when no URL is given.
 pub const DEFAULT_SQLITE_PATH: &str = ".herald/herald.db";
 
-/// A parsed broker URL.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum BrokerUrl {
-    /// `memory://` or `memory://name`: an in-process broker; the same name shares one broker.
-    Memory(String),
-    /// `sqlite://path` (relative) or `sqlite:///abs/path`: the embedded durable broker.
-    Sqlite(PathBuf),
-    /// `amqp://` / `amqps://`: RabbitMQ. Several URLs separated by commas form a cluster list.
-    Amqp(Vec<String>),
-    /// `nats://`: NATS JetStream (not in this build yet).
-    Nats(String),
+/// The scheme of a broker URL (`amqp` in `amqp://host`), or `None` when it has no `scheme://`.
+pub fn scheme_of(url: &str) -> Option<&str> {
+    let (scheme, _) = url.trim().split_once("://")?;
+    let valid = !scheme.is_empty()
+        && scheme
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'));
+    valid.then_some(scheme)
 }
 
-impl BrokerUrl {
-    /// Parse a broker URL. An empty string means the default embedded broker.
-    pub fn parse(raw: &str) -> Result<Self> {
-        let raw = raw.trim();
-        if raw.is_empty() {
-            return Ok(BrokerUrl::Sqlite(PathBuf::from(DEFAULT_SQLITE_PATH)));
-        }
-        let invalid = |reason: &str| Error::InvalidUrl {
-            url: redact_url(raw),
-            reason: reason.to_string(),
-        };
-        let Some((scheme, rest)) = raw.split_once("://") else {
-            return Err(invalid(
-                "expected scheme://..., one of sqlite://PATH, memory://, amqp://HOST, amqps://HOST, nats://HOST",
-            ));
-        };
-        match scheme {
-            "memory" => Ok(BrokerUrl::Memory(rest.to_string())),
-            "sqlite" => {
-                let path = rest.split('?').next().unwrap_or_default();
-                if path.is_empty() {
-                    return Err(invalid(
-                        "sqlite:// needs a file path, e.g. sqlite://.herald/herald.db",
-                    ));
-                }
-                Ok(BrokerUrl::Sqlite(PathBuf::from(path)))
-            }
-            "amqp" | "amqps" => {
-                let urls: Vec<String> = raw.split(',').map(|u| u.trim().to_string()).collect();
-                for u in &urls {
-                    let parsed = url::Url::parse(u).map_err(|e| Error::InvalidUrl {
-                        url: redact_url(u),
-                        reason: e.to_string(),
-                    })?;
-                    if !matches!(parsed.scheme(), "amqp" | "amqps") {
-                        return Err(invalid(
-                            "every URL in a cluster list must be amqp:// or amqps://",
-                        ));
-                    }
-                    if parsed.host_str().unwrap_or_default().is_empty() {
-                        return Err(invalid(
-                            "an amqp URL needs a host, e.g. amqp://guest:guest@127.0.0.1:5672/%2f",
-                        ));
-                    }
-                }
-                Ok(BrokerUrl::Amqp(urls))
-            }
-            "nats" => Ok(BrokerUrl::Nats(raw.to_string())),
-            other => Err(invalid(&format!(
-                "unknown scheme `{other}`; use sqlite://, memory://, amqp://, amqps:// or nats://"
-            ))),
-        }
-    }
-}
-
-/// The URL with any password replaced by `***`, safe for logs and errors.
+/// The URL with its credentials replaced, safe for logs, errors and pages; it works on strings
+/// that do not parse as URLs.
+///
+/// In each `scheme://...` part (a comma-separated cluster list has several), everything between
+/// `scheme://` and the part's **last** `@` is credentials, whatever characters the password
+/// holds (`/ ? , # @ %`): `user:password` becomes `user:***`, and a lone token (`nats://TOKEN@`)
+/// becomes `***`. Control characters are escaped, so a URL cannot forge a log line.
 ///
 /// ```
-/// assert_eq!(herald::transport::redact_url("amqp://guest:secret@host/%2f"), "amqp://guest:***@host/%2f");
+/// use herald::transport::redact_url;
+/// assert_eq!(redact_url("amqp://guest:secret@host/%2f"), "amqp://guest:***@host/%2f");
+/// assert_eq!(redact_url("amqp://alice:Pw/Sl@sh?,@host/%2f"), "amqp://alice:***@host/%2f");
+/// assert_eq!(redact_url("nats://s3cr3t-token@host:4222"), "nats://***@host:4222");
 /// ```
 pub fn redact_url(raw: &str) -> String {
-    raw.split(',')
-        .map(|one| {
-            let Some((scheme, rest)) = one.split_once("://") else {
-                return one.to_string();
-            };
-            let (authority, tail) = match rest.find(['/', '?']) {
-                Some(i) => rest.split_at(i),
-                None => (rest, ""),
-            };
-            match authority.rsplit_once('@') {
-                Some((userinfo, host)) => {
-                    let user = userinfo.split(':').next().unwrap_or_default();
-                    if userinfo.contains(':') {
-                        format!("{scheme}://{user}:***@{host}{tail}")
-                    } else {
-                        one.to_string()
+    let mut out = String::with_capacity(raw.len());
+    let mut rest = raw;
+    while let Some(start) = rest.find("://") {
+        out.push_str(&rest[..start + 3]);
+        rest = &rest[start + 3..];
+        // This part ends where the next part's scheme begins: after the last `,` before the
+        // next `://` (a cluster list), or at the end.
+        let end = match rest.find("://") {
+            Some(next) => rest[..next].rfind(',').unwrap_or(next),
+            None => rest.len(),
+        };
+        let part = &rest[..end];
+        match part.rfind('@') {
+            Some(at) => {
+                let userinfo = &part[..at];
+                match userinfo.split_once(':') {
+                    Some((user, _)) if !user.contains('/') => {
+                        out.push_str(user);
+                        out.push_str(":***");
                     }
+                    _ => out.push_str("***"),
                 }
-                None => one.to_string(),
+                out.push_str(&part[at..]);
             }
-        })
-        .collect::<Vec<_>>()
-        .join(",")
+            None => out.push_str(part),
+        }
+        rest = &rest[end..];
+    }
+    out.push_str(rest);
+    escape_controls(&out).into_owned()
 }
 
-/// Open the transport a URL names.
-pub async fn connect(raw: &str, service: &str) -> Result<Arc<dyn Transport>> {
-    let _ = service;
-    match BrokerUrl::parse(raw)? {
-        BrokerUrl::Memory(name) => Ok(Arc::new(crate::transport::memory::MemoryTransport::named(
-            &name,
-        ))),
-        #[cfg(feature = "sqlite")]
-        BrokerUrl::Sqlite(path) => Ok(Arc::new(
-            crate::transport::sqlite::SqliteTransport::open(&path).await?,
-        )),
-        #[cfg(feature = "rabbitmq")]
-        BrokerUrl::Amqp(urls) => Ok(Arc::new(
-            crate::transport::rabbitmq::RabbitTransport::connect(
-                crate::transport::rabbitmq::RabbitConfig::new(urls, service),
-            )
-            .await?,
-        )),
-        #[allow(unreachable_patterns)]
-        other => Err(Error::InvalidUrl {
-            url: redact_url(raw),
-            reason: format!(
-                "this build of Herald has no transport for {}; enable its cargo feature",
-                match other {
-                    BrokerUrl::Sqlite(_) => "sqlite:// (feature `sqlite`)",
-                    BrokerUrl::Amqp(_) => "amqp:// (feature `rabbitmq`)",
-                    _ => "nats:// (not implemented yet)",
-                }
-            ),
-        }),
+/// `s` with control characters (CR, LF, ESC, ...) written as escapes (`\r`, `\n`, `\u{1b}`),
+/// for putting input from outside (URLs, queue names) into a log line or an error.
+///
+/// ```
+/// assert_eq!(herald::transport::escape_controls("a\r\nb"), "a\\r\\nb");
+/// ```
+pub fn escape_controls(s: &str) -> Cow<'_, str> {
+    if !s.chars().any(char::is_control) {
+        return Cow::Borrowed(s);
     }
+    Cow::Owned(s.chars().flat_map(char::escape_debug).collect())
 }
 
 #[cfg(test)]
@@ -146,47 +80,45 @@ mod tests {
     use super::*;
 
     #[test]
-    fn parses_each_scheme() {
-        assert_eq!(
-            BrokerUrl::parse("").unwrap(),
-            BrokerUrl::Sqlite(DEFAULT_SQLITE_PATH.into())
-        );
-        assert_eq!(
-            BrokerUrl::parse("sqlite:///tmp/x.db").unwrap(),
-            BrokerUrl::Sqlite("/tmp/x.db".into())
-        );
-        assert_eq!(
-            BrokerUrl::parse("sqlite://rel/x.db").unwrap(),
-            BrokerUrl::Sqlite("rel/x.db".into())
-        );
-        assert_eq!(
-            BrokerUrl::parse("memory://").unwrap(),
-            BrokerUrl::Memory(String::new())
-        );
-        assert!(
-            matches!(BrokerUrl::parse("amqp://a:b@h1,amqp://h2").unwrap(), BrokerUrl::Amqp(v) if v.len() == 2)
-        );
+    fn scheme() {
+        assert_eq!(scheme_of("amqp://h"), Some("amqp"));
+        assert_eq!(scheme_of(" nats://h:4222 "), Some("nats"));
+        assert_eq!(scheme_of("localhost:5672"), None);
+        assert_eq!(scheme_of("://x"), None);
+        assert_eq!(scheme_of("a b://x"), None);
     }
 
     #[test]
-    fn bad_urls_are_clear_and_redacted() {
-        let e = BrokerUrl::parse("kafka://u:pw@host")
-            .unwrap_err()
-            .to_string();
-        assert!(e.contains("unknown scheme `kafka`"), "{e}");
-        assert!(!e.contains("pw"), "{e}");
-        assert!(BrokerUrl::parse("localhost:5672").is_err());
-        assert!(BrokerUrl::parse("sqlite://").is_err());
-        let e = BrokerUrl::parse("amqp://u:pw@").unwrap_err().to_string();
-        assert!(!e.contains("pw"), "{e}");
-    }
-
-    #[test]
-    fn redaction() {
+    fn redaction_keeps_hosts_and_hides_every_password() {
         assert_eq!(redact_url("amqp://h/%2f"), "amqp://h/%2f");
         assert_eq!(
             redact_url("amqp://u:p@h,amqp://v:q@g"),
             "amqp://u:***@h,amqp://v:***@g"
+        );
+        for password in [
+            "Pw/Slash", "a?b", "a,b", "a#b", "a@b", "a%40b", "p:w", "/?,#@%",
+        ] {
+            for url in [
+                format!("amqp://alice:{password}@host:5672/%2f"),
+                format!("amqps://alice:{password}@h1,amqp://bob:{password}@h2/v"),
+                format!("nats://alice:{password}@host"),
+                format!("kafka://alice:{password}@host:9092?x=1"),
+                format!("not a url alice:{password}@host"),
+            ] {
+                let shown = redact_url(&url);
+                if url.contains("://") {
+                    assert!(!shown.contains(password), "{password} leaked in {shown}");
+                    assert!(shown.contains("alice:***@"), "{shown}");
+                }
+            }
+        }
+        assert_eq!(
+            redact_url("amqps://alice:a,b@h1,amqp://bob:c@d@h2/v"),
+            "amqps://alice:***@h1,amqp://bob:***@h2/v"
+        );
+        assert_eq!(
+            redact_url("amqp://h/%0d%0a\r\nFAKE"),
+            "amqp://h/%0d%0a\\r\\nFAKE"
         );
     }
 }

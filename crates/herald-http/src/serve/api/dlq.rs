@@ -55,7 +55,7 @@ impl From<DeadLetter> for DeadLetterView {
 /// `GET /api/dlq`: dead-letter counts for the queues known (this bus, the catalog, the transport).
 pub(crate) async fn list_queues(State(s): State<AppState>) -> ApiResult<Json<Value>> {
     let t = s.bus.transport();
-    let stats = t.queue_stats().await?;
+    let stats = super::queue_stats(&**t).await?;
     let mut names: BTreeSet<String> = s
         .bus
         .topology()
@@ -79,7 +79,10 @@ pub(crate) async fn list_queues(State(s): State<AppState>) -> ApiResult<Json<Val
             .and_then(|q| q.dead_letters);
         let n = match counted {
             Some(n) => n,
-            None => t.dead_letters(&queue, MAX_LIMIT).await?.len() as u64,
+            None => super::dead_letter_admin(&**t)?
+                .dead_letters(&queue, MAX_LIMIT)
+                .await?
+                .len() as u64,
         };
         out.push(serde_json::json!({"queue": queue, "dead_letters": n}));
     }
@@ -99,7 +102,9 @@ pub(crate) async fn list(
     Query(limit): Query<Limit>,
 ) -> ApiResult<Json<Vec<DeadLetterView>>> {
     let limit = limit.limit.unwrap_or(100).min(MAX_LIMIT);
-    let dead = s.bus.transport().dead_letters(&queue, limit).await?;
+    let dead = super::dead_letter_admin(&**s.bus.transport())?
+        .dead_letters(&queue, limit)
+        .await?;
     Ok(Json(dead.into_iter().map(DeadLetterView::from).collect()))
 }
 
@@ -142,9 +147,7 @@ pub(crate) async fn replay(
     body: Result<Json<Selection>, axum::extract::rejection::JsonRejection>,
 ) -> ApiResult<Json<Value>> {
     let sel = selection(body)?;
-    let n = s
-        .bus
-        .transport()
+    let n = super::dead_letter_admin(&**s.bus.transport())?
         .replay_dead_letters(&queue, sel.ids()?)
         .await?;
     tracing::info!(%queue, replayed = n, "dead letters replayed over HTTP");
@@ -158,9 +161,7 @@ pub(crate) async fn purge(
     body: Result<Json<Selection>, axum::extract::rejection::JsonRejection>,
 ) -> ApiResult<Json<Value>> {
     let sel = selection(body)?;
-    let n = s
-        .bus
-        .transport()
+    let n = super::dead_letter_admin(&**s.bus.transport())?
         .purge_dead_letters(&queue, sel.ids()?)
         .await?;
     tracing::info!(%queue, purged = n, "dead letters purged over HTTP");

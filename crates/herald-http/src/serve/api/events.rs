@@ -106,13 +106,13 @@ async fn routable(s: &AppState, routing_key: &str) -> ApiResult<bool> {
         return Ok(true);
     }
     let transport = s.bus.transport();
-    if !transport.lists_all_queues() {
+    if !transport.capabilities().lists_all_queues {
         // RabbitMQ cannot list queues over AMQP: without a catalog entry there is no way to
         // tell, so publish rather than refuse what may well have consumers.
         return Ok(true);
     }
     let suffix = format!(".{routing_key}");
-    let stats = transport.queue_stats().await?;
+    let stats = super::queue_stats(&**transport).await?;
     Ok(stats
         .iter()
         .any(|q| q.queue != s.stream_queue && q.queue.ends_with(&suffix)))

@@ -44,6 +44,7 @@ impl From<herald::Error> for ApiError {
             herald::Error::Unroutable { .. } => StatusCode::CONFLICT,
             herald::Error::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             herald::Error::Closed => StatusCode::SERVICE_UNAVAILABLE,
+            herald::Error::Unsupported { .. } => StatusCode::NOT_IMPLEMENTED,
             _ => StatusCode::BAD_GATEWAY,
         };
         ApiError::new(status, e.to_string())
@@ -58,6 +59,23 @@ impl IntoResponse for ApiError {
         }
         (self.status, Json(body)).into_response()
     }
+}
+
+/// Queue counts, or none where the transport keeps no statistics (its capabilities say so).
+pub(crate) async fn queue_stats(
+    t: &dyn herald::Transport,
+) -> herald::Result<Vec<herald::transport::QueueStats>> {
+    match t.queue_statistics() {
+        Some(s) => s.queue_stats().await,
+        None => Ok(Vec::new()),
+    }
+}
+
+/// The transport's dead-letter administration, or `501` saying it has none.
+pub(crate) fn dead_letter_admin(
+    t: &dyn herald::Transport,
+) -> ApiResult<&dyn herald::transport::DeadLetterAdmin> {
+    Ok(herald::transport::dead_letter_admin(t)?)
 }
 
 /// Handlers' result type.

@@ -52,7 +52,7 @@ pub(crate) struct QueueView {
 /// `GET /api/topology`: this bus's queues, the catalog's consumer queues and whatever else the
 /// transport lists, with live consumer counts where it can tell.
 pub(crate) async fn topology(State(s): State<AppState>) -> ApiResult<Json<Value>> {
-    let stats = s.bus.transport().queue_stats().await?;
+    let stats = super::queue_stats(&**s.bus.transport()).await?;
     let mut queues: BTreeMap<String, QueueView> = BTreeMap::new();
     let mut add = |name: &str, binding: Option<&str>, kind: Option<herald::QueueKind>| {
         if name == s.stream_queue {
@@ -107,7 +107,7 @@ pub(crate) async fn topology(State(s): State<AppState>) -> ApiResult<Json<Value>
 pub(crate) async fn queues(
     State(s): State<AppState>,
 ) -> ApiResult<Json<Vec<herald::transport::QueueStats>>> {
-    let mut stats = s.bus.transport().queue_stats().await?;
+    let mut stats = super::queue_stats(&**s.bus.transport()).await?;
     stats.retain(|q| q.queue != s.stream_queue);
     Ok(Json(stats))
 }

@@ -47,7 +47,8 @@ use crate::envelope::Envelope;
 use crate::error::{Error, Result};
 use crate::topology::{QueueSpec, Topology};
 use crate::transport::{
-    ConsumeOptions, DeadLetter, Deliveries, PublishOptions, QueueStats, Transport,
+    Capabilities, ConsumeOptions, DeadLetter, DeadLetterAdmin, Deliveries, PublishOptions,
+    QueueStatistics, QueueStats, Transport,
 };
 
 mod consumer;
@@ -300,6 +301,18 @@ fn encode(envelope: &Envelope) -> Result<NewMessage> {
 
 #[async_trait]
 impl Transport for SqliteTransport {
+    fn capabilities(&self) -> Capabilities {
+        Capabilities::EMBEDDED
+    }
+
+    fn dead_letter_admin(&self) -> Option<&dyn DeadLetterAdmin> {
+        Some(self)
+    }
+
+    fn queue_statistics(&self) -> Option<&dyn QueueStatistics> {
+        Some(self)
+    }
+
     fn kind(&self) -> &'static str {
         "sqlite"
     }
@@ -368,6 +381,15 @@ impl Transport for SqliteTransport {
         Ok(rx.into())
     }
 
+    async fn close(&self) -> Result<()> {
+        self.inner.closed.store(true, Ordering::Release);
+        self.inner.shutdown.cancel();
+        self.inner.request(Cmd::Flush).await
+    }
+}
+
+#[async_trait]
+impl DeadLetterAdmin for SqliteTransport {
     async fn dead_letters(&self, queue: &str, limit: usize) -> Result<Vec<DeadLetter>> {
         let queue = queue.to_string();
         self.inner
@@ -392,14 +414,11 @@ impl Transport for SqliteTransport {
             .request(|reply| Cmd::Purge { queue, ids, reply })
             .await
     }
+}
 
+#[async_trait]
+impl QueueStatistics for SqliteTransport {
     async fn queue_stats(&self) -> Result<Vec<QueueStats>> {
         self.inner.request(Cmd::Stats).await
-    }
-
-    async fn close(&self) -> Result<()> {
-        self.inner.closed.store(true, Ordering::Release);
-        self.inner.shutdown.cancel();
-        self.inner.request(Cmd::Flush).await
     }
 }

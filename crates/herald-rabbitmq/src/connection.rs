@@ -17,9 +17,9 @@ use tokio_util::sync::CancellationToken;
 
 use super::config::RabbitConfig;
 use super::topology;
-use crate::error::{Error, Result};
-use crate::topology::Topology;
-use crate::transport::redact_url;
+use herald::error::{Error, Result};
+use herald::topology::Topology;
+use herald::transport::redact_url;
 
 /// One live connection and its number (it grows on every reconnect).
 #[derive(Clone)]
@@ -294,7 +294,7 @@ async fn supervise(inner: Arc<LinkInner>, topologies: Option<Arc<Mutex<Vec<Topol
                 }));
                 wait_closed(&conn, &inner.shutdown).await;
                 inner.current.send_replace(None);
-                crate::telemetry::connection_state(TRANSPORT, inner.role, false);
+                herald::telemetry::connection_state(TRANSPORT, inner.role, false);
                 if inner.shutdown.is_cancelled() {
                     if conn.is_open() {
                         let _ = tokio::time::timeout(Duration::from_secs(5), conn.close()).await;
@@ -309,7 +309,7 @@ async fn supervise(inner: Arc<LinkInner>, topologies: Option<Arc<Mutex<Vec<Topol
             }
             Err(e) => {
                 tracing::warn!(role = inner.role, error = %e, attempt, "could not connect to RabbitMQ");
-                crate::telemetry::connection_state(TRANSPORT, inner.role, false);
+                herald::telemetry::connection_state(TRANSPORT, inner.role, false);
                 *lock(&inner.last_error) = e;
             }
         }
@@ -326,8 +326,8 @@ const TRANSPORT: &str = "rabbitmq";
 
 /// Metrics for a new session: the connection is up, and from the second one on it is a reconnect.
 fn record_connected(role: &'static str, generation: u64) {
-    crate::telemetry::connection_state(TRANSPORT, role, true);
+    herald::telemetry::connection_state(TRANSPORT, role, true);
     if generation > 1 {
-        crate::telemetry::reconnected(TRANSPORT, role);
+        herald::telemetry::reconnected(TRANSPORT, role);
     }
 }

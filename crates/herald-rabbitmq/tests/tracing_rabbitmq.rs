@@ -2,6 +2,7 @@
 //! the publisher's trace id (amqp://guest:guest@127.0.0.1:5672/%2f, or HERALD_TEST_AMQP_URL).
 
 mod common;
+#[path = "../../herald/tests/tracing_support/mod.rs"]
 mod tracing_support;
 
 use std::time::Duration;

@@ -28,8 +28,8 @@ use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 use super::config::{CloudEventsHeaders, RabbitConfig};
 use super::connection::Link;
 use super::properties::to_properties;
-use crate::envelope::Envelope;
-use crate::error::{Error, Result};
+use herald::envelope::Envelope;
+use herald::error::{Error, Result};
 
 /// One message to publish; its AMQP properties are built when it is sent (again on a retry).
 pub(crate) struct Outgoing<'a> {

@@ -27,8 +27,8 @@ use amqprs::{Ack, BasicProperties, Cancel, CloseChannel, FieldTable, FieldValue,
 use async_trait::async_trait;
 
 use super::config::RabbitConfig;
-use crate::error::{Error, Result};
-use crate::topology::{dead_letter_exchange_name, QueueKind, QueueSpec, Topology};
+use herald::error::{Error, Result};
+use herald::topology::{dead_letter_exchange_name, QueueKind, QueueSpec, Topology};
 
 /// Why the broker closed a channel: (reply code, reply text).
 pub(crate) type CloseSlot = Arc<Mutex<Option<(u16, String)>>>;

@@ -14,8 +14,8 @@ use bytes::Bytes;
 use chrono::{DateTime, TimeZone, Utc};
 
 use super::config::CloudEventsHeaders;
-use crate::envelope::{format_time, header, parse_v7_id, v7_time, Envelope, ReceivedAttributes};
-use crate::trace::TraceContext;
+use herald::envelope::{format_time, header, parse_v7_id, v7_time, Envelope, ReceivedAttributes};
+use herald::trace::TraceContext;
 
 /// Header carrying the envelope's routing key on copies Herald moves through the default
 /// exchange (retry levels, dead letters, replays), where the AMQP routing key is a queue name.

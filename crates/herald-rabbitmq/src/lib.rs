@@ -15,7 +15,9 @@
 //!   reply-to (`amq.rabbitmq.reply-to`), with a timeout.
 //!
 //! URLs: `amqp://user:pass@host:port/vhost?heartbeat=30`; several URLs (a cluster) are tried in
-//! turn. `amqps://` needs the `rabbitmq-tls` feature (rustls): the webpki roots by default, or
+//! turn. Call [`register`] once so that `herald::transport::connect`, the bus builder and
+//! `herald.toml` open `amqp://` and `amqps://` URLs with this crate. `amqps://` needs the `tls`
+//! feature (rustls): the webpki roots by default, or
 //! `?cacertfile=/path/ca.pem`, and a client certificate with `certfile=` and `keyfile=`.
 
 mod config;
@@ -43,11 +45,12 @@ use self::properties::{from_message, record_broker_death};
 use self::publisher::{Outgoing, Publisher};
 use self::request_reply::Requester;
 pub use self::request_reply::REPLY_TO_HEADER;
-use crate::envelope::Envelope;
-use crate::error::{Error, Result};
-use crate::topology::{dead_letter_queue_name, QueueSpec, Topology};
-use crate::transport::{
-    reset_for_replay, ConsumeOptions, DeadLetter, Deliveries, PublishOptions, QueueStats, Transport,
+use herald::envelope::Envelope;
+use herald::error::{Error, Result};
+use herald::topology::{dead_letter_queue_name, QueueSpec, Topology};
+use herald::transport::{
+    reset_for_replay, Capabilities, Connector, ConsumeOptions, DeadLetter, DeadLetterAdmin,
+    Deliveries, PublishOptions, QueueStatistics, QueueStats, Transport,
 };
 
 /// The AMQP properties Herald writes for an envelope: the standard properties plus the
@@ -57,7 +60,7 @@ use crate::transport::{
 ///
 /// ```
 /// use herald::Envelope;
-/// use herald::transport::rabbitmq::amqp_properties;
+/// use herald_rabbitmq::amqp_properties;
 ///
 /// let event = Envelope::new("order.placed", 1, "order.placed", "shop", Default::default());
 /// let props = amqp_properties(&event);
@@ -83,7 +86,7 @@ fn check_name(name: &str, what: &str) -> Result<()> {
 
 fn check_topology(topo: &Topology, cfg: &RabbitConfig) -> Result<()> {
     check_name(
-        &crate::topology::dead_letter_exchange_name(&topo.exchange),
+        &herald::topology::dead_letter_exchange_name(&topo.exchange),
         "exchange name",
     )?;
     for q in &topo.queues {
@@ -325,6 +328,30 @@ impl Transport for RabbitTransport {
         "rabbitmq"
     }
 
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            durable: true,
+            priority: true,
+            message_ttl: true,
+            max_length: true,
+            delayed_redelivery: true,
+            ordering: herald::transport::Ordering::Queue,
+            dead_letters: true,
+            queue_stats: true,
+            // AMQP 0-9-1 cannot list queues: only those this handle declared.
+            lists_all_queues: false,
+            native_request_reply: true,
+        }
+    }
+
+    fn dead_letter_admin(&self) -> Option<&dyn DeadLetterAdmin> {
+        Some(self)
+    }
+
+    fn queue_statistics(&self) -> Option<&dyn QueueStatistics> {
+        Some(self)
+    }
+
     async fn apply_topology(&self, topo: &Topology) -> Result<()> {
         self.check_open()?;
         check_topology(topo, &self.shared.cfg)?;
@@ -399,6 +426,24 @@ impl Transport for RabbitTransport {
         Ok(Deliveries::from_source(RabbitDeliveries(shared)))
     }
 
+    fn is_connected(&self) -> bool {
+        self.shared.publish_link.is_connected() && self.shared.consume_link.is_connected()
+    }
+
+    async fn close(&self) -> Result<()> {
+        if self.shared.closed.swap(true, Ordering::SeqCst) {
+            return Ok(());
+        }
+        self.shared.settlers.close_all().await;
+        self.shared.publisher.close_channels().await;
+        self.shared.publish_link.close().await;
+        self.shared.consume_link.close().await;
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl DeadLetterAdmin for RabbitTransport {
     async fn dead_letters(&self, queue: &str, limit: usize) -> Result<Vec<DeadLetter>> {
         self.check_open()?;
         if limit == 0 {
@@ -479,11 +524,10 @@ impl Transport for RabbitTransport {
         close_channel(ch).await;
         Ok(picked.len() as u64)
     }
+}
 
-    fn lists_all_queues(&self) -> bool {
-        false
-    }
-
+#[async_trait]
+impl QueueStatistics for RabbitTransport {
     async fn queue_stats(&self) -> Result<Vec<QueueStats>> {
         self.check_open()?;
         let known: Vec<Topology> = lock(&self.shared.topologies).clone();
@@ -516,19 +560,37 @@ impl Transport for RabbitTransport {
         out.sort_by(|a, b| a.queue.cmp(&b.queue));
         Ok(out)
     }
+}
 
-    fn is_connected(&self) -> bool {
-        self.shared.publish_link.is_connected() && self.shared.consume_link.is_connected()
+/// Opens `amqp://` and `amqps://` URLs (a comma-separated list is a cluster).
+pub struct RabbitConnector;
+
+#[async_trait]
+impl Connector for RabbitConnector {
+    fn schemes(&self) -> &'static [&'static str] {
+        &["amqp", "amqps"]
     }
 
-    async fn close(&self) -> Result<()> {
-        if self.shared.closed.swap(true, Ordering::SeqCst) {
-            return Ok(());
-        }
-        self.shared.settlers.close_all().await;
-        self.shared.publisher.close_channels().await;
-        self.shared.publish_link.close().await;
-        self.shared.consume_link.close().await;
-        Ok(())
+    fn check(&self, url: &str) -> Result<()> {
+        RabbitConfig::from_url(url, "check").map(|_| ())
     }
+
+    async fn connect(&self, url: &str, service: &str) -> Result<Arc<dyn Transport>> {
+        Ok(Arc::new(
+            RabbitTransport::connect(RabbitConfig::from_url(url, service)?).await?,
+        ))
+    }
+}
+
+/// Make `amqp://` and `amqps://` URLs open this transport everywhere Herald takes a broker URL
+/// (the bus builder, `herald.toml`, `HERALD_BROKER`). Registering again is harmless.
+///
+/// ```
+/// herald_rabbitmq::register();
+/// assert!(herald::transport::known_schemes().contains(&"amqp"));
+/// herald::transport::check_url("amqp://guest:guest@127.0.0.1:5672/%2f").unwrap();
+/// assert!(herald::transport::check_url("amqp://").is_err());
+/// ```
+pub fn register() {
+    herald::transport::register(Arc::new(RabbitConnector));
 }

@@ -43,10 +43,10 @@ use super::connection::Link;
 use super::properties::receive;
 use super::publisher::{Outgoing, Publisher};
 use super::topology::{self, CloseSlot};
-use crate::envelope::{format_time, header, Envelope};
-use crate::error::{Error, Result};
-use crate::topology::{QueueSpec, Topology};
-use crate::transport::{Delivery, DeliverySource, Outcome, Settle};
+use herald::envelope::{format_time, header, Envelope};
+use herald::error::{Error, Result};
+use herald::topology::{QueueSpec, Topology};
+use herald::transport::{Delivery, DeliverySource, Outcome, Settle};
 
 const EPOCH_SHIFT: u32 = 40;
 
@@ -333,7 +333,7 @@ impl ConsumerSettler {
 
     fn level_queue(&self, delay: Duration) -> Option<String> {
         pick_level(&self.levels, delay)
-            .map(|l| crate::topology::QueueSpec::new(self.queue.clone(), "").retry_queue(l))
+            .map(|l| herald::topology::QueueSpec::new(self.queue.clone(), "").retry_queue(l))
     }
 }
 
@@ -399,7 +399,7 @@ impl ConsumerSettler {
                 dead.headers
                     .insert(header::DEAD_LETTERED_AT.into(), format_time(&Utc::now()));
                 self.move_to(
-                    crate::topology::dead_letter_queue_name(&self.queue),
+                    herald::topology::dead_letter_queue_name(&self.queue),
                     dead,
                     epoch,
                     dtag,

@@ -6,9 +6,9 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use bytes::Bytes;
-use herald::transport::rabbitmq::{RabbitConfig, RabbitTransport};
 use herald::transport::{ConsumeOptions, PublishOptions};
 use herald::{Envelope, QueueSpec, Topology, Transport};
+use herald_rabbitmq::{RabbitConfig, RabbitTransport};
 use tokio_util::sync::CancellationToken;
 
 mod common;

@@ -3,9 +3,9 @@
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use herald::transport::rabbitmq::{RabbitConfig, RabbitTransport};
-use herald::transport::{ConsumeOptions, PublishOptions};
+use herald::transport::{ConsumeOptions, DeadLetterAdmin, PublishOptions, QueueStatistics};
 use herald::{Envelope, Error, QueueSpec, Topology, Transport};
+use herald_rabbitmq::{RabbitConfig, RabbitTransport};
 use tokio_util::sync::CancellationToken;
 
 mod common;

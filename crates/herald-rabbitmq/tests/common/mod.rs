@@ -3,8 +3,10 @@
 
 use std::time::{Duration, Instant};
 
-/// The broker URL for tests: `HERALD_TEST_AMQP_URL` or the local default.
+/// The broker URL for tests: `HERALD_TEST_AMQP_URL` or the local default. Registers the
+/// `amqp://` scheme too, so a bus built from the URL opens RabbitMQ.
 pub fn amqp_url() -> String {
+    herald_rabbitmq::register();
     std::env::var("HERALD_TEST_AMQP_URL")
         .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".to_string())
 }
@@ -41,7 +43,7 @@ pub fn rabbitmqctl(args: &[&str]) -> bool {
 /// exchange (with its `.dlx`), over one plain AMQP connection.
 pub async fn delete_queue_set(exchange: &str, queue: &herald::QueueSpec) {
     use amqprs::channel::{ExchangeDeleteArguments, QueueDeleteArguments};
-    let cfg = herald::transport::rabbitmq::RabbitConfig::new(vec![], "cleanup");
+    let cfg = herald_rabbitmq::RabbitConfig::new(vec![], "cleanup");
     let mut names = vec![queue.name.clone(), queue.dead_letter_queue()];
     let levels = if queue.retry_delays.is_empty() {
         cfg.default_retry_delays.clone()

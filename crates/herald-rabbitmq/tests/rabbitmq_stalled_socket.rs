@@ -10,9 +10,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures::stream::{FuturesUnordered, StreamExt};
-use herald::transport::rabbitmq::{RabbitConfig, RabbitTransport};
 use herald::transport::{ConsumeOptions, PublishOptions};
 use herald::{Envelope, Error, QueueSpec, Topology, Transport};
+use herald_rabbitmq::{RabbitConfig, RabbitTransport};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;

@@ -9,8 +9,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use herald::telemetry::names;
-use herald::transport::rabbitmq::{RabbitConfig, RabbitTransport};
 use herald::{Bus, Event, HandlerError};
+use herald_rabbitmq::{RabbitConfig, RabbitTransport};
 use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
 use serde::{Deserialize, Serialize};
 

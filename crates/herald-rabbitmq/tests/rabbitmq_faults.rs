@@ -9,9 +9,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use herald::transport::rabbitmq::{RabbitConfig, RabbitTransport};
 use herald::transport::{ConsumeOptions, PublishOptions};
 use herald::{Envelope, QueueSpec, Topology, Transport};
+use herald_rabbitmq::{RabbitConfig, RabbitTransport};
 use tokio_util::sync::CancellationToken;
 
 mod common;

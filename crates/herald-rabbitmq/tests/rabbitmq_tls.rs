@@ -7,9 +7,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use herald::transport::rabbitmq::{RabbitConfig, RabbitTransport};
 use herald::transport::{ConsumeOptions, PublishOptions};
 use herald::{Envelope, QueueSpec, Topology, Transport};
+use herald_rabbitmq::{RabbitConfig, RabbitTransport};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio_util::sync::CancellationToken;

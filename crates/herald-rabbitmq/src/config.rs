@@ -4,8 +4,8 @@ use std::time::Duration;
 
 use amqprs::connection::OpenConnectionArguments;
 
-use crate::error::{Error, Result};
-use crate::transport::redact_url;
+use herald::error::{Error, Result};
+use herald::transport::redact_url;
 
 /// `cloudevents=full` on any of the URLs: every message carries the full header set.
 fn cloudevents_headers_of(urls: &[String]) -> CloudEventsHeaders {
@@ -138,6 +138,25 @@ impl RabbitConfig {
         }
     }
 
+    /// The configuration a broker URL gives: one `amqp://` or `amqps://` URL, or several
+    /// separated by commas (the nodes of a cluster), checked.
+    ///
+    /// ```
+    /// let c = herald_rabbitmq::RabbitConfig::from_url("amqp://a:b@h1,amqp://h2?heartbeat=5", "svc").unwrap();
+    /// assert_eq!(c.urls.len(), 2);
+    /// assert!(herald_rabbitmq::RabbitConfig::from_url("amqp://", "svc").is_err());
+    /// ```
+    pub fn from_url(raw: &str, service: &str) -> Result<Self> {
+        let urls: Vec<String> = raw
+            .split(',')
+            .map(|u| u.trim().to_string())
+            .filter(|u| !u.is_empty())
+            .collect();
+        let config = RabbitConfig::new(urls, service);
+        config.validate()?;
+        Ok(config)
+    }
+
     /// The connection arguments for one URL, named `<service> herald <role>`.
     pub(crate) fn open_args(&self, raw: &str, role: &str) -> Result<OpenConnectionArguments> {
         let invalid = |reason: &str| Error::InvalidUrl {
@@ -152,6 +171,7 @@ impl RabbitConfig {
         };
         let host = url
             .host_str()
+            .filter(|h| !h.is_empty())
             .ok_or_else(|| invalid("missing host, e.g. amqp://guest:guest@127.0.0.1:5672/%2f"))?;
         let port = url.port().unwrap_or(if tls { 5671 } else { 5672 });
         let decode = |s: &str| -> String {
@@ -203,11 +223,11 @@ impl RabbitConfig {
             .heartbeat(heartbeat)
             .connection_name(&format!("{} herald {role}", self.service));
         if tls {
-            #[cfg(feature = "rabbitmq-tls")]
+            #[cfg(feature = "tls")]
             args.tls_adaptor(tls_adaptor(host, cacert, cert, key).map_err(|r| invalid(&r))?);
-            #[cfg(not(feature = "rabbitmq-tls"))]
+            #[cfg(not(feature = "tls"))]
             return Err(invalid(
-                "amqps:// needs Herald built with the `rabbitmq-tls` feature",
+                "amqps:// needs Herald built with herald-rabbitmq's `tls` feature",
             ));
         } else if cacert.is_some() || cert.is_some() || key.is_some() {
             return Err(invalid("certificate options need an amqps:// URL"));
@@ -217,7 +237,7 @@ impl RabbitConfig {
 
     /// Check every URL parses, so a typo fails at start-up rather than in the reconnect loop.
     pub(crate) fn validate(&self) -> Result<()> {
-        if self.urls.is_empty() {
+        if self.urls.is_empty() || self.urls.iter().any(|u| u.is_empty()) {
             return Err(Error::Config(
                 "the RabbitMQ transport needs at least one amqp:// URL".into(),
             ));
@@ -244,7 +264,7 @@ impl RabbitConfig {
 
 /// rustls for `amqps://`: the system's webpki roots, or `cacertfile`; a client certificate with
 /// `certfile` + `keyfile`.
-#[cfg(feature = "rabbitmq-tls")]
+#[cfg(feature = "tls")]
 fn tls_adaptor(
     host: &str,
     cacert: Option<String>,
@@ -347,7 +367,7 @@ mod tests {
     fn amqps_needs_the_tls_feature_or_builds_rustls() {
         let c = RabbitConfig::new(vec![], "svc");
         let r = c.open_args("amqps://u:p@broker.example:5671/%2f", "publisher");
-        #[cfg(feature = "rabbitmq-tls")]
+        #[cfg(feature = "tls")]
         {
             let a = r.expect("rustls adaptor with webpki roots");
             assert_eq!(a.get_port(), 5671);
@@ -359,7 +379,7 @@ mod tests {
                 )
                 .is_err());
         }
-        #[cfg(not(feature = "rabbitmq-tls"))]
+        #[cfg(not(feature = "tls"))]
         assert!(matches!(r, Err(Error::InvalidUrl { .. })));
         assert!(c.open_args("amqp://h/?cacertfile=/x.pem", "x").is_err());
     }

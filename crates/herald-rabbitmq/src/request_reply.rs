@@ -21,8 +21,8 @@ use tokio::sync::oneshot;
 
 use super::config::CloudEventsHeaders;
 use super::properties::{from_message, to_properties};
-use crate::envelope::Envelope;
-use crate::error::{Error, Result};
+use herald::envelope::Envelope;
+use herald::error::{Error, Result};
 
 /// The pseudo-queue of direct reply-to.
 pub(crate) const DIRECT_REPLY_TO: &str = "amq.rabbitmq.reply-to";
