@@ -1,0 +1,423 @@
+//! Consuming a queue: its two pull consumers (bindings, and messages addressed to it) read
+//! into one channel of deliveries, at most `prefetch` unsettled at a time.
+//!
+//! Before a message is handed out: an event of the exchange that none of the queue's bindings
+//! match (a client-filtered queue) is acked and skipped; one whose TTL has passed is
+//! dead-lettered as `expired`; one addressed to the queue with a `herald_not_before` still
+//! ahead (a delayed retry) is given back to JetStream with the remaining delay.
+//!
+//! Settling: ack is `+ACK`; a retry stores a copy addressed to the queue (attempt + 1, the
+//! failure recorded, not before now + delay) and then acks the original; a dead letter stores
+//! a copy in the dead-letter stream and then acks; a release is a `NAK` with the delay. A copy
+//! is stored before the original is acked, so a crash in between means a duplicate, never a
+//! loss; its `Nats-Msg-Id` is derived from the original's stream sequence, so the copy itself
+//! is stored once. While a handler runs, the message's ack timer is renewed (`+WPI`) every
+//! third of `ack_wait`.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::consumer::PullConsumer;
+use async_nats::jetstream::{self, AckKind};
+use async_nats::Subject;
+use async_trait::async_trait;
+use bytes::Bytes;
+use chrono::Utc;
+use futures::StreamExt;
+use herald::envelope::{format_time, header, Envelope};
+use herald::error::{Error, Result};
+use herald::topology::QueueSpec;
+use herald::transport::{Delivery, Failure, Outcome, Settle};
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
+use tokio_util::sync::CancellationToken;
+
+use crate::publish::{store_all, Outgoing};
+use crate::topology::{bindings_consumer, direct_consumer, Filtering};
+use crate::{names, wire, Shared};
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// One message handed out and not yet settled.
+struct InFlight {
+    reply: Subject,
+    sequence: u64,
+    since: Instant,
+    _permit: OwnedSemaphorePermit,
+}
+
+/// Settles one consumer's deliveries.
+pub(crate) struct NatsSettler {
+    shared: Arc<Shared>,
+    stream: String,
+    queue: String,
+    in_flight: Mutex<HashMap<u64, InFlight>>,
+    next_tag: AtomicU64,
+}
+
+impl NatsSettler {
+    fn ack_subject(&self, tag: u64) -> Result<InFlight> {
+        lock(&self.in_flight)
+            .remove(&tag)
+            .ok_or_else(|| Error::transport("nats", format!("delivery {tag} was already settled")))
+    }
+
+    async fn send_ack(&self, reply: &Subject, kind: AckKind) -> Result<()> {
+        self.shared
+            .client
+            .publish(reply.clone(), Bytes::from(kind))
+            .await
+            .map_err(|e| Error::transport("nats", format!("settling a message: {e}")))
+    }
+
+    /// Store a copy of `envelope` (a retry or a dead letter) before the original is acked.
+    async fn store_copy(
+        &self,
+        subject: String,
+        envelope: &Envelope,
+        msg_id: String,
+        extra: &[(&str, String)],
+    ) -> Result<()> {
+        let mut headers = wire::headers(envelope, &msg_id)?;
+        for (k, v) in extra {
+            headers.insert(*k, v.as_str());
+        }
+        let out = Outgoing {
+            subject,
+            headers,
+            body: envelope.body.clone(),
+        };
+        store_all(
+            &self.shared.js,
+            vec![out],
+            self.shared.cfg.outage_timeout,
+            |_| crate::publish::NoStream::Retry,
+        )
+        .await
+    }
+
+    /// Give every unsettled message back to JetStream at once (the transport is closing).
+    pub(crate) async fn release_all(&self) {
+        let all: Vec<InFlight> = lock(&self.in_flight).drain().map(|(_, f)| f).collect();
+        for f in all {
+            let _ = self.send_ack(&f.reply, AckKind::Nak(None)).await;
+        }
+    }
+
+    /// Renew the ack timer of messages held longer than `after`.
+    async fn renew(&self, after: Duration) {
+        let due: Vec<Subject> = lock(&self.in_flight)
+            .values()
+            .filter(|f| f.since.elapsed() >= after)
+            .map(|f| f.reply.clone())
+            .collect();
+        for reply in due {
+            let _ = self.send_ack(&reply, AckKind::Progress).await;
+        }
+    }
+}
+
+#[async_trait]
+impl Settle for NatsSettler {
+    async fn settle(&self, tag: u64, envelope: &Envelope, outcome: Outcome) -> Result<()> {
+        let held = self.ack_subject(tag)?;
+        match outcome {
+            Outcome::Ack => self.send_ack(&held.reply, AckKind::Ack).await,
+            Outcome::Release { delay } => {
+                let delay = (!delay.is_zero()).then_some(delay);
+                self.send_ack(&held.reply, AckKind::Nak(delay)).await
+            }
+            Outcome::Retry { delay, failure } => {
+                let mut copy = envelope.clone();
+                copy.attempt = copy.attempt.saturating_add(1);
+                failure.record(&mut copy);
+                let not_before = Utc::now().timestamp_millis()
+                    + i64::try_from(delay.as_millis()).unwrap_or(i64::MAX / 4);
+                let result = self
+                    .store_copy(
+                        names::direct_subject(&self.stream, &self.queue),
+                        &copy,
+                        format!("{}.retry.{}", envelope.id, held.sequence),
+                        &[
+                            (wire::ROUTING_KEY, envelope.routing_key.clone()),
+                            (wire::NOT_BEFORE, not_before.to_string()),
+                        ],
+                    )
+                    .await;
+                self.finish(held, result).await
+            }
+            Outcome::DeadLetter(failure) => {
+                let result = self.dead_letter(envelope, &failure, held.sequence).await;
+                self.finish(held, result).await
+            }
+        }
+    }
+}
+
+impl NatsSettler {
+    /// Ack the original once its copy is stored; without the copy, leave it unacked (JetStream
+    /// redelivers it after `ack_wait`).
+    async fn finish(&self, held: InFlight, stored: Result<()>) -> Result<()> {
+        stored?;
+        self.send_ack(&held.reply, AckKind::Ack).await
+    }
+
+    async fn dead_letter(
+        &self,
+        envelope: &Envelope,
+        failure: &Failure,
+        sequence: u64,
+    ) -> Result<()> {
+        let mut copy = envelope.clone();
+        failure.record(&mut copy);
+        copy.headers
+            .insert(header::DEAD_LETTERED_AT.into(), format_time(&Utc::now()));
+        self.store_copy(
+            names::dlq_subject(&self.stream, &self.queue),
+            &copy,
+            format!("{}.dlq.{sequence}", envelope.id),
+            &[(wire::ROUTING_KEY, envelope.routing_key.clone())],
+        )
+        .await
+    }
+}
+
+/// What one consumer needs to run.
+pub(crate) struct ConsumeTask {
+    pub shared: Arc<Shared>,
+    pub spec: QueueSpec,
+    pub exchange: String,
+    pub filtering: Filtering,
+    pub prefetch: usize,
+    pub cancel: CancellationToken,
+}
+
+/// The settler the caller's deliveries will use, and the channel they come from; the task
+/// that feeds it runs until `cancel` fires or the receiver is dropped.
+pub(crate) fn start(task: ConsumeTask) -> (Arc<NatsSettler>, mpsc::Receiver<Delivery>) {
+    let stream = names::stream_name(&task.exchange);
+    let settler = Arc::new(NatsSettler {
+        shared: task.shared.clone(),
+        stream,
+        queue: task.spec.name.clone(),
+        in_flight: Mutex::new(HashMap::new()),
+        next_tag: AtomicU64::new(1),
+    });
+    let (tx, rx) = mpsc::channel(task.prefetch.max(1));
+    let every = (task.shared.cfg.ack_wait / 3).max(Duration::from_millis(50));
+    tokio::spawn(renew_loop(
+        Arc::downgrade(&settler),
+        every,
+        task.shared.shutdown.clone(),
+    ));
+    tokio::spawn(run(task, settler.clone(), tx));
+    (settler, rx)
+}
+
+/// Renew the ack timers of what is held, until the settler goes or the transport is closed or
+/// dropped (a dropped transport stands for a crashed process: what it held comes back after
+/// `ack_wait`). A consumer's own cancel does not stop it: messages taken before it still run
+/// to their end.
+async fn renew_loop(settler: Weak<NatsSettler>, every: Duration, shutdown: CancellationToken) {
+    let mut ticker = tokio::time::interval(every);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            _ = shutdown.cancelled() => return,
+        }
+        let Some(settler) = settler.upgrade() else {
+            return;
+        };
+        settler.renew(every).await;
+    }
+}
+
+type Messages = async_nats::jetstream::consumer::pull::Stream;
+
+async fn open(shared: &Shared, exchange: &str, name: &str, prefetch: usize) -> Result<Messages> {
+    let stream = shared
+        .js
+        .get_stream(names::stream_name(exchange))
+        .await
+        .map_err(|e| Error::transport("nats", format!("opening the exchange's stream: {e}")))?;
+    let consumer: PullConsumer = stream
+        .get_consumer(name)
+        .await
+        .map_err(|e| Error::transport("nats", format!("opening consumer {name}: {e}")))?;
+    consumer
+        .stream()
+        .max_messages_per_batch(prefetch.max(1))
+        .heartbeat(Duration::from_secs(5))
+        .expires(Duration::from_secs(30))
+        .messages()
+        .await
+        .map_err(|e| Error::transport("nats", format!("pulling from consumer {name}: {e}")))
+}
+
+/// Open both pull streams, re-declaring the queue when the server lost it, until it works or
+/// `cancel` fires.
+async fn open_both(task: &ConsumeTask) -> Option<(Messages, Messages)> {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let opened = async {
+            let b = open(
+                &task.shared,
+                &task.exchange,
+                &bindings_consumer(&task.spec.name),
+                task.prefetch,
+            )
+            .await?;
+            let d = open(
+                &task.shared,
+                &task.exchange,
+                &direct_consumer(&task.spec.name),
+                task.prefetch,
+            )
+            .await?;
+            Ok::<_, Error>((b, d))
+        }
+        .await;
+        match opened {
+            Ok(both) => return Some(both),
+            Err(e) => {
+                tracing::warn!(queue = %task.spec.name, error = %e, "cannot consume yet; declaring the queue again");
+                let _ = task.shared.redeclare(&task.exchange, &task.spec).await;
+            }
+        }
+        tokio::select! {
+            _ = task.cancel.cancelled() => return None,
+            _ = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(2));
+    }
+}
+
+async fn run(task: ConsumeTask, settler: Arc<NatsSettler>, tx: mpsc::Sender<Delivery>) {
+    let window = Arc::new(Semaphore::new(task.prefetch.max(1)));
+    'outer: loop {
+        let Some((mut bound, mut direct)) = open_both(&task).await else {
+            break;
+        };
+        loop {
+            let permit = tokio::select! {
+                _ = task.cancel.cancelled() => break 'outer,
+                _ = tx.closed() => break 'outer,
+                p = window.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break 'outer },
+            };
+            let next = tokio::select! {
+                _ = task.cancel.cancelled() => break 'outer,
+                _ = tx.closed() => break 'outer,
+                m = bound.next() => m,
+                m = direct.next() => m,
+            };
+            let message = match next {
+                Some(Ok(m)) => m,
+                Some(Err(e)) => {
+                    use async_nats::jetstream::consumer::pull::MessagesErrorKind as K;
+                    match e.kind() {
+                        K::MissingHeartbeat | K::Pull | K::Other => {
+                            tracing::debug!(queue = %task.spec.name, error = %e, "pull interrupted; carrying on");
+                            continue;
+                        }
+                        _ => {
+                            tracing::warn!(queue = %task.spec.name, error = %e, "consumer gone; opening it again");
+                            continue 'outer;
+                        }
+                    }
+                }
+                None => continue 'outer,
+            };
+            if let Some(delivery) = take(&task, &settler, message, permit).await {
+                if tx.send(delivery).await.is_err() {
+                    break 'outer;
+                }
+            }
+        }
+    }
+    if task.spec.auto_delete {
+        task.shared
+            .delete_queue(&task.exchange, &task.spec.name)
+            .await;
+    }
+}
+
+/// Decide what to do with one message: a delivery to hand out, or `None` when it was settled
+/// here (skipped, expired, not yet due).
+async fn take(
+    task: &ConsumeTask,
+    settler: &Arc<NatsSettler>,
+    message: jetstream::Message,
+    permit: OwnedSemaphorePermit,
+) -> Option<Delivery> {
+    let (sequence, delivered) = match message.info() {
+        Ok(i) => (i.stream_sequence, u64::try_from(i.delivered).unwrap_or(1)),
+        Err(_) => (0, 1),
+    };
+    let message = message.message;
+    let reply = message.reply.clone()?;
+    let subject = message.subject.as_str();
+    let key = names::routing_key_of(&task.exchange, subject);
+    if let (Some(key), Filtering::Client) = (key, &task.filtering) {
+        let wanted = task
+            .spec
+            .bindings
+            .iter()
+            .any(|b| herald::pattern::topic_matches(b, key));
+        if !wanted {
+            let _ = settler.send_ack(&reply, AckKind::Ack).await;
+            return None;
+        }
+    }
+    let (envelope, extras) = wire::envelope(
+        message.headers.as_ref(),
+        key.unwrap_or(subject),
+        message.payload,
+    );
+    let now = Utc::now().timestamp_millis();
+    let queue_ttl_passed = task.spec.message_ttl.is_some_and(|ttl| {
+        Utc::now()
+            .signed_duration_since(envelope.time)
+            .to_std()
+            .unwrap_or_default()
+            > ttl
+    });
+    if extras.expires_at.is_some_and(|at| at <= now) || queue_ttl_passed {
+        let failure = Failure::now(
+            &envelope,
+            &task.spec.name,
+            "expired",
+            "the message's TTL passed before it was delivered",
+        );
+        match settler.dead_letter(&envelope, &failure, sequence).await {
+            Ok(()) => {
+                let _ = settler.send_ack(&reply, AckKind::Ack).await;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "could not dead-letter an expired message; it will come back")
+            }
+        }
+        return None;
+    }
+    if let Some(at) = extras.not_before.filter(|at| *at > now) {
+        let wait = Duration::from_millis(u64::try_from(at - now).unwrap_or(0));
+        let _ = settler.send_ack(&reply, AckKind::Nak(Some(wait))).await;
+        return None;
+    }
+    let tag = settler.next_tag.fetch_add(1, Ordering::Relaxed);
+    lock(&settler.in_flight).insert(
+        tag,
+        InFlight {
+            reply,
+            sequence,
+            since: Instant::now(),
+            _permit: permit,
+        },
+    );
+    // Redelivered: JetStream delivered this stored message before (a consumer died, a release).
+    let redelivered = delivered > 1;
+    Some(Delivery::new(envelope, redelivered, tag, settler.clone()))
+}

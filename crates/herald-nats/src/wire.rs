@@ -1,0 +1,164 @@
+//! The envelope on NATS: the body is the payload, as published; every attribute is a NATS
+//! header with the name every Herald transport uses (`cloudEvents_id`, `cloudEvents_type`, ...,
+//! `herald_attempt`, see `docs/wire-format.md`), plus:
+//!
+//! - `Nats-Msg-Id`: the event id (JetStream drops a second publish of it within the stream's
+//!   duplicate window, so a publish retried after a reconnect is stored once);
+//! - `herald_expires_at`: when a message with a TTL expires (Unix milliseconds);
+//! - `herald_priority`: the publisher's priority (NATS does not order by it);
+//! - on a message addressed to one queue (a retry or a replay): `herald_routing_key`, the
+//!   event's routing key (its subject names the queue instead), and `herald_not_before`, the
+//!   Unix millisecond before which it must not be handled.
+//!
+//! A message from a plain NATS client (no headers) reads as an event whose type is its routing
+//! key, with a fresh id.
+
+use std::borrow::Cow;
+
+use async_nats::HeaderMap;
+use bytes::Bytes;
+use chrono::Utc;
+use herald::envelope::{Envelope, ReceivedAttributes};
+use herald::error::{Error, Result};
+
+/// JetStream's de-duplication header.
+pub(crate) const MSG_ID: &str = "Nats-Msg-Id";
+pub(crate) const EXPIRES_AT: &str = "herald_expires_at";
+pub(crate) const PRIORITY: &str = "herald_priority";
+pub(crate) const ROUTING_KEY: &str = "herald_routing_key";
+pub(crate) const NOT_BEFORE: &str = "herald_not_before";
+
+/// A header value NATS can carry: header lines end at CR or LF, so those are written escaped.
+fn value(v: &str) -> Cow<'_, str> {
+    if v.contains(['\r', '\n']) {
+        Cow::Owned(v.replace('\r', "\\r").replace('\n', "\\n"))
+    } else {
+        Cow::Borrowed(v)
+    }
+}
+
+fn check_name(name: &str) -> Result<()> {
+    let ok = !name.is_empty() && name.bytes().all(|b| (33..=126).contains(&b) && b != b':');
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::Config(format!(
+            "header `{}` cannot go on NATS: header names are printable ASCII without `:` or spaces",
+            herald::transport::escape_controls(name)
+        )))
+    }
+}
+
+/// The headers of an envelope, with `msg_id` for de-duplication.
+pub(crate) fn headers(envelope: &Envelope, msg_id: &str) -> Result<HeaderMap> {
+    let mut h = HeaderMap::new();
+    h.insert(MSG_ID, msg_id);
+    let mut bad = None;
+    envelope.for_each_wire_header(|_| true, |name, v| h.insert(name, value(&v).into_owned()));
+    for (name, v) in &envelope.headers {
+        if let Err(e) = check_name(name) {
+            bad = Some(e);
+            continue;
+        }
+        h.insert(name.as_str(), value(v).into_owned());
+    }
+    if let Some(e) = bad {
+        return Err(e);
+    }
+    if envelope.priority > 0 {
+        h.insert(PRIORITY, envelope.priority.to_string());
+    }
+    if let Some(ttl) = envelope.ttl {
+        let at =
+            Utc::now().timestamp_millis() + i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX / 2);
+        h.insert(EXPIRES_AT, at.to_string());
+    }
+    Ok(h)
+}
+
+/// What a received message carries besides the envelope.
+#[derive(Debug, Default)]
+pub(crate) struct Extras {
+    /// When it expires (Unix ms).
+    pub expires_at: Option<i64>,
+    /// Not to be handled before (Unix ms).
+    pub not_before: Option<i64>,
+}
+
+/// Read an envelope from a message's headers and payload; `routing_key` is what its subject
+/// says (a queue-addressed message carries the real one in `herald_routing_key`).
+pub(crate) fn envelope(
+    headers: Option<&HeaderMap>,
+    routing_key: &str,
+    payload: Bytes,
+) -> (Envelope, Extras) {
+    let mut attributes = ReceivedAttributes::default();
+    let mut extras = Extras::default();
+    let mut key = Cow::Borrowed(routing_key);
+    let mut priority = 0u8;
+    if let Some(headers) = headers {
+        for (name, values) in headers.iter() {
+            let Some(v) = values.last() else { continue };
+            let v = v.as_str();
+            match name.as_ref() {
+                MSG_ID => {}
+                EXPIRES_AT => extras.expires_at = v.parse().ok(),
+                NOT_BEFORE => extras.not_before = v.parse().ok(),
+                PRIORITY => priority = v.parse().unwrap_or(0),
+                ROUTING_KEY => key = Cow::Owned(v.to_string()),
+                other if other.starts_with("Nats-") => {}
+                other => attributes.set(other.to_string(), Cow::Owned(v.to_string())),
+            }
+        }
+    }
+    let mut envelope = attributes.into_envelope(key.into_owned(), payload);
+    envelope.priority = priority;
+    (envelope, extras)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip() {
+        let mut e = Envelope::new(
+            "order.placed",
+            2,
+            "order.placed",
+            "shop",
+            Bytes::from_static(b"{}"),
+        );
+        e.correlation_id = Some("c".into());
+        e.headers.insert("x-tenant".into(), "acme".into());
+        e.headers
+            .insert("herald_error".into(), "line one\nline two".into());
+        e.priority = 3;
+        e.ttl = Some(std::time::Duration::from_secs(60));
+        let h = headers(&e, &e.id).unwrap();
+        assert_eq!(h.get(MSG_ID).map(|v| v.as_str()), Some(e.id.as_str()));
+        let (got, extras) = envelope(Some(&h), "order.placed", e.body.clone());
+        assert_eq!(got.id, e.id);
+        assert_eq!(got.event_version, 2);
+        assert_eq!(got.correlation_id.as_deref(), Some("c"));
+        assert_eq!(got.headers["x-tenant"], "acme");
+        assert_eq!(got.headers["herald_error"], "line one\\nline two");
+        assert_eq!(got.priority, 3);
+        assert!(extras.expires_at.is_some());
+    }
+
+    #[test]
+    fn a_bad_header_name_is_refused() {
+        let mut e = Envelope::new("a", 1, "a", "s", Bytes::new());
+        e.headers.insert("bad name".into(), "v".into());
+        assert!(headers(&e, "id").is_err());
+    }
+
+    #[test]
+    fn a_plain_message_reads_as_an_event() {
+        let (e, _) = envelope(None, "course.enrolled", Bytes::from_static(b"{\"a\":1}"));
+        assert_eq!(e.event_type, "course.enrolled");
+        assert_eq!(e.routing_key, "course.enrolled");
+        assert_eq!(e.attempt, 1);
+    }
+}
