@@ -193,8 +193,10 @@ impl NatsTransport {
             )));
         }
         let many_filters = version_at_least(&info.version, 2, 10);
+        // The ack of a publish sent into an outage never comes: this bounds how long one is
+        // waited for before it is sent again.
         let js = jetstream::ContextBuilder::new()
-            .timeout(Duration::from_secs(5))
+            .timeout(Duration::from_secs(2))
             .max_ack_inflight(4096)
             .backpressure_on_inflight(true)
             .build(client.clone());

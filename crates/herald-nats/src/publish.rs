@@ -85,17 +85,24 @@ pub(crate) async fn store_all(
                 }
             }
         }
+        // Wait for every ack at once: each times out on its own clock, so a batch sent into an
+        // outage costs one timeout, not one per message.
+        let results =
+            futures::future::join_all(acks.into_iter().map(|(m, ack, failed)| async move {
+                let failed = match (ack, failed) {
+                    (Some(ack), _) => match ack.await {
+                        Ok(_) => None,
+                        Err(e) => Some(classify(&e)),
+                    },
+                    (None, f) => f,
+                };
+                (m, failed)
+            }))
+            .await;
         let mut again = Vec::new();
         let mut last = String::new();
-        for (m, ack, failed) in acks {
-            let failed = match (ack, failed) {
-                (Some(ack), _) => match ack.await {
-                    Ok(_) => continue,
-                    Err(e) => classify(&e),
-                },
-                (None, Some(f)) => f,
-                (None, None) => continue,
-            };
+        for (m, failed) in results {
+            let Some(failed) = failed else { continue };
             match failed {
                 Failed::Again(reason) => {
                     last = reason;
