@@ -28,6 +28,23 @@ fn servers(url: &str) -> Vec<String> {
 
 /// Run W1 with `events` events against the NATS server(s) of `url`.
 pub async fn run(url: &str, events: u64) -> BenchResult<W1Figures> {
+    run_with(url, events, RawWire::Plain).await
+}
+
+/// What raw async-nats puts on each message besides the body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RawWire {
+    /// Nothing: the bare baseline.
+    Plain,
+    /// `Nats-Msg-Id` only (the server's de-duplication, which Herald's publishes use).
+    MsgId,
+    /// Every header Herald's full form writes.
+    HeraldFull,
+}
+
+/// [`run`] with `wire` on each message, which separates the cost of the wire format (on the
+/// client and in the server's de-duplication) from the cost of the client.
+pub async fn run_with(url: &str, events: u64, wire: RawWire) -> BenchResult<W1Figures> {
     let name = run_name("bench-raw").replace('.', "_");
     let subject = format!("{name}.w1.event");
     let pub_client = async_nats::connect(servers(url)).await.map_err(err)?;
@@ -89,10 +106,19 @@ pub async fn run(url: &str, events: u64) -> BenchResult<W1Figures> {
                 r.map_err(err)?;
             }
         }
-        let ack = js
-            .publish(subject.clone(), w1_body(n).into())
-            .await
-            .map_err(err)?;
+        let ack = if wire == RawWire::Plain {
+            js.publish(subject.clone(), w1_body(n).into()).await
+        } else {
+            let e = herald::Envelope::new("w1.event", 1, "w1.event", "bench", Default::default());
+            let mut headers = async_nats::HeaderMap::new();
+            headers.insert("Nats-Msg-Id", e.id.as_str());
+            if wire == RawWire::HeraldFull {
+                e.for_each_wire_header(|_| true, |k, v| headers.insert(k, v.as_ref()));
+            }
+            js.publish_with_headers(subject.clone(), headers, w1_body(n).into())
+                .await
+        }
+        .map_err(err)?;
         acks.push(ack.into_future());
     }
     while let Some(r) = acks.next().await {

@@ -134,8 +134,11 @@ impl DeadLetterAdmin for NatsTransport {
         for d in dead {
             let mut envelope = d.envelope;
             reset_for_replay(&mut envelope);
-            let mut headers =
-                wire::headers(&envelope, &format!("{}.replay.{}", envelope.id, d.sequence))?;
+            let mut headers = wire::headers(
+                &envelope,
+                &format!("{}.replay.{}", envelope.id, d.sequence),
+                self.shared.cfg.cloudevents_headers,
+            )?;
             headers.insert(wire::ROUTING_KEY, envelope.routing_key.as_str());
             let out = Outgoing {
                 subject: names::direct_subject(&events, queue),

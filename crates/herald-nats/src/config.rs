@@ -10,6 +10,7 @@
 //! | `replicas` | 1, or 3 with several URLs | stream replicas (R3 on a cluster) |
 //! | `outage_timeout` | `30s` | how long a publish or connect waits out an outage before failing |
 //! | `max_ack_pending` | `10000` | unsettled messages per queue across all its consumers |
+//! | `cloudevents` | `compact` | `full`: every CloudEvents attribute as a header, for consumers that read only headers |
 //! | `cacertfile`, `certfile`, `keyfile` | | TLS: the CA to trust, and a client certificate |
 //!
 //! Durations are `250ms`, `2s`, `5m` or a number of milliseconds.
@@ -45,6 +46,9 @@ pub struct NatsConfig {
     pub outage_timeout: Duration,
     /// Unsettled messages per queue, across its consumers.
     pub max_ack_pending: i64,
+    /// Which CloudEvents attributes go on the wire: those a reader cannot work out (the
+    /// default), or all (`cloudevents=full`).
+    pub cloudevents_headers: crate::CloudEventsHeaders,
     /// JetStream's de-duplication window for message ids: a publish retried within it (after a
     /// reconnect) is stored once.
     pub duplicate_window: Duration,
@@ -96,6 +100,7 @@ impl NatsConfig {
             outage_timeout: Duration::from_secs(30),
             max_ack_pending: 10_000,
             duplicate_window: Duration::from_secs(120),
+            cloudevents_headers: crate::CloudEventsHeaders::Compact,
         };
         let mut replicas = None;
         let (mut cert, mut key) = (None, None);
@@ -142,6 +147,13 @@ impl NatsConfig {
                             || invalid("max_ack_pending must be a whole number of at least 1".into()),
                         )?
                     }
+                    "cloudevents" => {
+                        config.cloudevents_headers = match v.as_ref() {
+                            "compact" => crate::CloudEventsHeaders::Compact,
+                            "full" => crate::CloudEventsHeaders::Full,
+                            _ => return Err(invalid("cloudevents must be `compact` or `full`".into())),
+                        }
+                    }
                     "cacertfile" => {
                         config.ca_cert = Some(v.into_owned());
                         config.tls = true;
@@ -150,7 +162,7 @@ impl NatsConfig {
                     "keyfile" => key = Some(v.into_owned()),
                     other => {
                         return Err(invalid(format!(
-                            "unknown option `{other}`; NATS URLs take ack_wait, replicas, outage_timeout, max_ack_pending, cacertfile, certfile, keyfile"
+                            "unknown option `{other}`; NATS URLs take ack_wait, replicas, outage_timeout, max_ack_pending, cloudevents, cacertfile, certfile, keyfile"
                         )))
                     }
                 }

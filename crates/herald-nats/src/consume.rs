@@ -81,7 +81,7 @@ impl NatsSettler {
         msg_id: String,
         extra: &[(&str, String)],
     ) -> Result<()> {
-        let mut headers = wire::headers(envelope, &msg_id)?;
+        let mut headers = wire::headers(envelope, &msg_id, self.shared.cfg.cloudevents_headers)?;
         for (k, v) in extra {
             headers.insert(*k, v.as_str());
         }

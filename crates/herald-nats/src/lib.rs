@@ -56,6 +56,7 @@ use herald::transport::{
 use tokio_util::sync::CancellationToken;
 
 pub use config::NatsConfig;
+pub use wire::CloudEventsHeaders;
 
 /// The JetStream stream an exchange's events live in (its dead letters are in
 /// `<stream>_dlq`), for tools and tests that look at the server directly.
@@ -352,15 +353,13 @@ impl Transport for NatsTransport {
             }
             out.push(Outgoing {
                 subject: names::event_subject(exchange, &e.routing_key),
-                headers: wire::headers(e, &e.id)?,
+                headers: wire::headers(e, &e.id, self.shared.cfg.cloudevents_headers)?,
                 body: e.body.clone(),
             });
         }
-        let known = self
-            .shared
-            .declared_exchanges()
+        let known = lock(&self.shared.declared)
             .iter()
-            .any(|x| x == exchange);
+            .any(|t| t.exchange == exchange);
         publish::store_all(&self.shared.js, out, self.shared.cfg.outage_timeout, |m| {
             if known {
                 // Declared here, so the stream exists: it is moving (a restart, an election).

@@ -1,9 +1,15 @@
-//! The envelope on NATS: the body is the payload, as published; every attribute is a NATS
-//! header with the name every Herald transport uses (`cloudEvents_id`, `cloudEvents_type`, ...,
-//! `herald_attempt`, see `docs/wire-format.md`), plus:
+//! The envelope on NATS: the body is the payload, as published; the attributes are NATS headers
+//! with the names every Herald transport uses (`cloudEvents_id`, `cloudEvents_type`, ...,
+//! `herald_attempt`, see `docs/wire-format.md`). Each header costs both clients and the server
+//! on every message, so by default (the *compact* form) those a reader can work out are left
+//! out: the id is `Nats-Msg-Id`; the time and the trace context are the ones the UUIDv7 id
+//! carries; the type is the routing key; the spec version, a version or attempt of 1 and the
+//! JSON content type are the defaults. `cloudevents=full` on the URL writes them all; reading
+//! takes both forms. Besides:
 //!
 //! - `Nats-Msg-Id`: the event id (JetStream drops a second publish of it within the stream's
-//!   duplicate window, so a publish retried after a reconnect is stored once);
+//!   duplicate window, so a publish retried after a reconnect is stored once); a copy (a retry,
+//!   a dead letter, a replay) has an id of its own and carries `cloudEvents_id`;
 //! - `herald_expires_at`: when a message with a TTL expires (Unix milliseconds);
 //! - `herald_priority`: the publisher's priority (NATS does not order by it);
 //! - on a message addressed to one queue (a retry or a replay): `herald_routing_key`, the
@@ -18,8 +24,9 @@ use std::borrow::Cow;
 use async_nats::HeaderMap;
 use bytes::Bytes;
 use chrono::Utc;
-use herald::envelope::{Envelope, ReceivedAttributes};
+use herald::envelope::{header, parse_v7_id, v7_time, Envelope, ReceivedAttributes};
 use herald::error::{Error, Result};
+use herald::trace::TraceContext;
 
 /// JetStream's de-duplication header.
 pub(crate) const MSG_ID: &str = "Nats-Msg-Id";
@@ -49,12 +56,71 @@ fn check_name(name: &str) -> Result<()> {
     }
 }
 
+/// Which CloudEvents attributes go on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum CloudEventsHeaders {
+    /// Only those a reader cannot work out (the default).
+    #[default]
+    Compact,
+    /// Every attribute, for consumers that read only headers.
+    Full,
+}
+
+/// Whether a reader works out attribute `name` of `e` without its header (compact form).
+fn implied(e: &Envelope, name: &str, msg_id: &str, from_id: FromId) -> bool {
+    match name {
+        header::SPEC_VERSION => true,
+        header::ID => msg_id == e.id,
+        header::TYPE => e.event_type == e.routing_key,
+        header::TIME => from_id.time,
+        header::TRACEPARENT => from_id.trace,
+        header::CONTENT_TYPE => e.content_type == herald::envelope::JSON,
+        header::EVENT_VERSION => e.event_version == 1,
+        header::ATTEMPT => e.attempt == 1,
+        _ => false,
+    }
+}
+
+/// What an envelope's UUIDv7 id carries for a reader.
+#[derive(Clone, Copy)]
+struct FromId {
+    time: bool,
+    trace: bool,
+}
+
+impl FromId {
+    fn of(e: &Envelope) -> Self {
+        let Some((id, time)) = parse_v7_id(&e.id).and_then(|id| Some((id, v7_time(&id)?))) else {
+            return FromId {
+                time: false,
+                trace: false,
+            };
+        };
+        FromId {
+            time: time == e.time,
+            trace: e
+                .traceparent
+                .as_deref()
+                .is_some_and(|tp| TraceContext::for_event_uuid(&id).is_written_as(tp)),
+        }
+    }
+}
+
 /// The headers of an envelope, with `msg_id` for de-duplication.
-pub(crate) fn headers(envelope: &Envelope, msg_id: &str) -> Result<HeaderMap> {
+pub(crate) fn headers(
+    envelope: &Envelope,
+    msg_id: &str,
+    form: CloudEventsHeaders,
+) -> Result<HeaderMap> {
     let mut h = HeaderMap::new();
     h.insert(MSG_ID, msg_id);
     let mut bad = None;
-    envelope.for_each_wire_header(|_| true, |name, v| h.insert(name, value(&v).into_owned()));
+    let from_id = FromId::of(envelope);
+    let compact = form == CloudEventsHeaders::Compact;
+    envelope.for_each_wire_header(
+        |name| !(compact && implied(envelope, name, msg_id, from_id)),
+        |name, v| h.insert(name, value(&v).into_owned()),
+    );
     for (name, v) in &envelope.headers {
         if let Err(e) = check_name(name) {
             bad = Some(e);
@@ -96,18 +162,40 @@ pub(crate) fn envelope(
     let mut extras = Extras::default();
     let mut key = Cow::Borrowed(routing_key);
     let mut priority = 0u8;
+    let mut msg_id = None;
     if let Some(headers) = headers {
         for (name, values) in headers.iter() {
             let Some(v) = values.last() else { continue };
             let v = v.as_str();
             match name.as_ref() {
-                MSG_ID => {}
+                MSG_ID => msg_id = Some(v.to_string()),
                 EXPIRES_AT => extras.expires_at = v.parse().ok(),
                 NOT_BEFORE => extras.not_before = v.parse().ok(),
                 PRIORITY => priority = v.parse().unwrap_or(0),
                 ROUTING_KEY => key = Cow::Owned(v.to_string()),
                 other if other.starts_with("Nats-") => {}
                 other => attributes.set(other.to_string(), Cow::Owned(v.to_string())),
+            }
+        }
+    }
+    // The compact form: the id is the message id, and a Herald (CloudEvents) publisher's UUIDv7
+    // id carries the time and the trace context. Only a message with a CloudEvents source is
+    // read that way, so a plain client's message id is never taken for a time.
+    if attributes.id.is_none() {
+        attributes.id = msg_id;
+    }
+    if attributes.source.is_some()
+        && (attributes.time.is_none() || attributes.traceparent.is_none())
+    {
+        if let Some((id, time)) = attributes
+            .id
+            .as_deref()
+            .and_then(parse_v7_id)
+            .and_then(|id| Some((id, v7_time(&id)?)))
+        {
+            attributes.time.get_or_insert(time);
+            if attributes.traceparent.is_none() {
+                attributes.traceparent = Some(TraceContext::for_event_uuid(&id).to_traceparent());
             }
         }
     }
@@ -135,7 +223,7 @@ mod tests {
             .insert("herald_error".into(), "line one\nline two".into());
         e.priority = 3;
         e.ttl = Some(std::time::Duration::from_secs(60));
-        let h = headers(&e, &e.id).unwrap();
+        let h = headers(&e, &e.id, CloudEventsHeaders::Compact).unwrap();
         assert_eq!(h.get(MSG_ID).map(|v| v.as_str()), Some(e.id.as_str()));
         let (got, extras) = envelope(Some(&h), "order.placed", e.body.clone());
         assert_eq!(got.id, e.id);
@@ -151,7 +239,31 @@ mod tests {
     fn a_bad_header_name_is_refused() {
         let mut e = Envelope::new("a", 1, "a", "s", Bytes::new());
         e.headers.insert("bad name".into(), "v".into());
-        assert!(headers(&e, "id").is_err());
+        assert!(headers(&e, "id", CloudEventsHeaders::Full).is_err());
+    }
+
+    #[test]
+    fn compact_and_full_read_the_same() {
+        let mut e = Envelope::new(
+            "order.placed",
+            1,
+            "order.placed",
+            "shop",
+            Bytes::from_static(b"{}"),
+        );
+        e.traceparent = TraceContext::for_event_id(&e.id).map(|c| c.to_traceparent());
+        let compact = headers(&e, &e.id, CloudEventsHeaders::Compact).unwrap();
+        let full = headers(&e, &e.id, CloudEventsHeaders::Full).unwrap();
+        assert_eq!(compact.len(), 2, "message id and source: {compact:?}");
+        assert!(full.len() > 8);
+        for h in [compact, full] {
+            let (got, _) = envelope(Some(&h), "order.placed", e.body.clone());
+            assert_eq!(got, e);
+        }
+        // A copy keeps its own id apart from its message id.
+        let copy = headers(&e, "x.retry.7", CloudEventsHeaders::Compact).unwrap();
+        let (got, _) = envelope(Some(&copy), "order.placed", e.body.clone());
+        assert_eq!(got.id, e.id);
     }
 
     #[test]
