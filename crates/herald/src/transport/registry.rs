@@ -40,6 +40,7 @@ pub trait Connector: Send + Sync + 'static {
 fn table() -> &'static RwLock<Vec<Arc<dyn Connector>>> {
     static TABLE: OnceLock<RwLock<Vec<Arc<dyn Connector>>>> = OnceLock::new();
     TABLE.get_or_init(|| {
+        #[allow(unused_mut)] // without `sqlite`, memory is all there is
         let mut builtin: Vec<Arc<dyn Connector>> = vec![Arc::new(MemoryConnector)];
         #[cfg(feature = "sqlite")]
         builtin.push(Arc::new(SqliteConnector));
