@@ -5,6 +5,7 @@ use std::time::Duration;
 use amqprs::connection::OpenConnectionArguments;
 
 use herald::error::{Error, Result};
+use herald::topology::QueueKind;
 use herald::transport::redact_url;
 
 /// `cloudevents=full` on any of the URLs: every message carries the full header set.
@@ -36,6 +37,28 @@ fn publish_channels_of(urls: &[String]) -> Option<usize> {
                 .collect::<Vec<_>>()
         })
         .max()
+}
+
+/// A `queue_type=quorum|classic` query parameter on any of the URLs (quorum wins when they
+/// disagree).
+fn queue_type_of(urls: &[String]) -> Option<QueueKind> {
+    urls.iter()
+        .filter_map(|u| url::Url::parse(u.trim()).ok())
+        .flat_map(|u| {
+            u.query_pairs()
+                .filter(|(k, _)| k == "queue_type")
+                .filter_map(|(_, v)| parse_queue_type(&v))
+                .collect::<Vec<_>>()
+        })
+        .max_by_key(|k| *k == QueueKind::Quorum)
+}
+
+fn parse_queue_type(value: &str) -> Option<QueueKind> {
+    match value {
+        "quorum" => Some(QueueKind::Quorum),
+        "classic" => Some(QueueKind::Classic),
+        _ => None,
+    }
 }
 
 /// How [`RabbitTransport`](super::RabbitTransport) connects and behaves.
@@ -85,6 +108,14 @@ pub struct RabbitConfig {
     /// Which CloudEvents attributes travel as headers (a `cloudevents=full` query parameter on
     /// any URL selects [`CloudEventsHeaders::Full`]).
     pub cloudevents_headers: CloudEventsHeaders,
+    /// The kind of the queues declared for a subscription that did not ask for
+    /// [`QueueKind::Quorum`] itself. [`QueueKind::Quorum`] when several URLs are listed (a
+    /// cluster: a classic queue lives on one node, and while that node is down its messages are
+    /// out of reach and publishes to it wait), [`QueueKind::Classic`] for one URL; a
+    /// `queue_type=quorum` or `queue_type=classic` query parameter on any URL decides instead.
+    /// A queue that needs what quorum queues lack (priorities, auto-delete) stays classic.
+    /// Dead-letter and retry queues take their work queue's kind.
+    pub queue_type: QueueKind,
 }
 
 /// Which CloudEvents attributes a RabbitMQ message carries as `cloudEvents_*` headers. Herald
@@ -134,6 +165,11 @@ impl RabbitConfig {
             ack_batch: 64,
             ack_flush_interval: Duration::from_millis(10),
             cloudevents_headers: cloudevents_headers_of(&urls),
+            queue_type: queue_type_of(&urls).unwrap_or(if urls.len() > 1 {
+                QueueKind::Quorum
+            } else {
+                QueueKind::Classic
+            }),
             urls,
         }
     }
@@ -207,6 +243,9 @@ impl RabbitConfig {
                 "cloudevents" if CloudEventsHeaders::parse(&v).is_none() => {
                     return Err(invalid("cloudevents must be `compact` or `full`"))
                 }
+                "queue_type" if parse_queue_type(&v).is_none() => {
+                    return Err(invalid("queue_type must be `quorum` or `classic`"))
+                }
                 "publish_channels" if !v.parse::<usize>().is_ok_and(|n| n >= 1) => {
                     return Err(invalid(
                         "publish_channels must be a whole number of at least 1",
@@ -246,6 +285,22 @@ impl RabbitConfig {
             self.open_args(u, "check")?;
         }
         Ok(())
+    }
+
+    /// The kind a queue is declared as: quorum when it asks for it or when
+    /// [`queue_type`](Self::queue_type) says so, unless it needs what quorum queues lack.
+    pub(crate) fn queue_kind(&self, q: &herald::topology::QueueSpec) -> QueueKind {
+        let wanted = match q.kind {
+            QueueKind::Quorum => QueueKind::Quorum,
+            QueueKind::Classic => self.queue_type,
+        };
+        if wanted == QueueKind::Quorum && (q.auto_delete || q.max_priority.is_some()) {
+            if q.max_priority.is_some() && !q.auto_delete {
+                tracing::warn!(queue = %q.name, "quorum queues have no priorities: this queue is declared classic, on one node only");
+            }
+            return QueueKind::Classic;
+        }
+        wanted
     }
 
     /// The retry levels of a queue: its own, or the defaults, sorted.
@@ -361,6 +416,38 @@ mod tests {
             let err = c.validate().unwrap_err().to_string();
             assert!(err.contains("publish_channels must be"), "{err}");
         }
+    }
+
+    #[test]
+    fn a_cluster_url_declares_quorum_queues_unless_told_otherwise() {
+        use herald::topology::QueueSpec;
+        let of = |url: &str| RabbitConfig::from_url(url, "svc").unwrap().queue_type;
+        assert_eq!(of("amqp://h"), QueueKind::Classic);
+        assert_eq!(of("amqp://a,amqp://b,amqp://c"), QueueKind::Quorum);
+        assert_eq!(
+            of("amqp://a?queue_type=classic,amqp://b"),
+            QueueKind::Classic
+        );
+        assert_eq!(of("amqp://h?queue_type=quorum"), QueueKind::Quorum);
+        let err = RabbitConfig::from_url("amqp://h?queue_type=mirrored", "svc")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("`quorum` or `classic`"), "{err}");
+
+        let cluster = RabbitConfig::from_url("amqp://a,amqp://b", "svc").unwrap();
+        let single = RabbitConfig::from_url("amqp://a", "svc").unwrap();
+        let plain = QueueSpec::new("svc.a", "a");
+        let mut quorum = plain.clone();
+        quorum.kind = QueueKind::Quorum;
+        let mut priority = plain.clone();
+        priority.max_priority = Some(5);
+        let mut temporary = plain.clone();
+        temporary.auto_delete = true;
+        assert_eq!(cluster.queue_kind(&plain), QueueKind::Quorum);
+        assert_eq!(single.queue_kind(&plain), QueueKind::Classic);
+        assert_eq!(single.queue_kind(&quorum), QueueKind::Quorum);
+        assert_eq!(cluster.queue_kind(&priority), QueueKind::Classic);
+        assert_eq!(cluster.queue_kind(&temporary), QueueKind::Classic);
     }
 
     #[test]
