@@ -9,7 +9,7 @@ use crate::history::{Fault, Handled, Published};
 /// first fault ...
 const SLOW_FACTOR: u32 = 5;
 /// ... and never below this.
-const SLOW_FLOOR: Duration = Duration::from_millis(50);
+const SLOW_FLOOR: Duration = Duration::from_millis(200);
 
 /// What one fault did to the run.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -29,7 +29,7 @@ pub struct FaultReport {
     /// Their longest latency.
     pub publish_max: Option<Duration>,
     /// From the fault's start until the last slow publish (five times the p99 before the first
-    /// fault, at least 50 ms) started before the next fault had completed: how long publishing
+    /// fault, at least 200 ms) started before the next fault had completed: how long publishing
     /// took to be itself again. Zero when no publish was slow.
     pub recovery: Duration,
     /// The longest time without a handling, from the fault's start until the next fault.
