@@ -18,6 +18,7 @@
 #   HERALD_CLUSTER_NODES     how many nodes `up` starts [3]; 1 is a single node of our own
 #   HERALD_CLUSTER_DIR       node data, logs, config and cookie [/tmp/herald-cluster-<PORT>]
 #   HERALD_CLUSTER_DOWNTIME  seconds kill-random leaves a node down [1]
+#   HERALD_CLUSTER_BROKER    which broker the nodes run [rabbitmq]
 #
 # Each node has its own name (herald<port>@localhost), data and log directories owned by the
 # `rabbitmq` user (the user rabbitmq-server runs as), a config file with its own
@@ -32,10 +33,12 @@ NODES=${HERALD_CLUSTER_NODES:-3}
 DIR=${HERALD_CLUSTER_DIR:-/tmp/herald-cluster-$PORT}
 DOWNTIME=${HERALD_CLUSTER_DOWNTIME:-1}
 RABBIT_BIN=${HERALD_RABBITMQ_BIN:-/usr/lib/rabbitmq/bin}
+BROKER=${HERALD_CLUSTER_BROKER:-rabbitmq}
 
 die() { echo "cluster.sh: $*" >&2; exit 1; }
 log() { echo "cluster.sh: $*" >&2; }
 
+[ "$BROKER" = rabbitmq ] || die "HERALD_CLUSTER_BROKER=$BROKER: only rabbitmq is supported"
 [ -x "$RABBIT_BIN/rabbitmq-server" ] || die "no $RABBIT_BIN/rabbitmq-server; install rabbitmq-server (apt-get install rabbitmq-server) or set HERALD_RABBITMQ_BIN"
 case "$PORT" in 5672 | 25672) die "port $PORT is the shared broker's; choose another HERALD_CLUSTER_PORT" ;; esac
 
