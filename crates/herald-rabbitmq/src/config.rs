@@ -91,6 +91,13 @@ pub struct RabbitConfig {
     /// How long a publish (or any call needing the broker) waits through an outage or a
     /// `connection.blocked` alarm before failing with [`Error::Unavailable`].
     pub outage_timeout: Duration,
+    /// How long a message the broker refused with a negative confirm is published again
+    /// before the publish fails with [`Error::Rejected`]. A quorum queue refuses messages that
+    /// way while it has no leader (the node that led it died and the others are electing a new
+    /// one), so on quorum queues (the default on a cluster) a nack is published again for up to
+    /// 10 s, with backoff; on classic queues a nack means a full queue (`reject-publish`) or a
+    /// broker fault, and fails at once (zero).
+    pub nack_retry: Duration,
     /// First reconnect delay; doubled on each failure up to [`max_backoff`](Self::max_backoff),
     /// with jitter.
     pub min_backoff: Duration,
@@ -146,6 +153,11 @@ impl CloudEventsHeaders {
 impl RabbitConfig {
     /// Defaults for `urls` (one URL per cluster node) and the service `service`.
     pub fn new(urls: Vec<String>, service: &str) -> Self {
+        let queue_type = queue_type_of(&urls).unwrap_or(if urls.len() > 1 {
+            QueueKind::Quorum
+        } else {
+            QueueKind::Classic
+        });
         RabbitConfig {
             service: service.to_string(),
             heartbeat: 30,
@@ -154,6 +166,10 @@ impl RabbitConfig {
                 .unwrap_or(DEFAULT_PUBLISH_CHANNELS),
             confirm_window: 256,
             outage_timeout: Duration::from_secs(30),
+            nack_retry: match queue_type {
+                QueueKind::Quorum => Duration::from_secs(10),
+                QueueKind::Classic => Duration::ZERO,
+            },
             min_backoff: Duration::from_millis(100),
             max_backoff: Duration::from_secs(5),
             default_retry_delays: vec![
@@ -165,11 +181,7 @@ impl RabbitConfig {
             ack_batch: 64,
             ack_flush_interval: Duration::from_millis(10),
             cloudevents_headers: cloudevents_headers_of(&urls),
-            queue_type: queue_type_of(&urls).unwrap_or(if urls.len() > 1 {
-                QueueKind::Quorum
-            } else {
-                QueueKind::Classic
-            }),
+            queue_type,
             urls,
         }
     }
