@@ -183,6 +183,19 @@ impl Cluster {
         self.script(&refs).await
     }
 
+    /// A shell command line that runs `scripts/cluster.sh <args>` against this cluster, e.g. a
+    /// `--fault-cmd` for `herald chaos`: `cluster.shell_command("kill-random")`.
+    pub fn shell_command(&self, args: &str) -> String {
+        format!(
+            "HERALD_CLUSTER_BROKER={} HERALD_CLUSTER_PORT={} HERALD_CLUSTER_NODES={} HERALD_CLUSTER_DIR='{}' bash '{}' {args}",
+            self.broker.name(),
+            self.first_port,
+            self.nodes,
+            self.dir.display(),
+            cluster_script().display()
+        )
+    }
+
     fn command(&self, args: &[&str]) -> std::process::Command {
         let mut c = std::process::Command::new("bash");
         c.arg(cluster_script())
