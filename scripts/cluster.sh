@@ -8,6 +8,7 @@
 #   scripts/cluster.sh kill N        kill -9 node N (1-based) by its pid
 #   scripts/cluster.sh start N       start node N again (it rejoins the cluster from its data)
 #   scripts/cluster.sh kill-random   kill -9 one running node, wait HERALD_CLUSTER_DOWNTIME s, start it
+#   scripts/cluster.sh kill-leader Q kill -9 the node leading quorum queue Q, wait, start it
 #   scripts/cluster.sh restart-all   kill -9 every node, start them all again
 #   scripts/cluster.sh leader QUEUE  the number of the node leading quorum queue QUEUE
 #   scripts/cluster.sh ctl N ARGS..  rabbitmqctl against node N (with its own cookie)
@@ -238,6 +239,16 @@ case "$cmd" in
     start_node "${1:?usage: cluster.sh start N}"
     wait_node "$1"
     ;;
+  kill-leader)
+    queue=${1:?usage: cluster.sh kill-leader QUEUE}
+    victim=$(bash "$0" leader "$queue")
+    started=$(date +%s%N)
+    kill_node "$victim"
+    sleep "$DOWNTIME"
+    start_node "$victim"
+    wait_node "$victim"
+    log "node $victim (the leader of $queue) back after $(( ($(date +%s%N) - started) / 1000000 )) ms"
+    ;;
   kill-random)
     running=()
     for i in $(seq "$(node_count)"); do is_running "$i" && running+=("$i"); done
@@ -275,7 +286,7 @@ case "$cmd" in
     ctl "$i" "$@"
     ;;
   *)
-    sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'
     [ -z "$cmd" ] || die "unknown command: $cmd"
     exit 2
     ;;

@@ -28,9 +28,10 @@ pub struct FaultReport {
     pub publish_p99: Option<Duration>,
     /// Their longest latency.
     pub publish_max: Option<Duration>,
-    /// From the fault's start until the last slow publish (five times the p99 before the first
-    /// fault, at least 200 ms) started before the next fault had completed: how long publishing
-    /// took to be itself again. Zero when no publish was slow.
+    /// From the fault's start until the last slow publish it is to blame for had completed: how
+    /// long publishing took to be itself again. A publish is slow above five times the p99
+    /// before the first fault (at least 200 ms), and the fault to blame is the last one that
+    /// started before it completed. Zero when no publish was slow.
     pub recovery: Duration,
     /// The longest time without a handling, from the fault's start until the next fault.
     pub handling_gap: Duration,
@@ -79,17 +80,19 @@ impl<'a> Timeline<'a> {
             .map(|p| p.confirmed)
             .chain(self.handled.last().map(|h| h.at))
             .max()
-            .unwrap_or(Duration::ZERO);
+            .map_or(Duration::ZERO, |t| t + Duration::from_nanos(1));
         faults
             .iter()
             .enumerate()
             .map(|(i, f)| {
                 let next = faults.get(i + 1).map_or(end, |n| n.started.max(f.started));
                 let mut during = self.latencies(f.started, f.ended.max(f.started));
+                // Slow publishes that completed after this fault started and before the next
+                // one did: this fault is the last to start before they completed.
                 let recovered_at = self
                     .published
                     .iter()
-                    .filter(|p| p.sent >= f.started && p.sent < next && latency(p) > slow)
+                    .filter(|p| p.confirmed >= f.started && p.confirmed < next && latency(p) > slow)
                     .map(|p| p.confirmed)
                     .max();
                 FaultReport {
@@ -157,11 +160,12 @@ mod tests {
 
     #[test]
     fn a_fault_stalls_publishes_until_it_recovers() {
-        // Steady 2 ms publishes, a fault at 1 s that stalls two publishes until 2.5 s, then
-        // steady again; handlings stop from 1.0 s to 2.6 s.
+        // Steady 2 ms publishes, a fault at 1 s that stalls two publishes until 2.5 s (and one
+        // in flight when it started), then steady again; handlings stop from 1.0 s to 2.6 s.
         let mut published: Vec<Published> = (0..100)
             .map(|i| publish(&format!("p{i}"), i * 10, i * 10 + 2))
             .collect();
+        published.push(publish("s0", 995, 2_300));
         published.push(publish("s1", 1_010, 2_400));
         published.push(publish("s2", 1_020, 2_500));
         published
@@ -184,6 +188,26 @@ mod tests {
         assert_eq!(r.recovery, ms(1_500));
         assert_eq!(r.handling_gap, ms(1_600));
         assert_eq!(r.took, ms(800));
+    }
+
+    #[test]
+    fn a_stall_is_blamed_on_the_last_fault_before_it_ended() {
+        // Fault A at 1 s, fault B at 5 s; a publish sent at 4.9 s (in A's window) is stuck until
+        // 7 s: B caused that, and A recovered with its own stall, done at 1.5 s.
+        let mut published: Vec<Published> = (0..50)
+            .map(|i| publish(&format!("p{i}"), i * 10, i * 10 + 2))
+            .collect();
+        published.push(publish("a", 1_000, 1_500));
+        published.push(publish("b", 4_900, 7_000));
+        let fault = |at: u64| Fault {
+            label: "kill".into(),
+            started: ms(at),
+            ended: ms(at + 500),
+            succeeded: true,
+        };
+        let r = Timeline::new(&published, &[]).around(&[fault(1_000), fault(5_000)]);
+        assert_eq!(r[0].recovery, ms(500));
+        assert_eq!(r[1].recovery, ms(2_000));
     }
 
     #[test]
