@@ -28,6 +28,9 @@ pub struct FaultReport {
     pub publish_p99: Option<Duration>,
     /// Their longest latency.
     pub publish_max: Option<Duration>,
+    /// The longest any publish it is to blame for waited (sent before or during it, completed
+    /// before the next fault): the failover as a publisher sees it.
+    pub stall: Duration,
     /// From the fault's start until the last slow publish it is to blame for had completed: how
     /// long publishing took to be itself again. A publish is slow above five times the p99
     /// before the first fault (at least 200 ms), and the fault to blame is the last one that
@@ -89,12 +92,16 @@ impl<'a> Timeline<'a> {
                 let mut during = self.latencies(f.started, f.ended.max(f.started));
                 // Slow publishes that completed after this fault started and before the next
                 // one did: this fault is the last to start before they completed.
-                let recovered_at = self
-                    .published
-                    .iter()
-                    .filter(|p| p.confirmed >= f.started && p.confirmed < next && latency(p) > slow)
+                let blamed = || {
+                    self.published
+                        .iter()
+                        .filter(move |p| p.confirmed >= f.started && p.confirmed < next)
+                };
+                let recovered_at = blamed()
+                    .filter(|p| latency(p) > slow)
                     .map(|p| p.confirmed)
                     .max();
+                let stall = blamed().map(latency).max().unwrap_or(Duration::ZERO);
                 FaultReport {
                     label: f.label.clone(),
                     started: f.started,
@@ -103,6 +110,7 @@ impl<'a> Timeline<'a> {
                     publishes: during.len(),
                     publish_p99: percentile(&mut during, 0.99),
                     publish_max: during.iter().max().copied(),
+                    stall,
                     recovery: recovered_at.map_or(Duration::ZERO, |t| t.saturating_sub(f.started)),
                     handling_gap: self.longest_gap(f.started, next),
                 }
@@ -186,6 +194,7 @@ mod tests {
         assert_eq!(r.publishes, 2);
         assert_eq!(r.publish_max, Some(ms(1_480)));
         assert_eq!(r.recovery, ms(1_500));
+        assert_eq!(r.stall, ms(1_480));
         assert_eq!(r.handling_gap, ms(1_600));
         assert_eq!(r.took, ms(800));
     }
@@ -208,6 +217,7 @@ mod tests {
         let r = Timeline::new(&published, &[]).around(&[fault(1_000), fault(5_000)]);
         assert_eq!(r[0].recovery, ms(500));
         assert_eq!(r[1].recovery, ms(2_000));
+        assert_eq!((r[0].stall, r[1].stall), (ms(500), ms(2_100)));
     }
 
     #[test]

@@ -25,11 +25,14 @@ use crate::CliResult;
 /// The last line is for scripts:
 ///
 ///   RESULT events=N lost=0 duplicates=D reordered=0 faults=F unconfirmed=U unexpected=X
-///   publish_p99_ms=.. failover_p99_ms=.. recovery_max_ms=.. events_per_second=.. seconds=..
-///   quiescent=yes
+///   publish_p50_ms=.. publish_p99_ms=.. failover_p99_ms=.. stall_max_ms=.. recovery_max_ms=..
+///   events_per_second=.. seconds=.. quiescent=yes
 ///
-/// failover_p99_ms is the p99 publish latency of the publishes started while a fault command
-/// ran; recovery_max_ms the longest time from a fault's start until publishes were fast again.
+/// failover_p99_ms is the p99 latency of the publishes started while a fault command ran;
+/// stall_max_ms the longest a publish waited because of a fault; recovery_max_ms the longest
+/// time from a fault's start until no publish was slow any more (slower than 5 x the p99 before
+/// the first fault, and 200 ms). A publish is blamed on the last fault that started before it
+/// completed. Each fault also gets a line on stderr.
 /// Exits with status 1 when an event was lost or reordered.
 ///
 /// Example, against the 3-node cluster of scripts/cluster.sh:
@@ -152,7 +155,7 @@ fn ms(d: Option<Duration>) -> String {
 fn print_report(r: &ChaosReport) {
     for (i, f) in r.faults.iter().enumerate() {
         eprintln!(
-            "fault {} at {:.1}s ({}, {:.1}s): {} publishes during it, p99 {} ms, max {} ms; recovered after {} ms; longest pause in handling {} ms",
+            "fault {} at {:.1}s ({}, {:.1}s): {} publishes during it, p99 {} ms, max {} ms; longest publish wait {} ms; publishing back to normal after {} ms; longest pause in handling {} ms",
             i + 1,
             f.started.as_secs_f64(),
             if f.succeeded { "ok" } else { "failed" },
@@ -160,6 +163,7 @@ fn print_report(r: &ChaosReport) {
             f.publishes,
             ms(f.publish_p99),
             ms(f.publish_max),
+            f.stall.as_millis(),
             f.recovery.as_millis(),
             f.handling_gap.as_millis()
         );
@@ -168,8 +172,9 @@ fn print_report(r: &ChaosReport) {
     let v = &r.verdict;
     let rate = v.events as f64 / r.publishing.as_secs_f64().max(1e-9);
     let recovery_max = r.faults.iter().map(|f| f.recovery).max();
+    let stall_max = r.faults.iter().map(|f| f.stall).max();
     println!(
-        "RESULT events={} lost={} duplicates={} reordered={} faults={} unconfirmed={} unexpected={} publish_p50_ms={} publish_p99_ms={} failover_p99_ms={} recovery_max_ms={} events_per_second={:.0} seconds={:.1} quiescent={}",
+        "RESULT events={} lost={} duplicates={} reordered={} faults={} unconfirmed={} unexpected={} publish_p50_ms={} publish_p99_ms={} failover_p99_ms={} stall_max_ms={} recovery_max_ms={} events_per_second={:.0} seconds={:.1} quiescent={}",
         v.events,
         v.lost,
         v.duplicates,
@@ -180,6 +185,7 @@ fn print_report(r: &ChaosReport) {
         ms(r.publish_p50),
         ms(r.publish_p99),
         ms(r.failover_p99),
+        ms(stall_max),
         ms(recovery_max),
         rate,
         r.elapsed.as_secs_f64(),
