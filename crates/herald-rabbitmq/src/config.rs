@@ -8,16 +8,22 @@ use herald::error::{Error, Result};
 use herald::topology::QueueKind;
 use herald::transport::redact_url;
 
-/// `cloudevents=full` on any of the URLs: every message carries the full header set.
-fn cloudevents_headers_of(urls: &[String]) -> CloudEventsHeaders {
+/// Every value of query parameter `key` on the URLs, in order.
+fn query_values<'a>(urls: &'a [String], key: &'a str) -> impl Iterator<Item = String> + 'a {
     urls.iter()
         .filter_map(|u| url::Url::parse(u.trim()).ok())
-        .flat_map(|u| {
+        .flat_map(move |u| {
             u.query_pairs()
-                .filter(|(k, _)| k == "cloudevents")
-                .filter_map(|(_, v)| CloudEventsHeaders::parse(&v))
+                .filter(|(k, _)| k == key)
+                .map(|(_, v)| v.into_owned())
                 .collect::<Vec<_>>()
         })
+}
+
+/// `cloudevents=full` on any of the URLs: every message carries the full header set.
+fn cloudevents_headers_of(urls: &[String]) -> CloudEventsHeaders {
+    query_values(urls, "cloudevents")
+        .filter_map(|v| CloudEventsHeaders::parse(&v))
         .max_by_key(|h| *h == CloudEventsHeaders::Full)
         .unwrap_or_default()
 }
@@ -28,28 +34,16 @@ pub const DEFAULT_PUBLISH_CHANNELS: usize = 2;
 
 /// A `publish_channels=N` query parameter on any of the URLs (the largest, when several).
 fn publish_channels_of(urls: &[String]) -> Option<usize> {
-    urls.iter()
-        .filter_map(|u| url::Url::parse(u.trim()).ok())
-        .flat_map(|u| {
-            u.query_pairs()
-                .filter(|(k, _)| k == "publish_channels")
-                .filter_map(|(_, v)| v.parse::<usize>().ok())
-                .collect::<Vec<_>>()
-        })
+    query_values(urls, "publish_channels")
+        .filter_map(|v| v.parse::<usize>().ok())
         .max()
 }
 
 /// A `queue_type=quorum|classic` query parameter on any of the URLs (quorum wins when they
 /// disagree).
 fn queue_type_of(urls: &[String]) -> Option<QueueKind> {
-    urls.iter()
-        .filter_map(|u| url::Url::parse(u.trim()).ok())
-        .flat_map(|u| {
-            u.query_pairs()
-                .filter(|(k, _)| k == "queue_type")
-                .filter_map(|(_, v)| parse_queue_type(&v))
-                .collect::<Vec<_>>()
-        })
+    query_values(urls, "queue_type")
+        .filter_map(|v| parse_queue_type(&v))
         .max_by_key(|k| *k == QueueKind::Quorum)
 }
 
