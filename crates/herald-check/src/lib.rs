@@ -31,12 +31,14 @@
 #![warn(missing_docs)]
 
 mod history;
+mod publish;
 mod quiescence;
 mod recorder;
 mod timeline;
 mod verdict;
 
 pub use history::{Fault, Handled, History, Published};
+pub use publish::publish_until_confirmed;
 pub use quiescence::{
     transport_activity, wait_for_quiescence, Activity, Quiescence, QuiescenceOptions,
 };

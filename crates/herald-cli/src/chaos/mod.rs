@@ -17,8 +17,8 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use herald::{Bus, Config, Envelope, SubscribeOptions};
 use herald_check::{
-    transport_activity, wait_for_quiescence, FaultReport, History, Quiescence, QuiescenceOptions,
-    Verdict,
+    publish_until_confirmed, transport_activity, wait_for_quiescence, FaultReport, History,
+    Quiescence, QuiescenceOptions, Verdict,
 };
 
 use crate::CliResult;
@@ -223,32 +223,21 @@ impl KeyPublisher {
     /// Publish `envelope` until the broker confirms it (the same id each time: a copy the
     /// broker kept from a failed attempt is a duplicate, not a new event).
     async fn publish(&self, envelope: Envelope) -> Result<(), String> {
-        let sent = self.history.now();
-        let deadline = Instant::now() + self.give_up_after;
-        loop {
-            let attempt = self
-                .bus
-                .publisher()
-                .publish_envelopes(vec![envelope.clone()], false)
-                .await;
-            match attempt {
-                Ok(()) => {
-                    self.history.confirmed(&envelope.id, &self.key, sent);
-                    self.confirmed.fetch_add(1, Ordering::Relaxed);
-                    return Ok(());
-                }
-                Err(e) => {
-                    self.history.unconfirmed(&envelope.id, &self.key, sent);
-                    if Instant::now() >= deadline {
-                        return Err(format!(
-                            "{}: a publish was not confirmed in {:?}: {e}",
-                            self.key, self.give_up_after
-                        ));
-                    }
-                    tracing::info!(key = %self.key, error = %e, "publish failed; publishing it again");
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                }
-            }
-        }
+        publish_until_confirmed(
+            &self.history,
+            self.bus.publisher(),
+            envelope,
+            &self.key,
+            self.give_up_after,
+        )
+        .await
+        .map_err(|e| {
+            format!(
+                "{}: a publish was not confirmed in {:?}: {e}",
+                self.key, self.give_up_after
+            )
+        })?;
+        self.confirmed.fetch_add(1, Ordering::Relaxed);
+        Ok(())
     }
 }

@@ -6,9 +6,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use herald::{Bus, Event, MessageOptions, SubscribeOptions};
+use herald::{Bus, Envelope, Event, SubscribeOptions};
 use herald_check::{
-    transport_activity, wait_for_quiescence, History, Quiescence, QuiescenceOptions, Verdict,
+    publish_until_confirmed, transport_activity, wait_for_quiescence, History, Quiescence,
+    QuiescenceOptions, Verdict,
 };
 use serde::{Deserialize, Serialize};
 
@@ -120,14 +121,19 @@ impl Workload {
                 for seq in 0..per_key {
                     next += pace;
                     tokio::time::sleep_until(next).await;
-                    let sent = history.now();
-                    let options = MessageOptions::default().subject(subject.clone());
-                    // The bus waits through an outage (up to the transport's outage timeout).
-                    let id = bus
-                        .publish_with(&Tick { key, seq }, options)
-                        .await
-                        .unwrap_or_else(|e| panic!("publish {subject} #{seq}: {e}"));
-                    history.confirmed(&id, &subject, sent);
+                    let mut envelope =
+                        Envelope::for_event(&Tick { key, seq }, "ha-publisher").expect("encode");
+                    envelope.subject = Some(subject.clone());
+                    // Through outages, the same id until confirmed.
+                    publish_until_confirmed(
+                        &history,
+                        bus.publisher(),
+                        envelope,
+                        &subject,
+                        Duration::from_secs(120),
+                    )
+                    .await
+                    .unwrap_or_else(|e| panic!("publish {subject} #{seq}: {e}"));
                     confirmed.fetch_add(1, Ordering::Relaxed);
                 }
             }));
