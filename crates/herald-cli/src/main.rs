@@ -58,6 +58,7 @@ enum Command {
     Bench(commands::bench::Args),
     /// Publish and consume while a fault command runs on a schedule; judge the run by event ids
     /// (lost, duplicates, reordered) and print a RESULT line.
+    #[command(long_about = commands::chaos::LONG_HELP, verbatim_doc_comment)]
     Chaos(commands::chaos::Args),
     /// Serve the HTTP API and web dashboard (docs/http-api.md).
     Serve(commands::serve::Args),

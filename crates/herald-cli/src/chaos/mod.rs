@@ -28,7 +28,7 @@ pub use self::faults::FaultSchedule;
 /// The consuming service.
 pub const CONSUMER: &str = "chaos-consumer";
 const PUBLISHER: &str = "chaos-publisher";
-/// The exchange a run uses: its own, so other traffic never mixes in.
+/// The exchange a run uses unless told otherwise: its own, so other traffic never mixes in.
 pub const EXCHANGE: &str = "herald.chaos";
 const ROUTING_KEY: &str = "chaos.event";
 
@@ -72,7 +72,9 @@ pub struct ChaosReport {
 
 /// Run the workload on `config.broker`.
 pub async fn run(mut config: Config, options: ChaosOptions) -> CliResult<ChaosReport> {
-    config.exchange = EXCHANGE.to_string();
+    if config.exchange == Config::default().exchange {
+        config.exchange = EXCHANGE.to_string();
+    }
     let history = History::new([CONSUMER]).promise_order(CONSUMER);
     let consumer = Bus::builder()
         .config(config.clone())

@@ -8,39 +8,44 @@ use herald_check::QuiescenceOptions;
 use crate::chaos::{self, ChaosOptions, ChaosReport, FaultSchedule};
 use crate::CliResult;
 
-/// Publish and consume on a broker while a fault command runs on a schedule, then judge the run.
-///
-/// The workload publishes --events events over --keys ordering keys (each key's events one after
-/// another, each once the previous one is confirmed; a failed publish is sent again with the
-/// same id) to the exchange `herald.chaos`, and one consumer (service `chaos-consumer`, one
-/// handler call at a time) records every handling. From --first-fault-after on, --fault-cmd runs
-/// with `sh -c` every --every (never two at once) while publishing lasts. Then the run waits
-/// for quiescence (nothing ready, in flight or delayed, and no new handling for --settle) and
-/// the history checker judges it by distinct event ids:
-///
-///   lost        confirmed by the broker and never handled
-///   duplicates  handlings beyond the first (at-least-once delivery)
-///   reordered   events handled after a later event of their key
-///
-/// The last line is for scripts:
-///
-///   RESULT events=N lost=0 duplicates=D reordered=0 faults=F unconfirmed=U unexpected=X
-///   publish_p50_ms=.. publish_p99_ms=.. failover_p99_ms=.. stall_max_ms=.. recovery_max_ms=..
-///   events_per_second=.. seconds=.. quiescent=yes
-///
-/// failover_p99_ms is the p99 latency of the publishes started while a fault command ran;
-/// stall_max_ms the longest a publish waited because of a fault; recovery_max_ms the longest
-/// time from a fault's start until no publish was slow any more (slower than 5 x the p99 before
-/// the first fault, and 200 ms). A publish is blamed on the last fault that started before it
-/// completed. Each fault also gets a line on stderr.
-/// Exits with status 1 when an event was lost or reordered.
-///
-/// Example, against the 3-node cluster of scripts/cluster.sh:
-///
-///   herald chaos --broker "$(scripts/cluster.sh up | tail -1)" --events 100000
-///   --fault-cmd 'scripts/cluster.sh kill-random' --every 5s
+/// The long `herald chaos --help`.
+pub const LONG_HELP: &str = "Publish and consume on a broker while a fault command runs on a schedule, then judge the run.
+
+The workload publishes --events events over --keys ordering keys (each key's events one after
+another, each once the previous one is confirmed; a failed publish is sent again with the
+same id) to the exchange `herald.chaos` (or --exchange), and one consumer (service
+`chaos-consumer`, one handler call at a time) records every handling. From
+--first-fault-after on, --fault-cmd runs with `sh -c` every --every (never two at once)
+while publishing lasts. Then the run waits for quiescence (nothing ready, in flight or
+delayed, and no new handling for --settle) and the history checker judges it by distinct
+event ids:
+
+  lost        confirmed by the broker and never handled
+  duplicates  handlings beyond the first (at-least-once delivery)
+  reordered   events handled after a later event of their key
+
+The last line is for scripts:
+
+  RESULT events=N lost=0 duplicates=D reordered=0 faults=F unconfirmed=U unexpected=X
+  publish_p50_ms=.. publish_p99_ms=.. failover_p99_ms=.. stall_max_ms=.. recovery_max_ms=..
+  events_per_second=.. seconds=.. quiescent=yes
+
+failover_p99_ms is the p99 latency of the publishes started while a fault command ran;
+stall_max_ms the longest a publish waited because of a fault; recovery_max_ms the longest
+time from a fault's start until no publish was slow any more (slower than 5 x the p99 before
+the first fault, and 200 ms). A publish is blamed on the last fault that started before it
+completed. Each fault also gets a line on stderr. Exits with status 1 when an event was lost
+or reordered, or the run did not go quiet within --patience.
+
+Example, against the 3-node cluster of scripts/cluster.sh:
+
+  URLS=$(scripts/cluster.sh up | tail -1)
+  herald chaos --broker \"$URLS\" --events 100000 --fault-cmd 'scripts/cluster.sh kill-random' --every 5s
+
+See docs/high-availability.md.";
+
+/// Run a publish/consume workload while a fault command runs on a schedule.
 #[derive(clap::Args)]
-#[command(verbatim_doc_comment)]
 pub struct Args {
     /// Confirmed events to publish
     #[arg(long, default_value_t = 10_000)]
