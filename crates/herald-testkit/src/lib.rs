@@ -1,8 +1,9 @@
 //! # herald-testkit
 //!
-//! Brokers of our own for fault tests: a test must never stop, restart or reconfigure the
-//! machine's shared broker, so it starts its own nodes (own names, ports, data, logs, config,
-//! Erlang cookie), kills them with `kill -9` by pid, restarts them, and removes them when done.
+//! Brokers of our own for fault tests (RabbitMQ, NATS with JetStream): a test must never stop,
+//! restart or reconfigure the machine's shared broker, so it starts its own nodes (own names,
+//! ports, data, logs, config, Erlang cookie), kills them with `kill -9` by pid, restarts them,
+//! and removes them when done.
 //! A [`Cluster`] wraps `scripts/cluster.sh`, the same script people run by hand, so the two
 //! never drift apart:
 //!
@@ -11,6 +12,7 @@
 //! use herald_testkit::Cluster;
 //!
 //! let cluster = Cluster::rabbitmq(5686, 3).await?;   // nodes on 5686, 5687, 5688
+//!                                                     // (Cluster::nats(14240, 3) for NATS)
 //! let url = cluster.url();                             // amqp://...:5686/%2f,amqp://...:5687/%2f,...
 //! if let Some(node) = cluster.leader("orders.placed").await? {
 //!     cluster.kill(node).await?;                       // kill -9 the queue leader's node
@@ -55,14 +57,30 @@ pub enum TestkitError {
 /// Which broker a cluster runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Broker {
-    /// RabbitMQ (`rabbitmq-server`), AMQP URLs.
+    /// RabbitMQ (`rabbitmq-server`), `amqp://` URLs. Node N listens on `first_port + N - 1`,
+    /// its Erlang distribution on that + 20000.
     RabbitMq,
+    /// NATS with JetStream (`nats-server`), `nats://` URLs. Node N listens on
+    /// `first_port + N - 1`, routes on that + 10, monitoring on that + 20.
+    Nats,
 }
 
 impl Broker {
     fn name(self) -> &'static str {
         match self {
             Broker::RabbitMq => "rabbitmq",
+            Broker::Nats => "nats",
+        }
+    }
+
+    /// Every port node `node` of a cluster starting at `first_port` uses, so that a fixture
+    /// locks them all.
+    fn ports(self, first_port: u16, node: usize) -> Vec<u16> {
+        let client = first_port + (node - 1) as u16;
+        match self {
+            // The distribution port (+20000) is no one else's: the ha range owns both.
+            Broker::RabbitMq => vec![client],
+            Broker::Nats => vec![client, client + 10, client + 20],
         }
     }
 }
@@ -90,14 +108,27 @@ impl Cluster {
         Self::start_new(Broker::RabbitMq, first_port, nodes).await
     }
 
+    /// Start `nodes` NATS servers with JetStream on ports `first_port..first_port + nodes`
+    /// (routes on those + 10, monitoring on those + 20; at most 10 nodes), routed into one
+    /// cluster, and wait until JetStream is healthy on each. Streams of the cluster can be
+    /// replicated up to `nodes` times.
+    pub async fn nats(first_port: u16, nodes: usize) -> Result<Cluster, TestkitError> {
+        Self::start_new(Broker::Nats, first_port, nodes).await
+    }
+
     async fn start_new(
         broker: Broker,
         first_port: u16,
         nodes: usize,
     ) -> Result<Cluster, TestkitError> {
+        let mut ports: Vec<u16> = (1..=nodes)
+            .flat_map(|n| broker.ports(first_port, n))
+            .collect();
+        // Always in ascending order, so two fixtures never wait for each other's locks.
+        ports.sort_unstable();
         let mut locks = Vec::new();
-        for i in 0..nodes {
-            locks.push(PortLock::acquire(first_port + i as u16).await?);
+        for port in ports {
+            locks.push(PortLock::acquire(port).await?);
         }
         let mut cluster = Cluster {
             broker,
@@ -165,7 +196,8 @@ impl Cluster {
         self.script(&["restart-all"]).await.map(drop)
     }
 
-    /// The node leading RabbitMQ quorum queue `queue` now, if the cluster knows one.
+    /// The node leading RabbitMQ quorum queue, or JetStream stream, `queue` now, if the cluster
+    /// knows one.
     pub async fn leader(&self, queue: &str) -> Result<Option<usize>, TestkitError> {
         match self.script(&["leader", queue]).await {
             Ok(out) => Ok(String::from_utf8_lossy(&out.stdout).trim().parse().ok()),
@@ -176,6 +208,7 @@ impl Cluster {
 
     /// Run `rabbitmqctl` against node `node` (with the cluster's own cookie), e.g.
     /// `["close_all_connections", "test"]` or `["set_vm_memory_high_watermark", "0.4"]`.
+    /// RabbitMQ only.
     pub async fn ctl(&self, node: usize, args: &[&str]) -> Result<Output, TestkitError> {
         let mut all = vec!["ctl".to_string(), node.to_string()];
         all.extend(args.iter().map(|a| a.to_string()));
@@ -226,5 +259,37 @@ impl Drop for Cluster {
         // Synchronous: drop runs outside async code too (a panicking test). Bounded by the
         // script's own kill loop.
         let _ = self.command(&["down"]).output();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A NATS cluster of our own: three JetStream servers routed together, a node killed and
+    /// started again. (The RabbitMQ fixture is exercised by herald-rabbitmq's fault tests.)
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_nats_cluster_comes_up_and_a_killed_node_comes_back() {
+        // In the ha NATS range (14240-14269), clear of a cluster started by hand (14240-14262).
+        let cluster = Cluster::nats(14243, 3).await.expect("own NATS cluster");
+        assert_eq!(
+            cluster.url(),
+            "nats://127.0.0.1:14243,nats://127.0.0.1:14244,nats://127.0.0.1:14245"
+        );
+        let connect = |port: u16| std::net::TcpStream::connect(("127.0.0.1", port));
+        assert!(connect(cluster.port(2)).is_ok());
+        cluster.kill(2).await.expect("kill -9");
+        assert!(connect(cluster.port(2)).is_err(), "node 2 is down");
+        assert!(connect(cluster.port(1)).is_ok(), "the others stay up");
+        cluster.start(2).await.expect("start again");
+        assert!(connect(cluster.port(2)).is_ok());
+        assert!(
+            cluster.ctl(1, &["status"]).await.is_err(),
+            "ctl is RabbitMQ's"
+        );
+        let dir = cluster.dir.clone();
+        drop(cluster);
+        assert!(!dir.exists(), "dropping the cluster removes it");
+        assert!(connect(14243).is_err(), "and its nodes");
     }
 }
