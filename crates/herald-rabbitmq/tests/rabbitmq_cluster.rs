@@ -72,4 +72,8 @@ async fn a_cluster_loses_nothing_and_keeps_order_through_kills_of_the_leaders_no
     assert_eq!(verdict.lost, 0, "{verdict}");
     assert_eq!(verdict.reordered, 0, "{verdict}");
     assert_eq!(verdict.unexpected, 0, "{verdict}");
+    assert!(
+        verdict.duplicates <= common::workload::duplicate_bound(faults_during_publishing, keys),
+        "duplicates bounded by what a kill can leave unacknowledged: {verdict}"
+    );
 }

@@ -58,6 +58,10 @@ async fn a_node_killed_with_minus_9_under_traffic_loses_nothing() {
     assert_eq!(verdict.lost, 0, "{verdict}");
     assert_eq!(verdict.reordered, 0, "{verdict}");
     assert_eq!(verdict.unexpected, 0, "{verdict}");
+    assert!(
+        verdict.duplicates <= common::workload::duplicate_bound(1, keys),
+        "duplicates bounded by what a kill can leave unacknowledged: {verdict}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

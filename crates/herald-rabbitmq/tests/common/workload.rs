@@ -21,6 +21,14 @@ pub struct Tick {
     pub seq: u64,
 }
 
+/// How many duplicate handlings `faults` kills can cause at most: each can redeliver what the
+/// consumer had handled and not yet acked (at most its prefetch window) and republish what each
+/// key had in flight (one publish per key).
+pub fn duplicate_bound(faults: usize, keys: u32) -> u64 {
+    let prefetch = herald::Config::default().prefetch as u64;
+    faults as u64 * (prefetch + u64::from(keys))
+}
+
 pub struct Workload {
     pub history: History,
     pub consumer: Option<Bus>,
