@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use herald::Config;
 
+mod chaos;
 mod commands;
 mod demo;
 mod logging;
@@ -56,6 +57,10 @@ enum Command {
     Topology(commands::topology::Args),
     /// Run benchmark workload W1 and print a RESULT line.
     Bench(commands::bench::Args),
+    /// Publish and consume while a fault command runs on a schedule; judge the run by event ids
+    /// (lost, duplicates, reordered) and print a RESULT line.
+    #[command(long_about = commands::chaos::LONG_HELP, verbatim_doc_comment)]
+    Chaos(commands::chaos::Args),
     /// Serve the HTTP API and web dashboard (docs/http-api.md).
     Serve(commands::serve::Args),
     /// Generate the event catalog (HTML, JSON, Markdown) and an AsyncAPI 3.0 document.
@@ -102,6 +107,7 @@ async fn run(cli: Cli) -> CliResult<()> {
         Command::Outbox(cmd) => commands::outbox::run(config, cmd).await,
         Command::Topology(args) => commands::topology::run(config, args).await,
         Command::Bench(args) => commands::bench::run(config, args).await,
+        Command::Chaos(args) => commands::chaos::run(config, args).await,
         Command::Serve(args) => commands::serve::run(config, args).await,
         Command::Docs(args) => commands::docs::run(config, args).await,
     }

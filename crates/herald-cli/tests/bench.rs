@@ -3,29 +3,9 @@
 //! (The figures themselves are measured, not asserted: this debug build says nothing about them.)
 
 use std::collections::HashMap;
-use std::process::Output;
 
 mod common;
-use common::herald;
-
-/// The `key=value` fields of the RESULT line on stdout.
-fn result(out: &Output) -> HashMap<String, String> {
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "herald bench failed: {}\n{stdout}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let line = stdout
-        .lines()
-        .find(|l| l.starts_with("RESULT "))
-        .unwrap_or_else(|| panic!("no RESULT line in {stdout}"));
-    line.split_whitespace()
-        .skip(1)
-        .filter_map(|kv| kv.split_once('='))
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect()
-}
+use common::{herald, result};
 
 const RABBITMQ: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 

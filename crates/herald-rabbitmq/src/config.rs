@@ -5,18 +5,25 @@ use std::time::Duration;
 use amqprs::connection::OpenConnectionArguments;
 
 use herald::error::{Error, Result};
+use herald::topology::QueueKind;
 use herald::transport::redact_url;
+
+/// Every value of query parameter `key` on the URLs, in order.
+fn query_values<'a>(urls: &'a [String], key: &'a str) -> impl Iterator<Item = String> + 'a {
+    urls.iter()
+        .filter_map(|u| url::Url::parse(u.trim()).ok())
+        .flat_map(move |u| {
+            u.query_pairs()
+                .filter(|(k, _)| k == key)
+                .map(|(_, v)| v.into_owned())
+                .collect::<Vec<_>>()
+        })
+}
 
 /// `cloudevents=full` on any of the URLs: every message carries the full header set.
 fn cloudevents_headers_of(urls: &[String]) -> CloudEventsHeaders {
-    urls.iter()
-        .filter_map(|u| url::Url::parse(u.trim()).ok())
-        .flat_map(|u| {
-            u.query_pairs()
-                .filter(|(k, _)| k == "cloudevents")
-                .filter_map(|(_, v)| CloudEventsHeaders::parse(&v))
-                .collect::<Vec<_>>()
-        })
+    query_values(urls, "cloudevents")
+        .filter_map(|v| CloudEventsHeaders::parse(&v))
         .max_by_key(|h| *h == CloudEventsHeaders::Full)
         .unwrap_or_default()
 }
@@ -27,15 +34,25 @@ pub const DEFAULT_PUBLISH_CHANNELS: usize = 2;
 
 /// A `publish_channels=N` query parameter on any of the URLs (the largest, when several).
 fn publish_channels_of(urls: &[String]) -> Option<usize> {
-    urls.iter()
-        .filter_map(|u| url::Url::parse(u.trim()).ok())
-        .flat_map(|u| {
-            u.query_pairs()
-                .filter(|(k, _)| k == "publish_channels")
-                .filter_map(|(_, v)| v.parse::<usize>().ok())
-                .collect::<Vec<_>>()
-        })
+    query_values(urls, "publish_channels")
+        .filter_map(|v| v.parse::<usize>().ok())
         .max()
+}
+
+/// A `queue_type=quorum|classic` query parameter on any of the URLs (quorum wins when they
+/// disagree).
+fn queue_type_of(urls: &[String]) -> Option<QueueKind> {
+    query_values(urls, "queue_type")
+        .filter_map(|v| parse_queue_type(&v))
+        .max_by_key(|k| *k == QueueKind::Quorum)
+}
+
+fn parse_queue_type(value: &str) -> Option<QueueKind> {
+    match value {
+        "quorum" => Some(QueueKind::Quorum),
+        "classic" => Some(QueueKind::Classic),
+        _ => None,
+    }
 }
 
 /// How [`RabbitTransport`](super::RabbitTransport) connects and behaves.
@@ -68,6 +85,13 @@ pub struct RabbitConfig {
     /// How long a publish (or any call needing the broker) waits through an outage or a
     /// `connection.blocked` alarm before failing with [`Error::Unavailable`].
     pub outage_timeout: Duration,
+    /// How long a message the broker refused with a negative confirm is published again
+    /// before the publish fails with [`Error::Rejected`]. A quorum queue refuses messages that
+    /// way while it has no leader (the node that led it died and the others are electing a new
+    /// one), so on quorum queues (the default on a cluster) a nack is published again for up to
+    /// 10 s, with backoff; on classic queues a nack means a full queue (`reject-publish`) or a
+    /// broker fault, and fails at once (zero).
+    pub nack_retry: Duration,
     /// First reconnect delay; doubled on each failure up to [`max_backoff`](Self::max_backoff),
     /// with jitter.
     pub min_backoff: Duration,
@@ -85,6 +109,14 @@ pub struct RabbitConfig {
     /// Which CloudEvents attributes travel as headers (a `cloudevents=full` query parameter on
     /// any URL selects [`CloudEventsHeaders::Full`]).
     pub cloudevents_headers: CloudEventsHeaders,
+    /// The kind of the queues declared for a subscription that did not ask for
+    /// [`QueueKind::Quorum`] itself. [`QueueKind::Quorum`] when several URLs are listed (a
+    /// cluster: a classic queue lives on one node, and while that node is down its messages are
+    /// out of reach and publishes to it wait), [`QueueKind::Classic`] for one URL; a
+    /// `queue_type=quorum` or `queue_type=classic` query parameter on any URL decides instead.
+    /// A queue that needs what quorum queues lack (priorities, auto-delete) stays classic.
+    /// Dead-letter and retry queues take their work queue's kind.
+    pub queue_type: QueueKind,
 }
 
 /// Which CloudEvents attributes a RabbitMQ message carries as `cloudEvents_*` headers. Herald
@@ -115,6 +147,11 @@ impl CloudEventsHeaders {
 impl RabbitConfig {
     /// Defaults for `urls` (one URL per cluster node) and the service `service`.
     pub fn new(urls: Vec<String>, service: &str) -> Self {
+        let queue_type = queue_type_of(&urls).unwrap_or(if urls.len() > 1 {
+            QueueKind::Quorum
+        } else {
+            QueueKind::Classic
+        });
         RabbitConfig {
             service: service.to_string(),
             heartbeat: 30,
@@ -123,6 +160,10 @@ impl RabbitConfig {
                 .unwrap_or(DEFAULT_PUBLISH_CHANNELS),
             confirm_window: 256,
             outage_timeout: Duration::from_secs(30),
+            nack_retry: match queue_type {
+                QueueKind::Quorum => Duration::from_secs(10),
+                QueueKind::Classic => Duration::ZERO,
+            },
             min_backoff: Duration::from_millis(100),
             max_backoff: Duration::from_secs(5),
             default_retry_delays: vec![
@@ -134,6 +175,7 @@ impl RabbitConfig {
             ack_batch: 64,
             ack_flush_interval: Duration::from_millis(10),
             cloudevents_headers: cloudevents_headers_of(&urls),
+            queue_type,
             urls,
         }
     }
@@ -207,6 +249,9 @@ impl RabbitConfig {
                 "cloudevents" if CloudEventsHeaders::parse(&v).is_none() => {
                     return Err(invalid("cloudevents must be `compact` or `full`"))
                 }
+                "queue_type" if parse_queue_type(&v).is_none() => {
+                    return Err(invalid("queue_type must be `quorum` or `classic`"))
+                }
                 "publish_channels" if !v.parse::<usize>().is_ok_and(|n| n >= 1) => {
                     return Err(invalid(
                         "publish_channels must be a whole number of at least 1",
@@ -246,6 +291,22 @@ impl RabbitConfig {
             self.open_args(u, "check")?;
         }
         Ok(())
+    }
+
+    /// The kind a queue is declared as: quorum when it asks for it or when
+    /// [`queue_type`](Self::queue_type) says so, unless it needs what quorum queues lack.
+    pub(crate) fn queue_kind(&self, q: &herald::topology::QueueSpec) -> QueueKind {
+        let wanted = match q.kind {
+            QueueKind::Quorum => QueueKind::Quorum,
+            QueueKind::Classic => self.queue_type,
+        };
+        if wanted == QueueKind::Quorum && (q.auto_delete || q.max_priority.is_some()) {
+            if q.max_priority.is_some() && !q.auto_delete {
+                tracing::warn!(queue = %q.name, "quorum queues have no priorities: this queue is declared classic, on one node only");
+            }
+            return QueueKind::Classic;
+        }
+        wanted
     }
 
     /// The retry levels of a queue: its own, or the defaults, sorted.
@@ -361,6 +422,38 @@ mod tests {
             let err = c.validate().unwrap_err().to_string();
             assert!(err.contains("publish_channels must be"), "{err}");
         }
+    }
+
+    #[test]
+    fn a_cluster_url_declares_quorum_queues_unless_told_otherwise() {
+        use herald::topology::QueueSpec;
+        let of = |url: &str| RabbitConfig::from_url(url, "svc").unwrap().queue_type;
+        assert_eq!(of("amqp://h"), QueueKind::Classic);
+        assert_eq!(of("amqp://a,amqp://b,amqp://c"), QueueKind::Quorum);
+        assert_eq!(
+            of("amqp://a?queue_type=classic,amqp://b"),
+            QueueKind::Classic
+        );
+        assert_eq!(of("amqp://h?queue_type=quorum"), QueueKind::Quorum);
+        let err = RabbitConfig::from_url("amqp://h?queue_type=mirrored", "svc")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("`quorum` or `classic`"), "{err}");
+
+        let cluster = RabbitConfig::from_url("amqp://a,amqp://b", "svc").unwrap();
+        let single = RabbitConfig::from_url("amqp://a", "svc").unwrap();
+        let plain = QueueSpec::new("svc.a", "a");
+        let mut quorum = plain.clone();
+        quorum.kind = QueueKind::Quorum;
+        let mut priority = plain.clone();
+        priority.max_priority = Some(5);
+        let mut temporary = plain.clone();
+        temporary.auto_delete = true;
+        assert_eq!(cluster.queue_kind(&plain), QueueKind::Quorum);
+        assert_eq!(single.queue_kind(&plain), QueueKind::Classic);
+        assert_eq!(single.queue_kind(&quorum), QueueKind::Quorum);
+        assert_eq!(cluster.queue_kind(&priority), QueueKind::Classic);
+        assert_eq!(cluster.queue_kind(&temporary), QueueKind::Classic);
     }
 
     #[test]

@@ -355,6 +355,8 @@ pub(crate) struct Publisher {
 enum Outcome {
     Done,
     Failed(Error),
+    /// A negative confirm: the broker did not take the message.
+    Nacked(Error),
     Lost,
 }
 
@@ -437,14 +439,18 @@ impl Publisher {
 
     /// Publish every message and wait for the broker's confirms. Messages lost to a channel or
     /// connection failure are published again (so a message may arrive twice, never zero
-    /// times) until `outage_timeout`. Returns the first nack / return as an error after the
-    /// rest of the batch was settled.
+    /// times) until `outage_timeout`; nacked ones for `nack_retry`. Returns the first nack /
+    /// return as an error after the rest of the batch was settled.
     pub async fn publish_all(&self, msgs: &[Outgoing<'_>]) -> Result<()> {
         let deadline = Instant::now() + self.cfg.outage_timeout;
         // Inline for one message (every `Bus::publish`), so a publish allocates no lists.
         let mut todo: SmallVec<[usize; 1]> = (0..msgs.len()).collect();
         let mut first_error: Option<Error> = None;
         let mut broker_closes = 0u32;
+        // Rounds of this call that had nacks, and when the first came: nacked messages are
+        // published again until `nack_retry` has passed since.
+        let mut nack_rounds = 0u32;
+        let mut first_nack: Option<Instant> = None;
         while !todo.is_empty() {
             // The slow paths are boxed: inline, they would make every publish's future (which
             // the transport boxes) larger than the allocations glibc serves from its caches.
@@ -478,6 +484,7 @@ impl Publisher {
                 }
             }
             again.extend(iter);
+            let mut nacked = false;
             // Every confirm is needed, so waiting in order costs nothing; a channel that dies
             // resolves them all at once (its callback, or the channel's watchdog).
             for (i, rx) in waiting {
@@ -486,9 +493,19 @@ impl Publisher {
                     Outcome::Failed(e) => {
                         first_error.get_or_insert(e);
                     }
+                    Outcome::Nacked(e) => {
+                        let since = *first_nack.get_or_insert_with(Instant::now);
+                        if since.elapsed() < self.cfg.nack_retry && Instant::now() < deadline {
+                            nacked = true;
+                            again.push(i);
+                        } else {
+                            first_error.get_or_insert(e);
+                        }
+                    }
                     Outcome::Lost => again.push(i),
                 }
             }
+            nack_rounds += u32::from(nacked);
             again.sort_unstable();
             if !again.is_empty() {
                 // A channel the broker closed twice for this call (a missing exchange, access
@@ -517,8 +534,14 @@ impl Publisher {
                     });
                 }
                 tracing::info!(count = todo.len(), "publishing unconfirmed messages again");
-                // Never spin: give the supervisor a moment to notice a dead connection.
-                Box::pin(tokio::time::sleep(Duration::from_millis(50))).await;
+                // Never spin: give the supervisor a moment to notice a dead connection, and a
+                // queue that refuses messages time to elect a leader (backing off to 1 s).
+                let pause = if nacked {
+                    Duration::from_millis(50 << nack_rounds.min(5)).min(Duration::from_secs(1))
+                } else {
+                    Duration::from_millis(50)
+                };
+                Box::pin(tokio::time::sleep(pause)).await;
             }
         }
         match first_error {
@@ -548,7 +571,7 @@ fn outcome(
 ) -> Outcome {
     match r {
         Ok(Confirm::Ack) => Outcome::Done,
-        Ok(Confirm::Nack) => Outcome::Failed(Error::Rejected(format!(
+        Ok(Confirm::Nack) => Outcome::Nacked(Error::Rejected(format!(
             "negative confirm for message `{}` to `{}` (a full queue with reject-publish, or a broker-side failure); retry later or raise the queue's max_length",
             m.envelope.id, m.routing_key
         ))),

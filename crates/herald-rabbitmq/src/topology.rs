@@ -1,16 +1,22 @@
 //! Declaring a [`Topology`] on RabbitMQ.
 //!
 //! Per work queue `<q>` on exchange `<x>` (durable topic):
-//! - `<q>`: classic or quorum, `x-dead-letter-exchange = <x>.dlx` and
-//!   `x-dead-letter-routing-key = <q>` so broker-expired and rejected messages reach the DLQ,
-//!   plus `x-max-priority`, `x-message-ttl`, `x-max-length` with `x-overflow = reject-publish`
-//!   when configured; bound to `<x>` with each pattern.
+//! - `<q>`: classic or quorum ([`RabbitConfig::queue_kind`]: quorum on a cluster URL),
+//!   `x-dead-letter-exchange = <x>.dlx` and `x-dead-letter-routing-key = <q>` so broker-expired
+//!   and rejected messages reach the DLQ, plus `x-max-priority`, `x-message-ttl`,
+//!   `x-max-length` with `x-overflow = reject-publish` when configured; bound to `<x>` with each
+//!   pattern.
 //! - `<q>.dlq`: the dead letters, bound to the direct exchange `<x>.dlx` with key `<q>`.
-//! - `<q>.retry.<n>ms` per delay level (classic, durable): `x-message-ttl = n`, dead-lettering
-//!   through the default exchange back to `<q>` only, so levels never block each other.
+//! - `<q>.retry.<n>ms` per delay level (durable): `x-message-ttl = n`, dead-lettering through
+//!   the default exchange back to `<q>` only, so levels never block each other.
 //!
-//! Quorum work queues: RabbitMQ before 3.12 supports neither `x-message-ttl` nor per-message
-//! expiration on them, and no priorities; declare classic queues where those matter.
+//! The dead-letter and retry queues are of the work queue's kind: on a cluster a classic queue
+//! lives on one node, and a retry waiting there would be out of reach while that node is down.
+//! Quorum retry queues dead-letter back *at least once* (`x-dead-letter-strategy`, which needs
+//! `x-overflow = reject-publish`; RabbitMQ 3.10 or later, like message TTL on quorum queues):
+//! the default, at most once, drops an expired retry when the work queue cannot take it at that
+//! moment (its leader is moving). Quorum queues have no priorities (3.10 to 3.13), so a queue
+//! with a max priority is classic.
 //!
 //! Declarations are idempotent. A queue that exists with other arguments makes the broker answer
 //! `PRECONDITION_FAILED`; that becomes [`Error::TopologyConflict`] naming the differing argument.
@@ -134,10 +140,10 @@ fn put(t: &mut FieldTable, k: &str, v: FieldValue) {
     }
 }
 
-/// The arguments of a work queue.
-pub(crate) fn work_queue_args(exchange: &str, q: &QueueSpec) -> FieldTable {
+/// The arguments of a work queue of kind `kind`.
+pub(crate) fn work_queue_args(exchange: &str, q: &QueueSpec, kind: QueueKind) -> FieldTable {
     let mut t = FieldTable::new();
-    if q.kind == QueueKind::Quorum && !q.auto_delete {
+    if kind == QueueKind::Quorum {
         put(&mut t, "x-queue-type", FieldValue::from("quorum"));
     }
     put(
@@ -151,7 +157,7 @@ pub(crate) fn work_queue_args(exchange: &str, q: &QueueSpec) -> FieldTable {
         FieldValue::from(q.name.clone()),
     );
     if let Some(p) = q.max_priority {
-        if q.kind == QueueKind::Quorum {
+        if kind == QueueKind::Quorum {
             tracing::warn!(queue = %q.name, "quorum queues ignore max_priority; declare a classic queue for priorities");
         } else {
             put(&mut t, "x-max-priority", FieldValue::l(i64::from(p)));
@@ -171,10 +177,31 @@ pub(crate) fn work_queue_args(exchange: &str, q: &QueueSpec) -> FieldTable {
     t
 }
 
-fn side_queue_args(q: &QueueSpec) -> FieldTable {
+fn side_queue_args(kind: QueueKind) -> FieldTable {
     let mut t = FieldTable::new();
-    if q.kind == QueueKind::Quorum && !q.auto_delete {
+    if kind == QueueKind::Quorum {
         put(&mut t, "x-queue-type", FieldValue::from("quorum"));
+    }
+    t
+}
+
+/// A retry level of `q`: its messages wait `level`, then go back to `q` alone.
+fn retry_queue_args(q: &QueueSpec, level: Duration, kind: QueueKind) -> FieldTable {
+    let mut t = side_queue_args(kind);
+    put(&mut t, "x-message-ttl", ms(level));
+    put(&mut t, "x-dead-letter-exchange", FieldValue::from(""));
+    put(
+        &mut t,
+        "x-dead-letter-routing-key",
+        FieldValue::from(q.name.clone()),
+    );
+    if kind == QueueKind::Quorum {
+        put(
+            &mut t,
+            "x-dead-letter-strategy",
+            FieldValue::from("at-least-once"),
+        );
+        put(&mut t, "x-overflow", FieldValue::from("reject-publish"));
     }
     t
 }
@@ -233,21 +260,21 @@ pub(crate) async fn declare_queue_set(
     cfg: &RabbitConfig,
 ) -> Result<()> {
     let durable = !q.auto_delete;
+    let kind = cfg.queue_kind(q);
     let dlx = dead_letter_exchange_name(exchange);
     let dlq = q.dead_letter_queue();
-    declare_queue(ch, slot, &dlq, durable, q.auto_delete, side_queue_args(q)).await?;
+    declare_queue(
+        ch,
+        slot,
+        &dlq,
+        durable,
+        q.auto_delete,
+        side_queue_args(kind),
+    )
+    .await?;
     bind(ch, slot, &dlq, &dlx, &q.name).await?;
     for level in cfg.retry_levels(&q.retry_delays) {
-        // Always classic: quorum queues before RabbitMQ 3.12 ignore message TTL, and a retry
-        // level is only a waiting room whose messages are also in no other queue.
-        let mut args = FieldTable::new();
-        put(&mut args, "x-message-ttl", ms(level));
-        put(&mut args, "x-dead-letter-exchange", FieldValue::from(""));
-        put(
-            &mut args,
-            "x-dead-letter-routing-key",
-            FieldValue::from(q.name.clone()),
-        );
+        let args = retry_queue_args(q, level, kind);
         declare_queue(
             ch,
             slot,
@@ -264,7 +291,7 @@ pub(crate) async fn declare_queue_set(
         &q.name,
         durable,
         q.auto_delete,
-        work_queue_args(exchange, q),
+        work_queue_args(exchange, q, kind),
     )
     .await?;
     for pattern in &q.bindings {

@@ -58,6 +58,17 @@ fn transport_name(config: &Config) -> CliResult<&'static str> {
     )
 }
 
+/// Whether the work queue is a quorum queue: asked for, or the RabbitMQ URL's default (a
+/// cluster URL, or `queue_type=quorum`).
+fn declares_quorum(config: &Config, quorum: bool) -> bool {
+    #[cfg(feature = "rabbitmq")]
+    if let Ok(c) = herald_rabbitmq::RabbitConfig::from_url(&config.broker, "bench") {
+        return quorum || c.queue_type == QueueKind::Quorum;
+    }
+    let _ = config;
+    quorum
+}
+
 fn queue_kind(quorum: bool) -> QueueKind {
     if quorum {
         QueueKind::Quorum
@@ -116,7 +127,7 @@ pub async fn run(mut config: Config, args: Args) -> CliResult<()> {
     }
     let mut line = rounds.result_line("w1", transport, args.events);
     if transport == "rabbitmq" {
-        line.push_str(if args.quorum {
+        line.push_str(if declares_quorum(&config, args.quorum) {
             " queue=quorum"
         } else {
             " queue=classic"

@@ -8,8 +8,9 @@ use crate::CliResult;
 /// Run the reference system.
 #[derive(clap::Args)]
 pub struct Args {
-    /// Publish this many events, wait until each is handled or dead-lettered, print the report
-    /// and exit [default: run until Ctrl-C]
+    /// Publish this many events, wait until the run is quiescent (every event handled or
+    /// dead-lettered by each service, or the queues empty and handling stopped), print the
+    /// report judged by distinct event ids and exit [default: run until Ctrl-C]
     #[arg(long)]
     events: Option<u64>,
     /// Events per second (0 = as fast as the broker accepts) [default: 50 without --events, 0 with]
@@ -75,6 +76,9 @@ pub async fn run(config: Config, args: Args) -> CliResult<()> {
     println!("{}", report.result_line());
     if report.lost > 0 {
         return Err(format!("{} deliveries were lost", report.lost).into());
+    }
+    if !report.quiescent {
+        return Err("the run did not go quiet; its figures may be early".into());
     }
     Ok(())
 }

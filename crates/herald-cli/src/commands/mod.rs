@@ -1,5 +1,6 @@
 //! One module per subcommand.
 pub mod bench;
+pub mod chaos;
 pub mod demo;
 pub mod dlq;
 pub mod docs;

@@ -3,24 +3,27 @@
 //! Publishers: auth-service (`user.registered`), course-service (`course.created`,
 //! `course.enrolled`), review-service (`review.created`). Consumers: notification-service
 //! (every event) and analytics-service (every event, failing intermittently so retries and dead
-//! letters show). Every published id is tracked per consuming service: at the end each must be
-//! handled or found in the dead letters; anything else is reported as lost.
+//! letters show). The run is recorded by the history checker (`herald-check`): every confirmed
+//! publish, and every successful handling per consuming service. Once the run is quiescent
+//! (nothing ready or waiting for a retry in the queues, no new handling, or every pair accounted
+//! for), the dead letters are read back from the broker and each confirmed event must have been
+//! handled, or be in the dead letters, for each service: by distinct ids, so a duplicate
+//! handling or a message dead-lettered twice never makes up for one that is missing.
 
 mod catalog;
 pub mod events;
+mod report;
 pub mod services;
-mod tally;
 
-use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use herald::{Bus, Config, Topology};
+use herald_check::{transport_activity, wait_for_quiescence, History, QuiescenceOptions};
 
 pub use self::catalog::catalog;
-pub use self::tally::Report;
-use self::tally::Tally;
+pub use self::report::Report;
 use crate::CliResult;
 
 /// Options for one demo run.
@@ -48,12 +51,8 @@ pub async fn topology(config: &Config) -> CliResult<Topology> {
         poison_rate: 0.0,
         progress: false,
     };
-    let consumers = services::start_consumers(
-        &config,
-        Arc::new(Tally::new(&services::CONSUMERS)),
-        &options,
-    )
-    .await?;
+    let history = History::new(services::CONSUMERS);
+    let consumers = services::start_consumers(&config, &history, &options).await?;
     let t = merged_topology(&consumers);
     for c in consumers {
         c.shutdown().await?;
@@ -71,8 +70,8 @@ fn merged_topology(buses: &[Bus]) -> Topology {
 
 /// Run the demo; returns the final report.
 pub async fn run(config: Config, options: DemoOptions) -> CliResult<Report> {
-    let tally = Arc::new(Tally::new(&services::CONSUMERS));
-    let consumers = services::start_consumers(&config, tally.clone(), &options).await?;
+    let history = History::new(services::CONSUMERS);
+    let consumers = services::start_consumers(&config, &history, &options).await?;
     let publishers = services::Publishers::connect(&config).await?;
     eprintln!(
         "herald demo on {} (exchange `{}`)\n",
@@ -83,29 +82,20 @@ pub async fn run(config: Config, options: DemoOptions) -> CliResult<Report> {
 
     let stop = stop_on_ctrl_c();
     let started = Instant::now();
-    let dead_count = {
-        let consumers = consumers.clone();
-        move || {
-            consumers
-                .iter()
-                .map(|b| b.metrics().dead_lettered)
-                .sum::<u64>()
-        }
-    };
     let progress = options.progress.then(|| {
-        let (tally, consumers, dead_count) = (tally.clone(), consumers.clone(), dead_count.clone());
+        let (history, consumers) = (history.clone(), consumers.clone());
         tokio::spawn(async move {
             loop {
                 tokio::time::sleep(Duration::from_millis(500)).await;
                 let retried: u64 = consumers.iter().map(|b| b.metrics().retried).sum();
-                let dead = dead_count();
+                let dead: u64 = consumers.iter().map(|b| b.metrics().dead_lettered).sum();
                 eprintln!(
                     "  published {:>7}  handled {:>7}  retried {:>6}  dead-lettered {:>5}  pending {:>6}",
-                    tally.published_count(),
-                    tally.handled_count(),
+                    history.confirmed_count(),
+                    history.handled_pairs(),
                     retried,
                     dead,
-                    tally.pending(dead)
+                    history.pending().saturating_sub(dead)
                 );
             }
         })
@@ -115,8 +105,9 @@ pub async fn run(config: Config, options: DemoOptions) -> CliResult<Report> {
     let mut next_at = Instant::now();
     let mut i = 0u64;
     while options.events.is_none_or(|n| i < n) && !stop.load(Ordering::Relaxed) {
-        let id = publishers.publish_next(i).await?;
-        tally.published(&id);
+        let sent = history.now();
+        let (id, key) = publishers.publish_next(i).await?;
+        history.confirmed(&id, key, sent);
         i += 1;
         if let Some(iv) = interval {
             next_at += iv;
@@ -126,37 +117,81 @@ pub async fn run(config: Config, options: DemoOptions) -> CliResult<Report> {
         }
     }
 
-    // Wait until every published event is handled or dead-lettered by both services.
-    let patience = Instant::now() + Duration::from_secs(120);
-    while tally.pending(dead_count()) > 0 && Instant::now() < patience {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    // Judge only once the run is over: nothing ready or delayed in the queues, and every pair
+    // handled or dead-lettered (the dead letters are read back whenever the queues are idle, at
+    // most once a second) or no new handling for a while.
+    let quiet = wait_until_quiet(&history, &consumers).await;
     if let Some(p) = progress {
         p.abort();
     }
+    record_dead_letters(&history, &consumers).await?;
     let retried = consumers.iter().map(|b| b.metrics().retried).sum();
-    let dead = dead_letter_ids(&consumers).await?;
     for c in &consumers {
         c.shutdown().await?;
     }
     publishers.shutdown().await?;
-    Ok(tally.report(&dead, retried, started.elapsed()))
+    Ok(Report::new(
+        &history.check(),
+        retried,
+        quiet,
+        started.elapsed(),
+    ))
 }
 
-/// The ids in each consumer service's dead letters, read back from the broker.
-async fn dead_letter_ids(consumers: &[Bus]) -> CliResult<HashMap<&'static str, HashSet<String>>> {
-    let mut out = HashMap::new();
+async fn wait_until_quiet(history: &History, consumers: &[Bus]) -> bool {
+    let last_read = std::sync::Mutex::new(None::<Instant>);
+    let options = QuiescenceOptions {
+        // Retries in the demo wait up to 0.8 s; a settle longer than that cannot mistake a
+        // retry in flight for the end.
+        settle: Duration::from_secs(3),
+        patience: Duration::from_secs(180),
+        ..QuiescenceOptions::default()
+    };
+    let quiet = wait_for_quiescence(history, options, || {
+        let last_read = &last_read;
+        async move {
+            let transports: Vec<&dyn herald::Transport> =
+                consumers.iter().map(|b| &**b.transport()).collect();
+            let activity = transport_activity(&transports).await?;
+            let due = {
+                let mut last = last_read.lock().unwrap_or_else(|e| e.into_inner());
+                let due = activity.is_idle()
+                    && last.is_none_or(|t: Instant| t.elapsed() >= Duration::from_secs(1));
+                if due {
+                    *last = Some(Instant::now());
+                }
+                due
+            };
+            if due {
+                record_dead_letters(history, consumers)
+                    .await
+                    .map_err(|e| herald::Error::transport("demo", e))?;
+            }
+            Ok(activity)
+        }
+    })
+    .await;
+    if !quiet.reached {
+        eprintln!(
+            "the run did not go quiet in {:.0}s (last seen: {:?}); what is missing may still arrive",
+            quiet.waited.as_secs_f64(),
+            quiet.last
+        );
+    }
+    quiet.reached
+}
+
+/// Record the ids in each consumer service's dead letters, read back from the broker.
+async fn record_dead_letters(history: &History, consumers: &[Bus]) -> CliResult<()> {
     for (service, bus) in services::CONSUMERS.iter().zip(consumers) {
-        let mut ids = HashSet::new();
         let admin = herald::transport::dead_letter_admin(&**bus.transport())?;
         for q in bus.topology().queues {
             for d in admin.dead_letters(&q.name, 1_000_000).await? {
-                ids.insert(d.envelope.id);
+                history.dead_lettered(service, &d.envelope.id);
             }
         }
-        out.insert(*service, ids);
     }
-    Ok(out)
+    Ok(())
 }
 
 fn stop_on_ctrl_c() -> Arc<AtomicBool> {

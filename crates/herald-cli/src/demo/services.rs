@@ -1,15 +1,14 @@
 //! The KnowledgeNest services: three publishers and two consumers, each its own bus (as each
 //! would be its own process in production).
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
 use herald::middleware::RetryPolicy;
 use herald::{Bus, Config, Context, Event, HandlerError, SubscribeOptions};
+use herald_check::History;
 
 use super::events::{CourseCreated, CourseEnrolled, ReviewCreated, UserRegistered};
-use super::tally::Tally;
 use super::DemoOptions;
 use crate::CliResult;
 
@@ -41,18 +40,15 @@ fn unit_hash(id: &str) -> f64 {
     (h >> 11) as f64 / (1u64 << 53) as f64
 }
 
-fn notification<E: Event>(
-    tally: Arc<Tally>,
-) -> impl Fn(E, Context) -> std::future::Ready<()> + Send + Sync + 'static {
+fn notification<E: Event>() -> impl Fn(E, Context) -> std::future::Ready<()> + Send + Sync + 'static
+{
     move |_event: E, ctx: Context| {
         tracing::debug!(event = E::NAME, id = ctx.id(), "notification sent");
-        tally.handled("notification-service", ctx.id());
         std::future::ready(())
     }
 }
 
 fn analytics<E: Event>(
-    tally: Arc<Tally>,
     fail_rate: f64,
     poison_rate: f64,
 ) -> impl Fn(E, Context) -> std::future::Ready<Result<(), HandlerError>> + Send + Sync + 'static {
@@ -65,31 +61,37 @@ fn analytics<E: Event>(
         } else if roll < poison_rate + fail_rate && ctx.attempt() == 1 {
             Err(HandlerError::transient("analytics store timed out"))
         } else {
-            tally.handled("analytics-service", ctx.id());
             Ok(())
         };
         std::future::ready(result)
     }
 }
 
-/// Start notification-service and analytics-service.
+/// Start notification-service and analytics-service; every handling that succeeds is recorded
+/// in `history`.
 pub async fn start_consumers(
     config: &Config,
-    tally: Arc<Tally>,
+    history: &History,
     options: &DemoOptions,
 ) -> CliResult<Vec<Bus>> {
-    let opts = || SubscribeOptions::new().retry(demo_retry());
+    let opts = |service: &str| {
+        SubscribeOptions::new()
+            .retry(demo_retry())
+            .layer(history.recorder(service))
+    };
+    let n = || opts(CONSUMERS[0]);
     let notify = bus(config, CONSUMERS[0]).await?;
-    notify.subscribe_with(notification::<UserRegistered>(tally.clone()), opts())?;
-    notify.subscribe_with(notification::<CourseCreated>(tally.clone()), opts())?;
-    notify.subscribe_with(notification::<CourseEnrolled>(tally.clone()), opts())?;
-    notify.subscribe_with(notification::<ReviewCreated>(tally.clone()), opts())?;
+    notify.subscribe_with(notification::<UserRegistered>(), n())?;
+    notify.subscribe_with(notification::<CourseCreated>(), n())?;
+    notify.subscribe_with(notification::<CourseEnrolled>(), n())?;
+    notify.subscribe_with(notification::<ReviewCreated>(), n())?;
     let (f, p) = (options.fail_rate, options.poison_rate);
+    let a = || opts(CONSUMERS[1]);
     let stats = bus(config, CONSUMERS[1]).await?;
-    stats.subscribe_with(analytics::<UserRegistered>(tally.clone(), f, p), opts())?;
-    stats.subscribe_with(analytics::<CourseCreated>(tally.clone(), f, p), opts())?;
-    stats.subscribe_with(analytics::<CourseEnrolled>(tally.clone(), f, p), opts())?;
-    stats.subscribe_with(analytics::<ReviewCreated>(tally, f, p), opts())?;
+    stats.subscribe_with(analytics::<UserRegistered>(f, p), a())?;
+    stats.subscribe_with(analytics::<CourseCreated>(f, p), a())?;
+    stats.subscribe_with(analytics::<CourseEnrolled>(f, p), a())?;
+    stats.subscribe_with(analytics::<ReviewCreated>(f, p), a())?;
     notify.start().await?;
     stats.start().await?;
     Ok(vec![notify, stats])
@@ -112,57 +114,57 @@ impl Publishers {
     }
 
     /// Publish the `i`-th event of the scenario: a user registers, a course appears, the user
-    /// enrolls, the user reviews it; repeat.
-    pub async fn publish_next(&self, i: u64) -> CliResult<String> {
+    /// enrolls, the user reviews it; repeat. Returns its id and routing key once confirmed.
+    pub async fn publish_next(&self, i: u64) -> CliResult<(String, &'static str)> {
         let now = Utc::now();
         let user_id = 1000 + i / 4;
         let course_id = 500 + (i / 4) % 37;
-        let id = match i % 4 {
-            0 => {
-                self.auth
-                    .publish(&UserRegistered {
-                        user_id,
-                        email: format!("learner{user_id}@example.com"),
-                        name: format!("Learner {user_id}"),
-                        registered_at: now,
-                    })
-                    .await?
-            }
-            1 => {
-                self.course
-                    .publish(&CourseCreated {
-                        course_id,
-                        title: format!("Rust in Practice, part {course_id}"),
-                        instructor_id: 7,
-                        created_at: now,
-                    })
-                    .await?
-            }
-            2 => {
-                self.course
-                    .publish(&CourseEnrolled {
-                        enrollment_id: i,
-                        user_id,
-                        course_id,
-                        course_title: format!("Rust in Practice, part {course_id}"),
-                        enrolled_at: now,
-                    })
-                    .await?
-            }
-            _ => {
-                self.review
-                    .publish(&ReviewCreated {
-                        review_id: i,
-                        user_id,
-                        course_id,
-                        rating: (i % 5 + 1) as u8,
-                        has_comment: i.is_multiple_of(3),
-                        created_at: now,
-                    })
-                    .await?
-            }
+        let published = match i % 4 {
+            0 => self
+                .auth
+                .publish(&UserRegistered {
+                    user_id,
+                    email: format!("learner{user_id}@example.com"),
+                    name: format!("Learner {user_id}"),
+                    registered_at: now,
+                })
+                .await
+                .map(|id| (id, UserRegistered::ROUTING_KEY)),
+            1 => self
+                .course
+                .publish(&CourseCreated {
+                    course_id,
+                    title: format!("Rust in Practice, part {course_id}"),
+                    instructor_id: 7,
+                    created_at: now,
+                })
+                .await
+                .map(|id| (id, CourseCreated::ROUTING_KEY)),
+            2 => self
+                .course
+                .publish(&CourseEnrolled {
+                    enrollment_id: i,
+                    user_id,
+                    course_id,
+                    course_title: format!("Rust in Practice, part {course_id}"),
+                    enrolled_at: now,
+                })
+                .await
+                .map(|id| (id, CourseEnrolled::ROUTING_KEY)),
+            _ => self
+                .review
+                .publish(&ReviewCreated {
+                    review_id: i,
+                    user_id,
+                    course_id,
+                    rating: (i % 5 + 1) as u8,
+                    has_comment: i.is_multiple_of(3),
+                    created_at: now,
+                })
+                .await
+                .map(|id| (id, ReviewCreated::ROUTING_KEY)),
         };
-        Ok(id)
+        Ok(published?)
     }
 
     pub async fn shutdown(&self) -> CliResult<()> {

@@ -1,5 +1,7 @@
 //! Running the `herald` binary as a user does, for the CLI's integration tests.
+#![allow(dead_code)]
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::process::{Command, Output};
 
@@ -12,4 +14,23 @@ pub fn herald(dir: &Path, args: &[&str]) -> Output {
         .env_remove("HERALD_EXCHANGE")
         .output()
         .expect("run the herald binary")
+}
+
+/// The `key=value` fields of the RESULT line on stdout of a run that succeeded.
+pub fn result(out: &Output) -> HashMap<String, String> {
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "herald failed: {}\n{stdout}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let line = stdout
+        .lines()
+        .find(|l| l.starts_with("RESULT "))
+        .unwrap_or_else(|| panic!("no RESULT line in {stdout}"));
+    line.split_whitespace()
+        .skip(1)
+        .filter_map(|kv| kv.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
 }

@@ -3,6 +3,8 @@
 
 use std::time::{Duration, Instant};
 
+pub mod workload;
+
 /// The broker URL for tests: `HERALD_TEST_AMQP_URL` or the local default. Registers the
 /// `amqp://` scheme too, so a bus built from the URL opens RabbitMQ.
 pub fn amqp_url() -> String {
