@@ -77,6 +77,31 @@ pub async fn run_with(url: &str, events: u64, wire: RawWire) -> BenchResult<W1Fi
     let con_consumer: jetstream::consumer::PullConsumer =
         con_stream.get_consumer("consumer").await.map_err(err)?;
     drop(consumer);
+    // Experiment: an idle second consumer pulling on a subject nothing is published to.
+    let _idle = if std::env::var("RAW_NATS_IDLE_CONSUMER").is_ok() {
+        let idle: jetstream::consumer::PullConsumer = stream
+            .create_consumer(pull::Config {
+                durable_name: Some("idle".into()),
+                filter_subject: format!("{name}.idle.x"),
+                ack_policy: jetstream::consumer::AckPolicy::Explicit,
+                ..Default::default()
+            })
+            .await
+            .map_err(err)?;
+        let mut m = idle
+            .stream()
+            .max_messages_per_batch(200)
+            .heartbeat(Duration::from_secs(5))
+            .expires(Duration::from_secs(30))
+            .messages()
+            .await
+            .map_err(err)?;
+        Some(tokio::spawn(
+            async move { while m.next().await.is_some() {} },
+        ))
+    } else {
+        None
+    };
     let mut messages = con_consumer
         .stream()
         .max_messages_per_batch(200)

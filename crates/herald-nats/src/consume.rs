@@ -130,34 +130,48 @@ impl Settle for NatsSettler {
                 let delay = (!delay.is_zero()).then_some(delay);
                 self.send_ack(&held.reply, AckKind::Nak(delay)).await
             }
+            // The copies are boxed: the future of every ack stays small.
             Outcome::Retry { delay, failure } => {
-                let mut copy = envelope.clone();
-                copy.attempt = copy.attempt.saturating_add(1);
-                failure.record(&mut copy);
-                let not_before = Utc::now().timestamp_millis()
-                    + i64::try_from(delay.as_millis()).unwrap_or(i64::MAX / 4);
-                let result = self
-                    .store_copy(
-                        names::direct_subject(&self.stream, &self.queue),
-                        &copy,
-                        format!("{}.retry.{}", envelope.id, held.sequence),
-                        &[
-                            (wire::ROUTING_KEY, envelope.routing_key.clone()),
-                            (wire::NOT_BEFORE, not_before.to_string()),
-                        ],
-                    )
-                    .await;
-                self.finish(held, result).await
+                Box::pin(self.retry(held, envelope, delay, failure)).await
             }
             Outcome::DeadLetter(failure) => {
-                let result = self.dead_letter(envelope, &failure, held.sequence).await;
-                self.finish(held, result).await
+                Box::pin(async {
+                    let result = self.dead_letter(envelope, &failure, held.sequence).await;
+                    self.finish(held, result).await
+                })
+                .await
             }
         }
     }
 }
 
 impl NatsSettler {
+    async fn retry(
+        &self,
+        held: InFlight,
+        envelope: &Envelope,
+        delay: Duration,
+        failure: Failure,
+    ) -> Result<()> {
+        let mut copy = envelope.clone();
+        copy.attempt = copy.attempt.saturating_add(1);
+        failure.record(&mut copy);
+        let not_before = Utc::now().timestamp_millis()
+            + i64::try_from(delay.as_millis()).unwrap_or(i64::MAX / 4);
+        let result = self
+            .store_copy(
+                names::direct_subject(&self.stream, &self.queue),
+                &copy,
+                format!("{}.retry.{}", envelope.id, held.sequence),
+                &[
+                    (wire::ROUTING_KEY, envelope.routing_key.clone()),
+                    (wire::NOT_BEFORE, not_before.to_string()),
+                ],
+            )
+            .await;
+        self.finish(held, result).await
+    }
+
     /// Ack the original once its copy is stored; without the copy, leave it unacked (JetStream
     /// redelivers it after `ack_wait`).
     async fn finish(&self, held: InFlight, stored: Result<()>) -> Result<()> {

@@ -339,13 +339,17 @@ impl Transport for NatsTransport {
                     limit,
                 });
             }
-            if options.require_route
-                && !self
-                    .shared
-                    .routes
-                    .routable(&self.shared.js, exchange, &e.routing_key)
-                    .await?
-            {
+            // Asking the server (a key the table does not know) is boxed: the future of every
+            // publish stays small.
+            let routed = !options.require_route
+                || self.shared.routes.reaches(exchange, &e.routing_key)
+                || Box::pin(
+                    self.shared
+                        .routes
+                        .routable(&self.shared.js, exchange, &e.routing_key),
+                )
+                .await?;
+            if !routed {
                 return Err(Error::Unroutable {
                     exchange: exchange.to_string(),
                     routing_key: e.routing_key.clone(),
@@ -519,5 +523,26 @@ mod tests {
         assert!(super::version_at_least("2.15.1", 2, 10));
         assert!(!super::version_at_least("2.9.10", 2, 10));
         assert!(super::version_at_least("3.0.0-beta", 2, 10));
+    }
+}
+
+#[cfg(test)]
+mod future_size {
+    /// The future of every publish is boxed (the trait is object-safe); kept under glibc's
+    /// small-allocation limit (about 1 KiB), it costs no trip to the allocator's slow path.
+    #[tokio::test]
+    async fn a_publish_future_stays_small() {
+        use herald::Transport;
+        let cfg = crate::NatsConfig::from_url("nats://127.0.0.1:4222", "size").unwrap();
+        let t = crate::NatsTransport::connect(cfg)
+            .await
+            .expect("the test NATS server");
+        let e = herald::Envelope::new("a", 1, "a", "s", Default::default());
+        let f = t.publish("x", std::slice::from_ref(&e), Default::default());
+        assert!(
+            std::mem::size_of_val(&*f) < 1024,
+            "{}",
+            std::mem::size_of_val(&*f)
+        );
     }
 }

@@ -59,9 +59,39 @@ fn classify(e: &jetstream::context::PublishError) -> Failed {
     }
 }
 
+/// Send one message and wait for its ack: `None` once it is stored.
+async fn attempt(js: &jetstream::Context, m: &Outgoing) -> Option<Failed> {
+    let publish = PublishMessage::build()
+        .payload(m.body.clone())
+        .headers(m.headers.clone());
+    match js.send_publish(m.subject.clone(), publish).await {
+        Ok(ack) => ack.await.err().map(|e| classify(&e)),
+        Err(e) => Some(classify(&e)),
+    }
+}
+
 /// Store every message, in order of sending, waiting for each ack. `no_stream` says what a
 /// missing stream means for a message.
 pub(crate) async fn store_all(
+    js: &jetstream::Context,
+    batch: Vec<Outgoing>,
+    timeout: Duration,
+    no_stream: impl Fn(&Outgoing) -> NoStream,
+) -> Result<()> {
+    // The common case is one message stored at the first try; anything else (a batch, a
+    // failed attempt) runs in a future of its own. Both are boxed, and the caller's future
+    // (boxed for every publish) stays small: async-nats's publish future alone is over 800
+    // bytes, and an allocation over about 1 KiB takes glibc's slow path on every event.
+    if let [one] = batch.as_slice() {
+        if Box::pin(attempt(js, one)).await.is_none() {
+            return Ok(());
+        }
+    }
+    Box::pin(rounds(js, batch, timeout, no_stream)).await
+}
+
+/// Send what is not yet stored, round after round, until it is or `timeout` has passed.
+async fn rounds(
     js: &jetstream::Context,
     batch: Vec<Outgoing>,
     timeout: Duration,

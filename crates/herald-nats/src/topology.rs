@@ -290,7 +290,8 @@ impl Routes {
         }
     }
 
-    fn reaches(&self, exchange: &str, routing_key: &str) -> bool {
+    /// Whether the table says `routing_key` reaches a queue on `exchange` (no server call).
+    pub(crate) fn reaches(&self, exchange: &str, routing_key: &str) -> bool {
         self.lock().get(exchange).is_some_and(|k| {
             k.queues.iter().any(|q| {
                 q.bindings
