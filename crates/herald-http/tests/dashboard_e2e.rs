@@ -170,8 +170,31 @@ async fn dashboard_shows_live_events_and_replays_a_dead_letter_by_click() {
     // Same browser, a server with a token: the page asks for it.
     let guarded = Shop::start(Some("open-sesame")).await;
     token_prompt(&client, &guarded).await;
-    client.close().await.unwrap();
     guarded.stop().await;
+    // A broker URL with a password: the page's header shows it redacted.
+    let secret = Shop::start_on(
+        "memory://alice:Lf7k/?,#@%Rg9w@e2e-secret",
+        "billing",
+        None,
+        None,
+        tempfile::tempdir().unwrap(),
+    )
+    .await;
+    client
+        .goto(&format!("{}/#token={}", secret.base, secret.token))
+        .await
+        .unwrap();
+    let info = page_until(
+        &client,
+        "the header with the broker",
+        "(t => t.includes('memory') && t)(document.getElementById('info').textContent)",
+    )
+    .await;
+    let info = info.as_str().unwrap();
+    assert!(info.contains("memory://alice:***@e2e-secret"), "{info}");
+    assert!(!info.contains("Lf7k") && !info.contains("Rg9w"), "{info}");
+    client.close().await.unwrap();
+    secret.stop().await;
 }
 
 async fn token_prompt(client: &Client, shop: &Shop) {

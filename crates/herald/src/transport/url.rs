@@ -28,10 +28,17 @@ pub fn scheme_of(url: &str) -> Option<&str> {
 /// assert_eq!(redact_url("amqp://guest:secret@host/%2f"), "amqp://guest:***@host/%2f");
 /// assert_eq!(redact_url("amqp://alice:Pw/Sl@sh?,@host/%2f"), "amqp://alice:***@host/%2f");
 /// assert_eq!(redact_url("nats://s3cr3t-token@host:4222"), "nats://***@host:4222");
+/// assert_eq!(redact_url("alice:secret@host:5672"), "alice:***@host:5672");
 /// ```
 pub fn redact_url(raw: &str) -> String {
     let mut out = String::with_capacity(raw.len());
     let mut rest = raw;
+    if !raw.contains("://") {
+        if let Some(at) = raw.rfind('@') {
+            hide_userinfo(&mut out, &raw[..at]);
+            rest = &raw[at..];
+        }
+    }
     while let Some(start) = rest.find("://") {
         out.push_str(&rest[..start + 3]);
         rest = &rest[start + 3..];
@@ -44,14 +51,7 @@ pub fn redact_url(raw: &str) -> String {
         let part = &rest[..end];
         match part.rfind('@') {
             Some(at) => {
-                let userinfo = &part[..at];
-                match userinfo.split_once(':') {
-                    Some((user, _)) if !user.contains('/') => {
-                        out.push_str(user);
-                        out.push_str(":***");
-                    }
-                    _ => out.push_str("***"),
-                }
+                hide_userinfo(&mut out, &part[..at]);
                 out.push_str(&part[at..]);
             }
             None => out.push_str(part),
@@ -60,6 +60,55 @@ pub fn redact_url(raw: &str) -> String {
     }
     out.push_str(rest);
     escape_controls(&out).into_owned()
+}
+
+/// `user:***` for `user:password`, `***` for anything else (a lone token, or text where the
+/// user name cannot be told apart from the password).
+fn hide_userinfo(out: &mut String, userinfo: &str) {
+    match userinfo.split_once(':') {
+        Some((user, _)) if !user.contains(['/', '?', '#', '@', ' ']) => {
+            out.push_str(user);
+            out.push_str(":***");
+        }
+        _ => out.push_str("***"),
+    }
+}
+
+/// A broker URL list split into its URLs: a new URL starts after the last `,` before each
+/// further `scheme://`, so a password may hold commas (`amqp://u:a,b@h1,amqp://h2` is two
+/// URLs). Parts are trimmed; empty ones (a stray comma) are dropped.
+///
+/// ```
+/// use herald::transport::split_url_list;
+/// assert_eq!(split_url_list("amqp://u:a,b@h1, amqp://h2,"), ["amqp://u:a,b@h1", "amqp://h2"]);
+/// assert_eq!(split_url_list("amqp://h1"), ["amqp://h1"]);
+/// ```
+pub fn split_url_list(raw: &str) -> Vec<&str> {
+    let mut parts = Vec::new();
+    let mut rest = raw;
+    loop {
+        let end = match rest.find("://") {
+            Some(start) => match rest[start + 3..].find("://") {
+                Some(next) => rest[start + 3..start + 3 + next]
+                    .rfind(',')
+                    .map(|c| start + 3 + c),
+                None => None,
+            },
+            None => None,
+        };
+        let (part, tail) = match end {
+            Some(comma) => (&rest[..comma], Some(&rest[comma + 1..])),
+            None => (rest, None),
+        };
+        let part = part.trim().trim_matches(',').trim();
+        if !part.is_empty() {
+            parts.push(part);
+        }
+        match tail {
+            Some(t) => rest = t,
+            None => return parts,
+        }
+    }
 }
 
 /// `s` with control characters (CR, LF, ESC, ...) written as escapes (`\r`, `\n`, `\u{1b}`),
@@ -120,5 +169,21 @@ mod tests {
             redact_url("amqp://h/%0d%0a\r\nFAKE"),
             "amqp://h/%0d%0a\\r\\nFAKE"
         );
+        for password in ["Pw/Slash", "a?b", "a,b", "a#b", "a@b", "p:w", "/?,#@%"] {
+            let shown = redact_url(&format!("alice:{password}@host:5672/%2f"));
+            assert_eq!(shown, "alice:***@host:5672/%2f", "{password}");
+        }
+        assert_eq!(redact_url("/tmp/herald.db"), "/tmp/herald.db");
+    }
+
+    #[test]
+    fn url_lists() {
+        assert_eq!(
+            split_url_list("amqps://alice:a,b@h1,amqp://bob:c,d@h2/v"),
+            ["amqps://alice:a,b@h1", "amqp://bob:c,d@h2/v"]
+        );
+        assert_eq!(split_url_list(" , amqp://h1 ,, "), ["amqp://h1"]);
+        assert_eq!(split_url_list("not a url, x"), ["not a url, x"]);
+        assert!(split_url_list("").is_empty());
     }
 }
