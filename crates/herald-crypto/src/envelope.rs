@@ -11,7 +11,7 @@
 //! The headers are not named `herald_...`: a dead letter's replay clears those, and an
 //! encrypted dead letter must still say how to decrypt it after a replay.
 
-use aes_gcm::aead::{Aead, AeadCore, KeyInit, OsRng, Payload};
+use aes_gcm::aead::{Aead, AeadCore, Payload};
 use aes_gcm::{Aes256Gcm, Nonce};
 use bytes::Bytes;
 use herald::Envelope;
@@ -61,9 +61,10 @@ pub fn encrypt(keyring: &Keyring, e: &mut Envelope) {
     if is_encrypted(e) {
         return;
     }
-    let (id, key) = keyring.current();
-    let cipher = Aes256Gcm::new(key.bytes().into());
-    let nonce = Aes256Gcm::generate_nonce(&mut OsRng);
+    let (id, cipher) = keyring.current();
+    // 96 random bits per message from the thread's CSPRNG (ChaCha, seeded and reseeded from
+    // the operating system): as unpredictable as asking the OS each time, without a system call.
+    let nonce = Aes256Gcm::generate_nonce(&mut rand::thread_rng());
     let aad = associated_data(e);
     // Encryption fails only for plaintexts over 64 GiB, far above any broker's message limit.
     let sealed = cipher
@@ -104,7 +105,7 @@ pub fn decrypt(keyring: &Keyring, e: &mut Envelope) -> Result<()> {
             "the body is encrypted but names no key (no `{KEY_ID_HEADER}` header)"
         )));
     };
-    let Some(key) = keyring.get(id) else {
+    let Some(cipher) = keyring.get(id) else {
         return Err(Error::Decrypt(format!(
             "the body is encrypted with key `{}`, which this consumer's keyring does not have (it has {}); add that key to the keyring and replay this dead letter",
             herald::transport::escape_controls(id),
@@ -119,7 +120,6 @@ pub fn decrypt(keyring: &Keyring, e: &mut Envelope) -> Result<()> {
         )));
     }
     let (nonce, sealed) = e.body.split_at(NONCE_BYTES);
-    let cipher = Aes256Gcm::new(key.bytes().into());
     let aad = associated_data(e);
     let plain = cipher
         .decrypt(

@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
+use aes_gcm::{Aes256Gcm, KeyInit};
 use zeroize::Zeroizing;
 
 use crate::error::{Error, Result};
@@ -80,7 +81,14 @@ impl fmt::Debug for Key {
 #[derive(Clone)]
 pub struct Keyring {
     current: String,
-    keys: BTreeMap<String, Key>,
+    /// Each key with its cipher, set up once (the AES key schedule and GHASH key) rather than
+    /// for every message.
+    keys: BTreeMap<String, (Key, Aes256Gcm)>,
+}
+
+fn entry(key: Key) -> (Key, Aes256Gcm) {
+    let cipher = Aes256Gcm::new(key.bytes().into());
+    (key, cipher)
 }
 
 impl fmt::Debug for Keyring {
@@ -112,7 +120,7 @@ impl Keyring {
         check_id(id)?;
         Ok(Keyring {
             current: id.to_string(),
-            keys: BTreeMap::from([(id.to_string(), key)]),
+            keys: BTreeMap::from([(id.to_string(), entry(key))]),
         })
     }
 
@@ -122,7 +130,7 @@ impl Keyring {
         if id == self.current {
             return Err(Error::DuplicateKeyId { id: id.to_string() });
         }
-        self.keys.insert(id.to_string(), key);
+        self.keys.insert(id.to_string(), entry(key));
         Ok(self)
     }
 
@@ -162,12 +170,12 @@ impl Keyring {
         self.keys.keys().map(String::as_str).collect()
     }
 
-    pub(crate) fn current(&self) -> (&str, &Key) {
-        (&self.current, &self.keys[&self.current])
+    pub(crate) fn current(&self) -> (&str, &Aes256Gcm) {
+        (&self.current, &self.keys[&self.current].1)
     }
 
-    pub(crate) fn get(&self, id: &str) -> Option<&Key> {
-        self.keys.get(id)
+    pub(crate) fn get(&self, id: &str) -> Option<&Aes256Gcm> {
+        self.keys.get(id).map(|(_, cipher)| cipher)
     }
 }
 

@@ -12,7 +12,9 @@ use herald::transport::{
 use herald::{Envelope, QueueSpec, Result, Topology, Transport};
 use tokio_util::sync::CancellationToken;
 
-use crate::envelope::{decrypt, encrypt, is_encrypted};
+use crate::envelope::{
+    decrypt, encrypt, is_encrypted, ALGORITHM, ENCRYPTION_HEADER, KEY_ID_HEADER,
+};
 use crate::keyring::Keyring;
 
 /// The failure kind of a delivery that could not be decrypted (in its dead letter's
@@ -193,25 +195,34 @@ impl DeliverySource for Decrypting {
                 return Poll::Ready(Some(delivery));
             }
             let redelivered = delivery.redelivered;
-            let (sealed, settler) = delivery.into_parts();
-            let mut plain = sealed.clone();
-            match decrypt(&self.keyring, &mut plain) {
+            let (mut envelope, settler) = delivery.into_parts();
+            // What the message looked like, to store it that way again (a cheap `Bytes` clone).
+            let sealed_body = envelope.body.clone();
+            let key_id = envelope.headers.get(KEY_ID_HEADER).cloned();
+            match decrypt(&self.keyring, &mut envelope) {
                 Ok(()) => {
-                    let settle = Arc::new(Resealing(Mutex::new(Some((settler, sealed)))));
-                    return Poll::Ready(Some(Delivery::new(plain, redelivered, 0, settle)));
+                    let seal = Sealed {
+                        body: sealed_body,
+                        key_id: key_id.unwrap_or_default(),
+                    };
+                    let settle = Arc::new(Resealing(Mutex::new(Some((settler, seal)))));
+                    return Poll::Ready(Some(Delivery::new(envelope, redelivered, 0, settle)));
                 }
                 Err(e) => {
-                    // Never handed out: dead-lettered as it arrived, with the reason.
+                    // Never handed out: dead-lettered as it arrived (`decrypt` changed nothing),
+                    // with the reason.
                     let failure =
-                        Failure::now(&sealed, &self.queue, DECRYPT_FAILURE, e.to_string());
+                        Failure::now(&envelope, &self.queue, DECRYPT_FAILURE, e.to_string());
                     tracing::warn!(
                         queue = %herald::transport::escape_controls(&self.queue),
-                        id = %herald::transport::escape_controls(&sealed.id),
+                        id = %herald::transport::escape_controls(&envelope.id),
                         error = %e,
                         "cannot decrypt a delivery; dead-lettering it"
                     );
                     tokio::spawn(async move {
-                        if let Err(e) = settler.settle(&sealed, Outcome::DeadLetter(failure)).await
+                        if let Err(e) = settler
+                            .settle(&envelope, Outcome::DeadLetter(failure))
+                            .await
                         {
                             tracing::warn!(error = %e, "cannot dead-letter an undecryptable delivery; the transport will deliver it again");
                         }
@@ -226,21 +237,39 @@ impl DeliverySource for Decrypting {
     }
 }
 
-/// Settles one decrypted delivery with the message as it arrived (encrypted), so a retry or a
-/// dead letter is stored encrypted. Dropped unsettled, it drops the inner settler, as dropping
-/// the inner delivery would.
-struct Resealing(Mutex<Option<(Settler, Envelope)>>);
+/// The encrypted form of a delivery that was decrypted: its body and key id.
+struct Sealed {
+    body: bytes::Bytes,
+    key_id: String,
+}
+
+/// Settles one decrypted delivery. A retry, a release or a dead letter stores the message
+/// again, so it gets the message as it arrived, encrypted; an ack stores nothing and gets the
+/// decrypted envelope as it is (no copy). Dropped unsettled, it drops the inner settler, as
+/// dropping the inner delivery would.
+struct Resealing(Mutex<Option<(Settler, Sealed)>>);
 
 #[async_trait]
 impl Settle for Resealing {
-    async fn settle(&self, _tag: u64, _plain: &Envelope, outcome: Outcome) -> Result<()> {
+    async fn settle(&self, _tag: u64, plain: &Envelope, outcome: Outcome) -> Result<()> {
         let taken = self.0.lock().unwrap_or_else(|e| e.into_inner()).take();
-        match taken {
-            Some((settler, sealed)) => settler.settle(&sealed, outcome).await,
-            None => Err(herald::Error::transport(
+        let Some((settler, sealed)) = taken else {
+            return Err(herald::Error::transport(
                 "encryption",
                 "this delivery was already settled",
-            )),
+            ));
+        };
+        if outcome == Outcome::Ack {
+            return settler.settle(plain, outcome).await;
         }
+        let mut stored = plain.clone();
+        stored.body = sealed.body;
+        stored
+            .headers
+            .insert(ENCRYPTION_HEADER.to_string(), ALGORITHM.to_string());
+        stored
+            .headers
+            .insert(KEY_ID_HEADER.to_string(), sealed.key_id);
+        settler.settle(&stored, outcome).await
     }
 }
