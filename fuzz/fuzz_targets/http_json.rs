@@ -60,7 +60,9 @@ fn app() -> &'static App {
 fn segment(raw: &[u8]) -> String {
     raw.iter()
         .map(|b| match b {
-            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'.' | b'-' | b'_' => (*b as char).to_string(),
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'.' | b'-' | b'_' => {
+                (*b as char).to_string()
+            }
             _ => format!("%{b:02X}"),
         })
         .collect()
@@ -76,7 +78,11 @@ fuzz_target!(|data: &[u8]| {
     let rest = &data[1..];
     let len = usize::from(*rest.first().unwrap_or(&0)).min(rest.len().saturating_sub(1));
     let (name, body) = rest.get(1..).unwrap_or(&[]).split_at(len);
-    let name = if name.is_empty() { "order.placed".to_string() } else { segment(name) };
+    let name = if name.is_empty() {
+        "order.placed".to_string()
+    } else {
+        segment(name)
+    };
     let (method, uri) = match route {
         0 => ("POST", format!("/api/events/{name}?correlation_id=c")),
         1 => ("POST", format!("/api/dlq/{name}/replay")),
