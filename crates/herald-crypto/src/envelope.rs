@@ -11,10 +11,11 @@
 //! The headers are not named `herald_...`: a dead letter's replay clears those, and an
 //! encrypted dead letter must still say how to decrypt it after a replay.
 
-use aes_gcm::aead::{Aead, AeadCore, Payload};
-use aes_gcm::{Aes256Gcm, Nonce};
+use aes_gcm::aead::{Aead, Payload};
+use aes_gcm::Nonce;
 use bytes::Bytes;
 use herald::Envelope;
+use rand::RngCore;
 
 use crate::error::{Error, Result};
 use crate::keyring::Keyring;
@@ -64,7 +65,9 @@ pub fn encrypt(keyring: &Keyring, e: &mut Envelope) {
     let (id, cipher) = keyring.current();
     // 96 random bits per message from the thread's CSPRNG (ChaCha, seeded and reseeded from
     // the operating system): as unpredictable as asking the OS each time, without a system call.
-    let nonce = Aes256Gcm::generate_nonce(&mut rand::thread_rng());
+    let mut nonce = [0u8; NONCE_BYTES];
+    rand::thread_rng().fill_bytes(&mut nonce);
+    let nonce = Nonce::from(nonce);
     let aad = associated_data(e);
     // Encryption fails only for plaintexts over 64 GiB, far above any broker's message limit.
     let sealed = cipher
@@ -120,10 +123,12 @@ pub fn decrypt(keyring: &Keyring, e: &mut Envelope) -> Result<()> {
         )));
     }
     let (nonce, sealed) = e.body.split_at(NONCE_BYTES);
+    let mut n = [0u8; NONCE_BYTES];
+    n.copy_from_slice(nonce);
     let aad = associated_data(e);
     let plain = cipher
         .decrypt(
-            Nonce::from_slice(nonce),
+            &Nonce::from(n),
             Payload {
                 msg: sealed,
                 aad: &aad,

@@ -50,9 +50,9 @@ impl Key {
 
     /// A fresh random key from the operating system's generator.
     pub fn generate() -> Key {
-        use aes_gcm::aead::rand_core::RngCore;
+        use rand::RngCore;
         let mut bytes = Zeroizing::new([0u8; 32]);
-        aes_gcm::aead::OsRng.fill_bytes(&mut *bytes);
+        rand::rngs::OsRng.fill_bytes(&mut *bytes);
         Key(bytes)
     }
 
@@ -87,7 +87,7 @@ pub struct Keyring {
 }
 
 fn entry(key: Key) -> (Key, Aes256Gcm) {
-    let cipher = Aes256Gcm::new(key.bytes().into());
+    let cipher = Aes256Gcm::new(&(*key.bytes()).into());
     (key, cipher)
 }
 
