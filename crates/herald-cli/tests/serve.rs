@@ -181,6 +181,12 @@ fn demo_serves_the_dashboard_and_falls_back_when_the_port_is_taken() {
     .unwrap();
     assert_eq!(code, 422, "{body}");
     assert!(body.contains("/user_id"), "{body}");
+    // The security review's finding: `registered` reached no queue but was accepted, because
+    // `notification-service.user.registered` ends in `.registered`. Binding patterns decide now.
+    let (code, body) =
+        request(&served, "POST", "/api/events/registered", "{}", Some(token)).unwrap();
+    assert_eq!(code, 409, "{body}");
+    assert!(body.contains("no queue is bound"), "{body}");
     let (_, topo) = get(&served, "/api/topology").unwrap();
     assert!(
         topo.contains("notification-service.user.registered"),
@@ -271,5 +277,7 @@ fn serve_without_a_token_makes_one_and_prints_a_login_link() {
     }
     // SAFETY: signalling our own child process.
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-    assert!(child.wait().unwrap().success());
+    let status = child.wait().unwrap();
+    let rest: Vec<String> = lines.map_while(Result::ok).collect();
+    assert!(status.success(), "{status}: {}", rest.join("\n"));
 }

@@ -74,13 +74,36 @@ pub async fn run(config: Config, args: Args) -> CliResult<()> {
     serve.catalog = catalog;
     serve.outbox = outbox;
     let running = start(&config, serve, false).await?;
+    // Listen for the signals before printing the URL: a script that reads the URL and stops
+    // the server at once must not find the default disposition (killed, exit status 143).
+    let stop = stop_signal();
     eprintln!(
         "herald serve on {}\ndashboard: {} (Ctrl-C to stop)",
         crate::broker_display(&config),
         running.login_url()
     );
-    herald::bus::wait_for_signal().await;
+    stop.await;
     running.stop().await
+}
+
+/// SIGINT or SIGTERM, listened for from the moment this is called (not from its first poll).
+fn stop_signal() -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        if let (Ok(mut int), Ok(mut term)) = (
+            signal(SignalKind::interrupt()),
+            signal(SignalKind::terminate()),
+        ) {
+            return Box::pin(async move {
+                tokio::select! {
+                    _ = int.recv() => {}
+                    _ = term.recv() => {}
+                }
+            });
+        }
+    }
+    Box::pin(herald::bus::wait_for_signal())
 }
 
 /// A server running in the background on its own bus.
