@@ -84,6 +84,10 @@ ensure_python_pika() {
     echo "services: installing pika (Python AMQP client, for the interop test)" >&2
     python3 -m pip install --quiet pika || apt_install python3-pika
   fi
+  if ! python3 -c 'from cryptography.hazmat.primitives.ciphers.aead import AESGCM' >/dev/null 2>&1; then
+    echo "services: installing cryptography (Python AES-GCM, for the encryption interop test)" >&2
+    python3 -m pip install --quiet cryptography || apt_install python3-cryptography
+  fi
 }
 
 # NATS with JetStream on 127.0.0.1:4222 (the machine's own server, started as the machine notes

@@ -15,18 +15,25 @@ fn herald(dir: &std::path::Path) -> Command {
     c
 }
 
-/// `GET path` over plain HTTP/1.1; returns (status, body).
+/// `GET path` over plain HTTP/1.1, without a token; returns (status, body).
 fn get(addr: &str, path: &str) -> std::io::Result<(u16, String)> {
-    request(addr, "GET", path, "")
+    request(addr, "GET", path, "", None)
 }
 
-/// One HTTP/1.1 request with a JSON body; returns (status, body).
-fn request(addr: &str, method: &str, path: &str, body: &str) -> std::io::Result<(u16, String)> {
+/// One HTTP/1.1 request with a JSON body and, if given, the bearer token; returns (status, body).
+fn request(
+    addr: &str,
+    method: &str,
+    path: &str,
+    body: &str,
+    token: Option<&str>,
+) -> std::io::Result<(u16, String)> {
     let mut s = TcpStream::connect(addr)?;
     s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
     write!(
         s,
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
         body.len()
     )?;
     let mut text = String::new();
@@ -138,10 +145,17 @@ fn demo_serves_the_dashboard_and_falls_back_when_the_port_is_taken() {
         }
     };
     assert!(warned, "a warning about the taken port");
-    let served = url
-        .trim_start_matches("http://")
-        .trim_end_matches('/')
-        .to_string();
+    // The demo prints a login link: `http://ADDR/#token=<generated token>`.
+    let (base, token) = url.split_once("/#token=").expect("a login link");
+    assert_eq!(token.len(), 48, "{url}");
+    assert_eq!(
+        get(base.trim_start_matches("http://"), "/api/catalog")
+            .unwrap()
+            .0,
+        401
+    );
+    let served = base.trim_start_matches("http://").to_string();
+    let get = |addr: &str, path: &str| request(addr, "GET", path, "", Some(token));
     assert_ne!(served, addr);
     let start = Instant::now();
     let catalog = loop {
@@ -162,10 +176,17 @@ fn demo_serves_the_dashboard_and_falls_back_when_the_port_is_taken() {
         "POST",
         "/api/events/user.registered",
         r#"{"user_id": "not a number"}"#,
+        Some(token),
     )
     .unwrap();
     assert_eq!(code, 422, "{body}");
     assert!(body.contains("/user_id"), "{body}");
+    // The security review's finding: `registered` reached no queue but was accepted, because
+    // `notification-service.user.registered` ends in `.registered`. Binding patterns decide now.
+    let (code, body) =
+        request(&served, "POST", "/api/events/registered", "{}", Some(token)).unwrap();
+    assert_eq!(code, 409, "{body}");
+    assert!(body.contains("no queue is bound"), "{body}");
     let (_, topo) = get(&served, "/api/topology").unwrap();
     assert!(
         topo.contains("notification-service.user.registered"),
@@ -207,4 +228,56 @@ fn demo_serves_the_dashboard_and_falls_back_when_the_port_is_taken() {
     let status = child.wait().unwrap();
     assert!(status.success(), "{status}");
     drop(taken);
+}
+
+#[test]
+fn serve_without_a_token_makes_one_and_prints_a_login_link() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = herald(dir.path())
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--allow-host",
+            "herald.internal",
+        ])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let url = loop {
+        let line = lines.next().expect("the dashboard URL").unwrap();
+        if let Some(u) = line.strip_prefix("dashboard: ") {
+            break u.split_whitespace().next().unwrap().to_string();
+        }
+    };
+    let (base, token) = url.split_once("/#token=").expect("a login link");
+    let addr = base.trim_start_matches("http://");
+    assert_eq!(token.len(), 48, "{url}");
+    assert_eq!(
+        get(addr, "/api/info").unwrap().0,
+        401,
+        "a token on loopback too"
+    );
+    let (code, info) = request(addr, "GET", "/api/info", "", Some(token)).unwrap();
+    assert_eq!(code, 200, "{info}");
+    // A host name it was not told about (a DNS-rebinding page) is refused; the configured one
+    // is answered.
+    for (host, expected) in [("evil.example", 421), ("herald.internal", 200)] {
+        let mut s = TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        write!(
+            s,
+            "GET /api/info HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut text = String::new();
+        s.read_to_string(&mut text).unwrap();
+        assert_eq!(&text[9..12], expected.to_string(), "{host}: {text}");
+    }
+    // SAFETY: signalling our own child process.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let status = child.wait().unwrap();
+    let rest: Vec<String> = lines.map_while(Result::ok).collect();
+    assert!(status.success(), "{status}: {}", rest.join("\n"));
 }

@@ -7,34 +7,44 @@ const COLORS = ["#2f6fde", "#c93a3a", "#2a8f4e", "#c98a1a", "#7b4fd0", "#1a9bb0"
 
 const state = {
   tab: "topology",
-  token: null,
   events: [],
   eventCount: 0,
   source: null,
   dlqQueue: null,
 };
 
-// ---- token & API -------------------------------------------------------------------------
+// ---- session & API -----------------------------------------------------------------------
+// The page never keeps the token: it trades it once for an HttpOnly, SameSite=Strict session
+// cookie (POST /api/session), which fetch and EventSource then send by themselves. The token
+// comes from the login link's fragment (#token=..., never sent to the server) or the prompt.
 
-function loadToken() {
-  const url = new URL(window.location.href);
-  const fromUrl = url.searchParams.get("token");
-  if (fromUrl) {
-    localStorage.setItem("herald-token", fromUrl);
-    url.searchParams.delete("token");
-    history.replaceState(null, "", url.pathname + url.search + url.hash);
-  }
-  state.token = localStorage.getItem("herald-token");
+function tokenFromFragment() {
+  const hash = window.location.hash || "";
+  if (!hash.startsWith("#token=")) return null;
+  let token;
+  try { token = decodeURIComponent(hash.slice("#token=".length)); } catch (_) { token = hash.slice("#token=".length); }
+  // Out of the address bar and the history entry at once.
+  history.replaceState(null, "", window.location.pathname + window.location.search);
+  return token;
 }
 
-function askForToken() {
+async function login(token) {
+  const response = await fetch("/api/session", {
+    method: "POST",
+    headers: { "Content-Type": "application/json" },
+    body: JSON.stringify({ token }),
+  });
+  return response.ok;
+}
+
+function askForToken(message) {
+  document.getElementById("token-error").textContent = message || "";
   document.getElementById("token-prompt").hidden = false;
   document.getElementById("token-input").focus();
 }
 
 async function api(path, options = {}) {
   const headers = Object.assign({}, options.headers || {});
-  if (state.token) headers["Authorization"] = "Bearer " + state.token;
   if (options.body) headers["Content-Type"] = "application/json";
   const response = await fetch(path, Object.assign({}, options, { headers }));
   if (response.status === 401) {
@@ -56,6 +66,8 @@ function el(tag, attrs = {}, ...children) {
   const node = document.createElement(tag);
   for (const [k, v] of Object.entries(attrs)) {
     if (k === "text") node.textContent = v;
+    // Styles through the CSSOM: the Content-Security-Policy refuses inline style attributes.
+    else if (k === "style") Object.assign(node.style, v);
     else if (k.startsWith("on")) node.addEventListener(k.slice(2), v);
     else if (v !== null && v !== undefined) node.setAttribute(k, v);
   }
@@ -173,7 +185,6 @@ function connectStream() {
   const corr = document.getElementById("filter-correlation").value.trim();
   if (type) params.set("type", type);
   if (corr) params.set("correlation_id", corr);
-  if (state.token) params.set("token", state.token);
   state.events = [];
   renderEvents();
   const status = document.getElementById("stream-status");
@@ -234,7 +245,7 @@ function lineChart(holder, series, unit) {
     const pts = s.values.map((v, j) => (v == null ? null : `${x(j + n - s.values.length)},${y(v)}`)).filter(Boolean);
     if (pts.length) g.append(svg("polyline", { points: pts.join(" "), fill: "none", stroke: color, "stroke-width": 2 }));
     const last = s.values[s.values.length - 1];
-    legend.append(el("span", {}, el("i", { style: `background:${color}` }), `${s.name}: ${last == null ? "?" : Math.round(last * 10) / 10}`));
+    legend.append(el("span", {}, el("i", { style: { background: color } }), `${s.name}: ${last == null ? "?" : Math.round(last * 10) / 10}`));
   });
   holder.replaceChildren(g, legend);
 }
@@ -286,11 +297,24 @@ async function refreshDlq() {
   document.getElementById("dlq-messages").replaceChildren(...msgs);
 }
 
+// What to ask before an action that cannot be undone, or that touches many messages at once;
+// null when none is needed (replaying one message).
+function confirmation(action, selection, queue) {
+  if (action === "purge" && selection.all) return `Delete every dead letter of ${queue}? This cannot be undone.`;
+  if (action === "purge") return `Delete dead letter ${selection.ids.join(", ")} of ${queue}? This cannot be undone.`;
+  if (selection.all) return `Replay every dead letter of ${queue} to its queue?`;
+  return null;
+}
+
 async function dlqAction(action, selection) {
   const queue = state.dlqQueue;
   if (!queue) return;
-  if (selection.all && action === "purge" && !window.confirm(`Delete every dead letter of ${queue}?`)) return;
+  const question = confirmation(action, selection, queue);
   const message = document.getElementById("dlq-message");
+  if (question && !window.confirm(question)) {
+    message.textContent = `${action} cancelled`;
+    return;
+  }
   try {
     const r = await api(`/api/dlq/${encodeURIComponent(queue)}/${action}`, { method: "POST", body: JSON.stringify(selection) });
     message.textContent = action === "replay" ? `replayed ${r.replayed}` : `purged ${r.purged}`;
@@ -345,17 +369,22 @@ async function refreshCatalog() {
 
 // ---- start -------------------------------------------------------------------------------
 
-function start() {
-  loadToken();
+function afterLogin() {
+  document.getElementById("token-prompt").hidden = true;
+  refreshHeader().catch(showError);
+  connectStream();
+  refreshActive();
+}
+
+async function start() {
   for (const b of document.querySelectorAll("#tabs button")) b.addEventListener("click", () => showTab(b.dataset.tab));
-  document.getElementById("token-form").addEventListener("submit", (ev) => {
+  document.getElementById("token-form").addEventListener("submit", async (ev) => {
     ev.preventDefault();
-    state.token = document.getElementById("token-input").value;
-    localStorage.setItem("herald-token", state.token);
-    document.getElementById("token-prompt").hidden = true;
-    refreshHeader().catch(showError);
-    connectStream();
-    refreshActive();
+    const input = document.getElementById("token-input");
+    const ok = await login(input.value).catch(() => false);
+    input.value = "";
+    if (ok) afterLogin();
+    else askForToken("That token was refused.");
   });
   let debounce = null;
   for (const id of ["filter-type", "filter-correlation"]) {
@@ -368,6 +397,8 @@ function start() {
   });
   document.getElementById("dlq-replay-all").addEventListener("click", () => dlqAction("replay", { all: true }));
   document.getElementById("dlq-purge-all").addEventListener("click", () => dlqAction("purge", { all: true }));
+  const fromLink = tokenFromFragment();
+  if (fromLink && !(await login(fromLink).catch(() => false))) askForToken("The token in the link was refused.");
   const initial = (window.location.hash || "").replace("#", "");
   refreshHeader().catch(showError);
   refreshHealth().catch(showError);

@@ -26,7 +26,7 @@ async fn post(http: &reqwest::Client, url: &str, body: &str) -> (u16, Value) {
 #[tokio::test]
 async fn publish_validates_routes_and_reports_errors_as_json() {
     let shop = Shop::start(None).await;
-    let http = reqwest::Client::new();
+    let http = shop.http();
 
     let (code, body) = post(
         &http,
@@ -90,7 +90,7 @@ async fn publish_validates_routes_and_reports_errors_as_json() {
 #[tokio::test]
 async fn dead_letters_list_replay_and_purge() {
     let shop = Shop::start(None).await;
-    let http = reqwest::Client::new();
+    let http = shop.http();
     for order in [1, 2, 3] {
         let (code, b) = post(
             &http,
@@ -201,6 +201,7 @@ async fn token_guards_the_api_but_not_probes_or_the_page() {
     assert_eq!(r.status().as_u16(), 401);
     let r = http
         .post(shop.url("/api/events/order.placed"))
+        .header("content-type", "application/json")
         .body(r#"{"order":1}"#)
         .send()
         .await
@@ -224,9 +225,8 @@ async fn token_guards_the_api_but_not_probes_or_the_page() {
     assert_eq!(get("/health/live").await, 200);
     assert_eq!(get("/").await, 200);
     assert_eq!(get("/app.js").await, 200);
-    // The stream takes ?token= (EventSource cannot set headers); other routes do not.
-    assert_eq!(get("/api/stream?token=s3cret").await, 200);
-    assert_eq!(get("/api/stream?token=nope").await, 401);
+    // No route takes the token in its URL (browsers use the session cookie instead).
+    assert_eq!(get("/api/stream?token=s3cret").await, 401);
     assert_eq!(get("/api/queues?token=s3cret").await, 401);
     shop.stop().await;
 }
@@ -284,7 +284,7 @@ async fn next_data(
 #[tokio::test]
 async fn stream_sends_matching_events_only() {
     let shop = Shop::start(None).await;
-    let http = reqwest::Client::new();
+    let http = shop.http();
     let r = http
         .get(shop.url("/api/stream?type=order.placed&correlation_id=flow-2"))
         .send()
@@ -342,7 +342,7 @@ async fn stream_sends_matching_events_only() {
 #[tokio::test]
 async fn stream_shows_bodies_that_are_not_json() {
     let shop = Shop::start(None).await;
-    let http = reqwest::Client::new();
+    let http = shop.http();
     let r = http
         .get(shop.url("/api/stream?type=note.text"))
         .send()
@@ -373,7 +373,7 @@ async fn stream_shows_bodies_that_are_not_json() {
 #[tokio::test]
 async fn topology_queues_catalog_and_history() {
     let shop = Shop::start(None).await;
-    let http = reqwest::Client::new();
+    let http = shop.http();
     let get = |path: &str| {
         let url = shop.url(path);
         let http = http.clone();
@@ -464,7 +464,7 @@ async fn rabbitmq_publish_stream_and_replay() {
         tempfile::tempdir().unwrap(),
     )
     .await;
-    let http = reqwest::Client::new();
+    let http = shop.http();
     let r = http
         .get(shop.url("/api/stream?type=order.placed"))
         .send()
@@ -556,11 +556,15 @@ async fn outbox_status_and_readiness_come_from_the_outbox_table() {
         Some(RelayHealth::sqlite(&app_db, outbox).threshold(Duration::from_millis(100)));
     let server = Server::new(bus.clone(), config).await.unwrap();
     let base = format!("http://{}", server.local_addr());
+    let token = server.token().to_string();
     let cancel = tokio_util::sync::CancellationToken::new();
     let serving = tokio::spawn(server.serve(cancel.clone()));
 
     tokio::time::sleep(Duration::from_millis(150)).await;
-    let status: Value = reqwest::get(format!("{base}/api/outbox"))
+    let status: Value = reqwest::Client::new()
+        .get(format!("{base}/api/outbox"))
+        .bearer_auth(&token)
+        .send()
         .await
         .unwrap()
         .json()

@@ -189,10 +189,10 @@ impl RabbitConfig {
     /// assert!(herald_rabbitmq::RabbitConfig::from_url("amqp://", "svc").is_err());
     /// ```
     pub fn from_url(raw: &str, service: &str) -> Result<Self> {
-        let urls: Vec<String> = raw
-            .split(',')
-            .map(|u| u.trim().to_string())
-            .filter(|u| !u.is_empty())
+        // Split where a new `amqp://` begins, so a password may hold commas.
+        let urls: Vec<String> = herald::transport::split_url_list(raw)
+            .into_iter()
+            .map(String::from)
             .collect();
         let config = RabbitConfig::new(urls, service);
         config.validate()?;

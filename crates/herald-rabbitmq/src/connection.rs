@@ -217,11 +217,45 @@ async fn connect_any(inner: &LinkInner) -> std::result::Result<Connection, Strin
         let opened = tokio::time::timeout(Duration::from_secs(10), Connection::open(&args)).await;
         match opened {
             Ok(Ok(conn)) => return Ok(conn),
-            Ok(Err(e)) => errors.push(format!("{}: {e}", redact_url(url))),
+            Ok(Err(e)) => {
+                let e = e.to_string();
+                errors.push(format!("{}: {e}{}", redact_url(url), tls_hint(url, &e)));
+            }
             Err(_) => errors.push(format!("{}: connect timed out", redact_url(url))),
         }
     }
     Err(errors.join("; "))
+}
+
+/// What a failed `amqps://` connection most likely means, in words: the TLS library and the
+/// broker say little more than "unknown issuer" or a reset connection.
+fn tls_hint(url: &str, error: &str) -> &'static str {
+    if !url.trim_start().starts_with("amqps://") {
+        return "";
+    }
+    let has_client_cert =
+        url::Url::parse(url.trim()).is_ok_and(|u| u.query_pairs().any(|(k, _)| k == "certfile"));
+    let ended = [
+        "reset",
+        "eof",
+        "EOF",
+        "broken pipe",
+        "CertificateRequired",
+        "HandshakeFailure",
+    ]
+    .iter()
+    .any(|s| error.contains(s));
+    if error.contains("UnknownIssuer") || error.contains("invalid peer certificate") {
+        " (the broker's certificate is not signed by a CA this client trusts: give that CA with cacertfile=)"
+    } else if !has_client_cert && ended {
+        " (the broker ended the TLS handshake: it probably requires a client certificate; add certfile= and keyfile=)"
+    } else if has_client_cert
+        && (ended || error.contains("UnknownCA") || error.contains("BadCertificate"))
+    {
+        " (the broker ended the TLS handshake: it probably does not trust this client certificate; it must be signed by a CA in the broker's ssl_options.cacertfile)"
+    } else {
+        ""
+    }
 }
 
 async fn wait_closed(conn: &Connection, shutdown: &CancellationToken) {

@@ -72,6 +72,32 @@ pub fn amqp_properties(envelope: &Envelope) -> amqprs::BasicProperties {
     properties::to_properties(envelope, false, CloudEventsHeaders::Compact)
 }
 
+/// A received AMQP message as Herald reads it: the envelope its properties and headers make
+/// (Herald's own messages in either header form, or anyone's), with a dead-lettering by the
+/// broker itself (`x-death`) recorded as Herald's failure headers. For code that consumes with
+/// amqprs directly, and for the fuzz targets (`fuzz/`): whatever a peer sends, this returns an
+/// envelope and never panics.
+///
+/// ```
+/// use herald::Envelope;
+/// use herald_rabbitmq::{amqp_properties, envelope_from_amqp};
+///
+/// let event = Envelope::new("order.placed", 1, "order.placed", "shop", "{}".into());
+/// let back = envelope_from_amqp("order.placed", &amqp_properties(&event), b"{}".to_vec());
+/// assert_eq!((back.id, back.event_type), (event.id, event.event_type));
+/// ```
+pub fn envelope_from_amqp(
+    routing_key: &str,
+    props: &amqprs::BasicProperties,
+    body: Vec<u8>,
+) -> Envelope {
+    let (mut envelope, death) = from_message(routing_key, props, body);
+    if let Some(d) = death {
+        record_broker_death(&mut envelope, &d);
+    }
+    envelope
+}
+
 /// AMQP names (exchanges, queues, routing keys) are short strings: at most 255 bytes.
 fn check_name(name: &str, what: &str) -> Result<()> {
     if name.len() > 255 {

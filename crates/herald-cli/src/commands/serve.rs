@@ -23,9 +23,15 @@ pub struct Args {
     /// Address to listen on; anything but loopback requires --token
     #[arg(long, default_value = DEFAULT_LISTEN)]
     listen: SocketAddr,
-    /// Bearer token required by /api/* and /metrics
+    /// Bearer token required by /api/* and /metrics [default: a random one, printed in the
+    /// dashboard's login link]
     #[arg(long, env = "HERALD_TOKEN", hide_env_values = true)]
     token: Option<String>,
+    /// A host name the server answers to besides IP addresses and localhost (its own DNS name,
+    /// or a reverse proxy's); repeatable. Requests naming other hosts are refused, which stops
+    /// DNS-rebinding pages
+    #[arg(long = "allow-host", value_name = "NAME")]
+    allowed_hosts: Vec<String>,
     /// Event catalog JSON (`herald docs --format json`): shown on the dashboard, validates
     /// published bodies
     #[arg(long)]
@@ -64,30 +70,54 @@ pub async fn run(config: Config, args: Args) -> CliResult<()> {
     };
     let mut serve = ServeConfig::new(args.listen);
     serve.token = args.token;
+    serve.allowed_hosts = args.allowed_hosts;
     serve.catalog = catalog;
     serve.outbox = outbox;
     let running = start(&config, serve, false).await?;
+    // Listen for the signals before printing the URL: a script that reads the URL and stops
+    // the server at once must not find the default disposition (killed, exit status 143).
+    let stop = stop_signal();
     eprintln!(
         "herald serve on {}\ndashboard: {} (Ctrl-C to stop)",
         crate::broker_display(&config),
-        running.url()
+        running.login_url()
     );
-    herald::bus::wait_for_signal().await;
+    stop.await;
     running.stop().await
+}
+
+/// SIGINT or SIGTERM, listened for from the moment this is called (not from its first poll).
+fn stop_signal() -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        if let (Ok(mut int), Ok(mut term)) = (
+            signal(SignalKind::interrupt()),
+            signal(SignalKind::terminate()),
+        ) {
+            return Box::pin(async move {
+                tokio::select! {
+                    _ = int.recv() => {}
+                    _ = term.recv() => {}
+                }
+            });
+        }
+    }
+    Box::pin(herald::bus::wait_for_signal())
 }
 
 /// A server running in the background on its own bus.
 pub struct Running {
     bus: Bus,
-    addr: SocketAddr,
+    login_url: String,
     cancel: CancellationToken,
     task: JoinHandle<Result<(), herald_http::Error>>,
 }
 
 impl Running {
-    /// The dashboard's URL.
-    pub fn url(&self) -> String {
-        format!("http://{}/", self.addr)
+    /// The URL to print: with a generated token, the login link carrying it (`#token=`).
+    pub fn login_url(&self) -> &str {
+        &self.login_url
     }
 
     /// Stop serving and shut the server's bus down.
@@ -139,12 +169,12 @@ pub async fn start(config: &Config, mut serve: ServeConfig, fallback: bool) -> C
             return Err(e.into());
         }
     };
-    let addr = server.local_addr();
+    let login_url = server.login_url();
     let cancel = CancellationToken::new();
     let task = tokio::spawn(server.serve(cancel.clone()));
     Ok(Running {
         bus,
-        addr,
+        login_url,
         cancel,
         task,
     })
@@ -156,6 +186,6 @@ pub async fn start_for_demo(config: &Config, listen: SocketAddr) -> CliResult<Ru
     let mut serve = ServeConfig::new(listen);
     serve.catalog = Some(crate::demo::catalog(config).await?.to_json());
     let running = start(config, serve, true).await?;
-    eprintln!("dashboard: {}", running.url());
+    eprintln!("dashboard: {}", running.login_url());
     Ok(running)
 }

@@ -8,7 +8,8 @@
 //! # async fn f() -> Result<(), Box<dyn std::error::Error>> {
 //! let bus = Bus::builder().service("herald-serve").broker("sqlite://.herald/herald.db").build().await?;
 //! let server = Server::new(bus.clone(), ServeConfig::new("127.0.0.1:7878".parse()?)).await?;
-//! println!("dashboard: http://{}/", server.local_addr());
+//! // A token was generated (none was configured): the login link carries it in its fragment.
+//! println!("dashboard: {}", server.login_url());
 //! server.serve(CancellationToken::new()).await?;
 //! # Ok(()) }
 //! ```
@@ -17,14 +18,17 @@ mod api;
 mod assets;
 mod auth;
 mod catalog;
+mod guard;
 mod history;
 mod stream;
+
+pub use guard::CONTENT_SECURITY_POLICY;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::extract::DefaultBodyLimit;
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::Router;
 use herald::health::Health;
 use herald::Bus;
@@ -43,8 +47,12 @@ use stream::EventView;
 pub struct ServeConfig {
     /// Where to listen. Anything but loopback requires `token`.
     pub listen: SocketAddr,
-    /// The bearer token every `/api/*` route and `/metrics` require, if any.
+    /// The bearer token every `/api/*` route and `/metrics` require. When `None`, the server
+    /// makes a random one ([`Server::token`], printed in [`Server::login_url`]).
     pub token: Option<String>,
+    /// Host names the server answers to besides IP literals and `localhost` (its public name,
+    /// or a reverse proxy's): requests naming any other host are refused (DNS rebinding).
+    pub allowed_hosts: Vec<String>,
     /// The event catalog JSON (`herald docs --format json`): served on `/api/catalog`, its
     /// schemas validate published bodies.
     pub catalog: Option<serde_json::Value>,
@@ -61,6 +69,7 @@ impl ServeConfig {
         ServeConfig {
             listen,
             token: None,
+            allowed_hosts: Vec::new(),
             catalog: None,
             outbox: None,
             extra: Router::new(),
@@ -80,6 +89,8 @@ pub(crate) struct AppState {
     stream_queue: String,
     /// Fires when the server stops, ending open SSE streams (graceful shutdown waits for them).
     stop: CancellationToken,
+    /// The token and the session cookie derived from it.
+    credentials: Arc<auth::Credentials>,
 }
 
 /// The server: bound, with the live stream subscribed, not yet serving.
@@ -88,17 +99,21 @@ pub struct Server {
     app: Router,
     local_addr: SocketAddr,
     state: AppState,
+    token: String,
+    token_generated: bool,
 }
 
 impl Server {
     /// Check the configuration, subscribe the live stream on `bus` (and start it), bind the
-    /// listener. Refuses a non-loopback address without a token; an address in use is
-    /// [`Error::Bind`] and leaves the bus as it was.
+    /// listener. Refuses a non-loopback address without a configured token (on loopback a
+    /// random one is made); an address in use is [`Error::Bind`] and leaves the bus as it was.
     pub async fn new(bus: Bus, config: ServeConfig) -> Result<Server> {
-        let token = config.token.filter(|t| !t.is_empty());
-        if token.is_none() && !config.listen.ip().is_loopback() {
+        let configured = config.token.filter(|t| !t.is_empty());
+        if configured.is_none() && !config.listen.ip().is_loopback() {
             return Err(Error::NonLoopbackWithoutToken(config.listen));
         }
+        let token_generated = configured.is_none();
+        let token = configured.unwrap_or_else(auth::generate_token);
         let catalog = Arc::new(Catalog::new(config.catalog, &bus.config().exchange)?);
         // Bind before subscribing, so a port in use leaves the bus untouched.
         let listener = TcpListener::bind(config.listen)
@@ -111,6 +126,7 @@ impl Server {
             addr: config.listen,
             source,
         })?;
+        let credentials = Arc::new(auth::Credentials::new(&token, local_addr.port()));
         let history = Arc::new(History::default());
         let (stream_queue, events) = stream::subscribe(&bus, history.clone())?;
         bus.start().await?;
@@ -122,30 +138,55 @@ impl Server {
             history,
             stream_queue,
             stop: CancellationToken::new(),
+            credentials: credentials.clone(),
         };
         let mut health = Health::new().with(Arc::new(bus.clone()));
         if let Some(outbox) = config.outbox {
             health = health.with(Arc::new(outbox));
         }
-        let token: Option<Arc<str>> = token.map(Arc::from);
+        let guard = Arc::new(guard::Guard {
+            hosts: guard::Hosts::new(&config.allowed_hosts),
+            credentials,
+        });
         let app = Router::new()
             .merge(api::router())
             .route("/api/stream", get(stream::sse))
+            .route("/api/session", post(auth::login).delete(auth::logout))
             .layer(DefaultBodyLimit::max(bus.config().max_message_bytes))
             .with_state(state.clone())
             .merge(crate::health::router(health))
             .merge(assets::router())
             .merge(config.extra)
-            .layer(axum::middleware::from_fn_with_state(
-                token,
-                auth::require_token,
-            ));
+            .layer(axum::middleware::from_fn_with_state(guard, guard::check));
         Ok(Server {
             listener,
             app,
             local_addr,
             state,
+            token,
+            token_generated,
         })
+    }
+
+    /// The token `/api/*` and `/metrics` require: the configured one, or the one generated.
+    pub fn token(&self) -> &str {
+        &self.token
+    }
+
+    /// The dashboard's URL, `http://ADDR/`.
+    pub fn url(&self) -> String {
+        format!("http://{}/", self.local_addr)
+    }
+
+    /// The URL to print for a person: with a generated token, the dashboard's URL with the
+    /// token in its fragment (`#token=...`, as Jupyter prints a login link). A fragment never
+    /// reaches a server or a proxy's log; the page trades it for the session cookie and removes
+    /// it from the address bar. A configured token is not printed.
+    pub fn login_url(&self) -> String {
+        match self.token_generated {
+            true => format!("{}#token={}", self.url(), self.token),
+            false => self.url(),
+        }
     }
 
     /// The address actually bound (useful with port 0).

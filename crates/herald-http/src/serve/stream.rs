@@ -85,7 +85,8 @@ pub(crate) fn subscribe(
     Ok((queue, tx))
 }
 
-/// Filters of `/api/stream` (exact match), and the token for browsers.
+/// Filters of `/api/stream` (exact match). The token is never in this URL: browsers send the
+/// session cookie, programs the `Authorization` header.
 #[derive(Debug, Deserialize)]
 pub(crate) struct StreamQuery {
     #[serde(rename = "type")]

@@ -41,6 +41,8 @@ pub struct Shop {
     pub queue: String,
     pub base: String,
     pub addr: std::net::SocketAddr,
+    /// The server's token (the one given, or the one it generated).
+    pub token: String,
     /// Order numbers the handler accepted.
     pub handled: Arc<Mutex<Vec<u64>>>,
     /// When set, poison orders are accepted too.
@@ -99,6 +101,7 @@ impl Shop {
         config.catalog = catalog;
         let server = Server::new(bus.clone(), config).await.unwrap();
         let addr = server.local_addr();
+        let token = server.token().to_string();
         let cancel = CancellationToken::new();
         let stop = cancel.clone();
         let server = tokio::spawn(async move { server.serve(stop).await.unwrap() });
@@ -107,6 +110,7 @@ impl Shop {
             queue: format!("{service}.order.placed"),
             base: format!("http://{addr}"),
             addr,
+            token,
             handled,
             cure,
             cancel,
@@ -117,6 +121,19 @@ impl Shop {
 
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
+    }
+
+    /// A client that sends the token with every request, as a program would.
+    pub fn http(&self) -> reqwest::Client {
+        let mut headers = reqwest::header::HeaderMap::new();
+        headers.insert(
+            reqwest::header::AUTHORIZATION,
+            format!("Bearer {}", self.token).parse().unwrap(),
+        );
+        reqwest::Client::builder()
+            .default_headers(headers)
+            .build()
+            .unwrap()
     }
 
     pub fn handled(&self) -> Vec<u64> {

@@ -73,6 +73,16 @@ pub trait QueueStatistics: Send + Sync {
     /// [`Capabilities::lists_all_queues`](super::Capabilities::lists_all_queues), otherwise
     /// those this handle declared.
     async fn queue_stats(&self) -> Result<Vec<QueueStats>>;
+
+    /// The bindings on `exchange` as `(pattern, queue)` pairs, for every queue the transport
+    /// knows (as [`queue_stats`](Self::queue_stats) does), or `None` when it cannot list them
+    /// (AMQP 0-9-1 has no way to). Whoever must tell whether a routing key reaches a queue
+    /// other than its own (`herald serve` asks before publishing) matches them with
+    /// [`topic_matches`](crate::pattern::topic_matches).
+    async fn bindings(&self, exchange: &str) -> Result<Option<Vec<(String, String)>>> {
+        let _ = exchange;
+        Ok(None)
+    }
 }
 
 /// The transport's dead-letter administration, or [`Error::Unsupported`] naming the transport.

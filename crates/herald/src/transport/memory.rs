@@ -552,6 +552,13 @@ impl QueueStatistics for MemoryTransport {
         stats.sort_by(|a, b| a.queue.cmp(&b.queue));
         Ok(stats)
     }
+
+    async fn bindings(&self, exchange: &str) -> Result<Option<Vec<(String, String)>>> {
+        let state = lock(&self.broker.state);
+        Ok(Some(
+            state.bindings.get(exchange).cloned().unwrap_or_default(),
+        ))
+    }
 }
 
 /// Settles one consumer's deliveries; when dropped (consumer gone, deliveries dropped), whatever

@@ -39,7 +39,7 @@ pub use capabilities::{Capabilities, Ordering};
 pub use deliveries::{Deliveries, DeliverySource, TryRecvError};
 pub use delivery::{Delivery, Failure, Outcome, Settle, Settler};
 pub use registry::{check_url, connect, known_schemes, register, Connector};
-pub use url::{escape_controls, redact_url, scheme_of, DEFAULT_SQLITE_PATH};
+pub use url::{escape_controls, redact_url, scheme_of, split_url_list, DEFAULT_SQLITE_PATH};
 
 /// Options for one publish call.
 #[derive(Debug, Clone, Copy)]

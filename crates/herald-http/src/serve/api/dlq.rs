@@ -5,7 +5,7 @@ use std::collections::BTreeSet;
 use axum::extract::{Path, Query, State};
 use axum::Json;
 use herald::envelope::header;
-use herald::transport::DeadLetter;
+use herald::transport::{escape_controls, DeadLetter};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -150,7 +150,8 @@ pub(crate) async fn replay(
     let n = super::dead_letter_admin(&**s.bus.transport())?
         .replay_dead_letters(&queue, sel.ids()?)
         .await?;
-    tracing::info!(%queue, replayed = n, "dead letters replayed over HTTP");
+    // The queue comes from the URL: escaped, so `%0d%0a` in a path cannot forge a log line.
+    tracing::info!(queue = %escape_controls(&queue), replayed = n, "dead letters replayed over HTTP");
     Ok(Json(serde_json::json!({"replayed": n})))
 }
 
@@ -164,6 +165,6 @@ pub(crate) async fn purge(
     let n = super::dead_letter_admin(&**s.bus.transport())?
         .purge_dead_letters(&queue, sel.ids()?)
         .await?;
-    tracing::info!(%queue, purged = n, "dead letters purged over HTTP");
+    tracing::info!(queue = %escape_controls(&queue), purged = n, "dead letters purged over HTTP");
     Ok(Json(serde_json::json!({"purged": n})))
 }

@@ -82,10 +82,10 @@ pub(crate) async fn publish(
 }
 
 /// Whether a queue other than the dashboard's own stream receives `routing_key`. The stream's
-/// queue is bound to `#`, so the broker itself would route everything; this looks at the
-/// bindings the server knows (this bus, the catalog) and at the queues the transport lists,
-/// named `<service>.<routing key>` by convention; a transport that cannot list queues
-/// (RabbitMQ) gets the benefit of the doubt.
+/// queue is bound to `#`, so the broker itself would route everything; this matches binding
+/// patterns instead: this bus's own, then the transport's (every queue on the broker, when it
+/// can list them), and only where the transport cannot list bindings (RabbitMQ) the catalog's
+/// declared consumers, or, without a catalog entry, the benefit of the doubt.
 async fn routable(s: &AppState, routing_key: &str) -> ApiResult<bool> {
     let ours = s
         .bus
@@ -97,23 +97,24 @@ async fn routable(s: &AppState, routing_key: &str) -> ApiResult<bool> {
     if ours {
         return Ok(true);
     }
+    let transport = s.bus.transport();
+    if let Some(stats) = transport.queue_statistics() {
+        if let Some(bindings) = stats.bindings(&s.bus.config().exchange).await? {
+            return Ok(bindings.iter().any(|(pattern, queue)| {
+                *queue != s.stream_queue && topic_matches(pattern, routing_key)
+            }));
+        }
+    }
     let in_catalog = s
         .catalog
         .events
         .iter()
         .any(|e| e.routing_key == routing_key && !e.consumers.is_empty());
-    if in_catalog {
-        return Ok(true);
-    }
-    let transport = s.bus.transport();
-    if !transport.capabilities().lists_all_queues {
-        // RabbitMQ cannot list queues over AMQP: without a catalog entry there is no way to
-        // tell, so publish rather than refuse what may well have consumers.
-        return Ok(true);
-    }
-    let suffix = format!(".{routing_key}");
-    let stats = super::queue_stats(&**transport).await?;
-    Ok(stats
-        .iter()
-        .any(|q| q.queue != s.stream_queue && q.queue.ends_with(&suffix)))
+    // Without a list of bindings and without a catalog entry there is no way to tell: publish
+    // rather than refuse what may well have consumers.
+    Ok(in_catalog
+        || s.catalog
+            .events
+            .iter()
+            .all(|e| e.routing_key != routing_key))
 }

@@ -421,4 +421,13 @@ impl QueueStatistics for SqliteTransport {
     async fn queue_stats(&self) -> Result<Vec<QueueStats>> {
         self.inner.request(Cmd::Stats).await
     }
+
+    async fn bindings(&self, exchange: &str) -> Result<Option<Vec<(String, String)>>> {
+        let exchange = exchange.to_string();
+        let bindings = self
+            .inner
+            .request(|reply| Cmd::Bindings { exchange, reply })
+            .await?;
+        Ok(Some(bindings))
+    }
 }

@@ -763,4 +763,18 @@ impl Store {
             })
             .map_err(|e| self.err("reading queue stats", e))
     }
+
+    /// Every `(pattern, queue)` binding on `exchange`, read from the file (other processes
+    /// declare queues too).
+    pub(crate) fn bindings(&self, exchange: &str) -> Result<Vec<(String, String)>> {
+        self.conn
+            .prepare_cached(
+                "SELECT pattern, queue FROM herald_bindings WHERE exchange = ?1 ORDER BY queue, pattern",
+            )
+            .and_then(|mut s| {
+                s.query_map([exchange], |r| Ok((r.get(0)?, r.get(1)?)))?
+                    .collect()
+            })
+            .map_err(|e| self.err("reading bindings", e))
+    }
 }

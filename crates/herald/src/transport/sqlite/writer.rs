@@ -131,6 +131,11 @@ pub(crate) enum Cmd {
         reply: Reply<u64>,
     },
     Stats(Reply<Vec<QueueStats>>),
+    /// The `(pattern, queue)` bindings on an exchange.
+    Bindings {
+        exchange: String,
+        reply: Reply<Vec<(String, String)>>,
+    },
     /// Answered once everything queued before it is committed.
     Flush(Reply<()>),
 }
@@ -160,7 +165,7 @@ impl Cmd {
     fn is_read(&self) -> bool {
         matches!(
             self,
-            Cmd::DeadLetters { .. } | Cmd::Stats(_) | Cmd::Flush(_)
+            Cmd::DeadLetters { .. } | Cmd::Stats(_) | Cmd::Bindings { .. } | Cmd::Flush(_)
         )
     }
 }
@@ -297,6 +302,7 @@ fn run_group(store: &mut Store, group: &mut Vec<Cmd>) -> bool {
                 reply,
             } => drop(reply.send(store.dead_letters(&queue, limit))),
             Cmd::Stats(reply) => drop(reply.send(store.stats(super::now_ms()))),
+            Cmd::Bindings { exchange, reply } => drop(reply.send(store.bindings(&exchange))),
             Cmd::Flush(reply) => drop(reply.send(Ok(()))),
             _ => {}
         }
@@ -432,6 +438,10 @@ fn run_writes(store: &mut Store, writes: Vec<Cmd>) -> bool {
                 "sqlite",
                 "internal: read in a write group",
             )))),
+            Cmd::Bindings { reply, .. } => drop(reply.send(Err(Error::transport(
+                "sqlite",
+                "internal: read in a write group",
+            )))),
             Cmd::Flush(reply) => drop(reply.send(Ok(()))),
         }
     }
@@ -478,6 +488,7 @@ fn fail_unstarted(cmd: Cmd, message: &str) {
         Cmd::Replay { reply, .. } | Cmd::Purge { reply, .. } => drop(reply.send(Err(err()))),
         Cmd::DeadLetters { reply, .. } => drop(reply.send(Err(err()))),
         Cmd::Stats(reply) => drop(reply.send(Err(err()))),
+        Cmd::Bindings { reply, .. } => drop(reply.send(Err(err()))),
         Cmd::Settle { reply: None, .. } | Cmd::Renew { .. } | Cmd::ConsumerGone { .. } => {
             tracing::warn!(error = message, "sqlite: background write failed; affected messages come back when their lease ends");
         }
