@@ -8,6 +8,7 @@
 
 mod catalog;
 pub mod events;
+pub mod orders;
 pub mod services;
 mod tally;
 

@@ -20,6 +20,8 @@ mod catalog;
 mod history;
 mod stream;
 
+pub use api::sagas;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 
