@@ -105,7 +105,7 @@ pub enum Error {
     },
     /// A projection that is not registered in the store.
     #[error(
-        "no projection named `{0}` in this store; `herald projections --database ...` lists them"
+        "no projection named `{0}` in this store; `herald projections list --database ...` lists them"
     )]
     UnknownProjection(String),
     /// A URL the store cannot open.
