@@ -1,5 +1,6 @@
 //! One module per subcommand.
 pub mod bench;
+pub mod bench_workload;
 pub mod demo;
 pub mod dlq;
 pub mod docs;
