@@ -7,6 +7,10 @@
 //! transitions per second from the first publish to the last commit. Catch-up: `events` events
 //! appended in batches, then a projection (an upsert per event, checkpoint in the same
 //! transaction) applies them from the first; events per second of that catch-up.
+//!
+//! `notify` switches the outbox's `NOTIFY` trigger: on (the default), PostgreSQL serializes the
+//! commits of the transitions (each staged a row, each notified), which caps them at one commit
+//! per WAL flush; off, concurrent transitions share flushes (relays then poll).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -131,7 +135,12 @@ impl PgProjection for PerStream {
 
 /// Run the workload on PostgreSQL (`conninfo`) and the RabbitMQ broker `amqp`, in a fresh
 /// schema and exchange removed afterwards.
-pub async fn run(conninfo: &str, amqp: &str, events: u64) -> Result<SagaFigures, BoxError> {
+pub async fn run(
+    conninfo: &str,
+    amqp: &str,
+    events: u64,
+    notify: bool,
+) -> Result<SagaFigures, BoxError> {
     let tag = uuid::Uuid::new_v4().simple().to_string();
     let schema = format!("bench_saga_{}", &tag[..10]);
     let exchange = format!("bench.saga.{}", &tag[..8]);
@@ -140,6 +149,7 @@ pub async fn run(conninfo: &str, amqp: &str, events: u64) -> Result<SagaFigures,
             .schema(&schema)
             .service("bench-saga")
             .pool_size(32)
+            .outbox_notify(notify)
             .connect()
             .await?,
     );

@@ -45,7 +45,14 @@ pub async fn run(
                         .into(),
                 );
             }
-            let f = herald_bench::saga::run(database, amqp, events).await?;
+            // HERALD_BENCH_OUTBOX_NOTIFY=0 turns the outbox's NOTIFY trigger off for the run.
+            let f = herald_bench::saga::run(
+                database,
+                amqp,
+                events,
+                std::env::var("HERALD_BENCH_OUTBOX_NOTIFY").as_deref() != Ok("0"),
+            )
+            .await?;
             eprintln!(
                 "saga: {} transitions, {:.0}/s; projection catch-up over {} events, {:.0}/s",
                 f.transitions, f.transitions_per_sec, f.catch_up_events, f.catch_up_eps

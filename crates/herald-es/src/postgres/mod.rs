@@ -52,9 +52,19 @@ pub struct PgEventStoreBuilder {
     service: String,
     pool_size: usize,
     upcasters: Upcasters,
+    notify: Option<bool>,
 }
 
 impl PgEventStoreBuilder {
+    /// Turn the outbox's `NOTIFY` wake-up hint on or off (on after the first migration). Off,
+    /// concurrent appends and saga transitions commit together (group commit): PostgreSQL
+    /// serializes the commits of transactions that notified; relays then find new rows by
+    /// polling. See [`PgOutbox::set_notify`].
+    pub fn outbox_notify(mut self, enabled: bool) -> Self {
+        self.notify = Some(enabled);
+        self
+    }
+
     /// The schema holding the store's tables and its outbox (default `public`).
     pub fn schema(mut self, schema: &str) -> Self {
         self.schema = schema.to_string();
@@ -93,6 +103,10 @@ impl PgEventStoreBuilder {
             appended: Notify::new(),
         };
         store.migrate().await?;
+        if let Some(enabled) = self.notify {
+            let client = connect_client(store.pool.conninfo()).await?;
+            store.outbox.set_notify(&client, enabled).await?;
+        }
         Ok(store)
     }
 }
@@ -236,6 +250,7 @@ impl PgEventStore {
             service: "herald-es".into(),
             pool_size: 8,
             upcasters: Upcasters::new(),
+            notify: None,
         }
     }
 
