@@ -19,7 +19,7 @@
 //! #[event(name = "order.placed", version = 2)]
 //! struct OrderPlaced { order_id: String, cents: u64, currency: String }
 //!
-//! let upcasters = Upcasters::new().add(|old: OrderPlacedV1| OrderPlaced {
+//! let upcasters = Upcasters::new().step(|old: OrderPlacedV1| OrderPlaced {
 //!     order_id: old.order_id,
 //!     cents: old.total * 100,
 //!     currency: "EUR".into(),
@@ -73,11 +73,11 @@ impl Upcasters {
     }
 
     /// A typed step from `Old` (the contract as it was stored) to `New`.
-    pub fn add<Old: Event, New: Event>(
+    pub fn step<Old: Event, New: Event>(
         self,
         f: impl Fn(Old) -> New + Send + Sync + 'static,
     ) -> Self {
-        self.add_json(Old::NAME, Old::VERSION, New::NAME, New::VERSION, move |v| {
+        self.step_json(Old::NAME, Old::VERSION, New::NAME, New::VERSION, move |v| {
             let old: Old = serde_json::from_value(v).map_err(|e| {
                 format!(
                     "the stored body is not a {} (v{}): {e}",
@@ -90,7 +90,7 @@ impl Upcasters {
     }
 
     /// A step on the JSON body, from `(name, version)` to `(to_name, to_version)`.
-    pub fn add_json(
+    pub fn step_json(
         mut self,
         name: &str,
         version: u32,

@@ -120,7 +120,7 @@ mod v2 {
 
     /// What the v2 release registers to read what v1 stored.
     pub fn upcasters() -> Upcasters {
-        Upcasters::new().add(|old: v1::Deposited| Deposited {
+        Upcasters::new().step(|old: v1::Deposited| Deposited {
             cents: old.amount * 100,
             currency: "EUR".into(),
         })
