@@ -95,6 +95,7 @@ impl PgEventStoreBuilder {
         let outbox = PgOutbox::new(&self.service)?.schema(&schema)?;
         let store = PgEventStore {
             sql: Arc::new(Sql::new(&schema, &outbox.qualified())),
+            saga_sql: saga::SagaSql::new(&schema, &outbox.qualified()),
             pool: PgPool::new(&self.conninfo, self.pool_size),
             schema,
             service: self.service,
@@ -120,6 +121,7 @@ pub struct PgEventStore {
     upcasters: Upcasters,
     appended: Notify,
     sql: Arc<Sql>,
+    saga_sql: saga::SagaSql,
 }
 
 /// The statements, with the schema spliced in once.

@@ -4,7 +4,6 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use herald_outbox::StagedEvent;
 use tokio_postgres::types::ToSql;
-use tokio_postgres::{Statement, Transaction};
 
 use super::{i64_of, PgEventStore};
 use crate::error::{pg, Error, Result};
@@ -13,15 +12,68 @@ use crate::saga::{
     SagaStatus, SagaStore, Trigger,
 };
 
-type BoxedQuery<'a> = std::pin::Pin<Box<dyn std::future::Future<Output = Result<u64>> + Send + 'a>>;
+/// A transition is one statement (autocommit): the trigger is checked (a message not handled
+/// before, a timeout still there), the instance compared-and-set, and only when that wrote a row
+/// are the trigger recorded, the timeouts written and dropped and the messages staged. A
+/// duplicate or a lost race writes nothing at all.
+pub(super) struct SagaSql {
+    commit_new: String,
+    commit_next: String,
+}
 
-fn step<'a>(
-    tx: &'a Transaction<'_>,
-    statement: &'a Statement,
-    params: Vec<&'a (dyn ToSql + Sync)>,
-    what: &'static str,
-) -> BoxedQuery<'a> {
-    Box::pin(async move { tx.execute(statement, &params).await.map_err(pg(what)) })
+const COMMIT_TAIL: &str = "
+), h AS (
+    INSERT INTO {s}.es_saga_handled (saga, message_id, instance_id)
+    SELECT $1, $9, $2 FROM saved WHERE $9::text IS NOT NULL
+), fired AS (
+    DELETE FROM {s}.es_saga_timeouts
+    WHERE id = $10 AND EXISTS (SELECT 1 FROM saved) AND NOT (key = ANY($13::text[]))
+), cancelled AS (
+    DELETE FROM {s}.es_saga_timeouts
+    WHERE saga = $1 AND instance_id = $2 AND id <> $10 AND ($11 OR key = ANY($12::text[]))
+      AND EXISTS (SELECT 1 FROM saved)
+), scheduled AS (
+    INSERT INTO {s}.es_saga_timeouts (saga, instance_id, key, due_at, payload)
+    SELECT $1, $2, u.k, u.d, u.p FROM saved, unnest($13::text[], $14::timestamptz[], $15::text[]) AS u(k, d, p)
+    ON CONFLICT (saga, instance_id, key) DO UPDATE SET due_at = EXCLUDED.due_at, payload = EXCLUDED.payload
+), staged AS (
+    INSERT INTO {outbox} (event_id, aggregate, routing_key, event_type, headers, body)
+    SELECT u.i, u.a, u.k, u.t, u.h::jsonb, u.b
+    FROM saved, unnest($16::text[], $17::text[], $18::text[], $19::text[], $20::text[], $21::text[])
+         WITH ORDINALITY AS u(i, a, k, t, h, b, n)
+    ORDER BY u.n
+)
+SELECT (SELECT count(*) FROM saved)::bigint, (SELECT ok FROM fresh)";
+
+impl SagaSql {
+    pub(super) fn new(schema: &str, outbox: &str) -> Self {
+        let head = format!(
+            "WITH fresh AS (
+                SELECT NOT EXISTS (SELECT 1 FROM {schema}.es_saga_handled WHERE saga = $1 AND message_id = $9::text)
+                   AND ($10::bigint = 0 OR EXISTS (SELECT 1 FROM {schema}.es_saga_timeouts WHERE id = $10)) AS ok
+            ), saved AS ("
+        );
+        let tail = COMMIT_TAIL
+            .replace("{s}", schema)
+            .replace("{outbox}", outbox);
+        SagaSql {
+            commit_new: format!(
+                "{head}
+                INSERT INTO {schema}.es_sagas (saga, instance_id, correlation_id, state, state_name, status, compensations, version)
+                SELECT $1, $2, $3, $4, $5, $6, $7, 1 WHERE (SELECT ok FROM fresh) AND $8::bigint = 0
+                ON CONFLICT DO NOTHING
+                RETURNING 1{tail}"
+            ),
+            commit_next: format!(
+                "{head}
+                UPDATE {schema}.es_sagas SET state = $4, state_name = $5, status = $6, compensations = $7,
+                    version = version + 1, updated_at = now()
+                WHERE saga = $1 AND instance_id = $2 AND version = $8 AND (SELECT ok FROM fresh)
+                  AND $3::text IS NOT NULL
+                RETURNING 1{tail}"
+            ),
+        }
+    }
 }
 
 #[async_trait]
@@ -61,59 +113,27 @@ impl SagaStore for PgEventStore {
     }
 
     async fn commit_transition(&self, c: &SagaCommit) -> Result<CommitOutcome> {
-        let s = &self.schema;
-        let mut conn = self.pool.get().await?;
-        // Prepared (once per connection) before the transaction borrows the connection.
-        let trigger = match c.trigger {
-            Trigger::Message(_) => format!(
-                "INSERT INTO {s}.es_saga_handled (saga, message_id, instance_id) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING"
-            ),
-            Trigger::Timeout(_) => format!("DELETE FROM {s}.es_saga_timeouts WHERE id = $1"),
-        };
-        let trigger = conn.prepare(&trigger).await?;
-        let save = if c.expected_version == 0 {
-            conn.prepare(&format!(
-                "INSERT INTO {s}.es_sagas (saga, instance_id, correlation_id, state, state_name, status, compensations, version)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, 1) ON CONFLICT DO NOTHING"
-            ))
-            .await?
+        let sql = if c.expected_version == 0 {
+            &self.saga_sql.commit_new
         } else {
-            conn.prepare(&format!(
-                "UPDATE {s}.es_sagas SET state = $4, state_name = $5, status = $6, compensations = $7,
-                     version = version + 1, updated_at = now()
-                 WHERE saga = $1 AND instance_id = $2 AND version = $8 AND $3::text IS NOT NULL"
-            ))
-            .await?
+            &self.saga_sql.commit_next
         };
-        let cancel = conn
-            .prepare(&format!(
-                "DELETE FROM {s}.es_saga_timeouts WHERE saga = $1 AND instance_id = $2 AND ($3 OR key = ANY($4))"
-            ))
-            .await?;
-        let schedule = conn
-            .prepare(&format!(
-                "INSERT INTO {s}.es_saga_timeouts (saga, instance_id, key, due_at, payload) VALUES ($1, $2, $3, $4, $5)
-                 ON CONFLICT (saga, instance_id, key) DO UPDATE SET due_at = EXCLUDED.due_at, payload = EXCLUDED.payload"
-            ))
-            .await?;
-        let stage = conn
-            .prepare(&format!(
-                "INSERT INTO {} (event_id, aggregate, routing_key, event_type, headers, body)
-                 SELECT i, a, k, t, h::jsonb, b FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[])
-                 WITH ORDINALITY AS u(i, a, k, t, h, b, n) ORDER BY n",
-                self.outbox.qualified()
-            ))
-            .await?;
-
+        let (message_id, timeout_id): (Option<&str>, i64) = match &c.trigger {
+            Trigger::Message(id) => (Some(id.as_str()), 0),
+            Trigger::Timeout(id) => (None, *id),
+        };
         let status = c.status.as_str();
         let expected = i64_of(c.expected_version);
+        let schedule_keys: Vec<&str> = c.schedule.iter().map(|t| t.key.as_str()).collect();
+        let schedule_due: Vec<DateTime<Utc>> = c.schedule.iter().map(|t| t.due_at).collect();
+        let schedule_payloads: Vec<&str> = c.schedule.iter().map(|t| t.payload.as_str()).collect();
         let rows = c
             .outbox
             .iter()
             .map(StagedEvent::from_envelope)
             .collect::<Result<Vec<_>, _>>()?;
         let col = |f: fn(&StagedEvent) -> &String| rows.iter().map(f).collect::<Vec<&String>>();
-        let outbox_columns = (
+        let (ids, aggregates, keys, types, headers, bodies) = (
             col(|r| &r.event_id),
             col(|r| &r.aggregate),
             col(|r| &r.routing_key),
@@ -121,28 +141,7 @@ impl SagaStore for PgEventStore {
             col(|r| &r.headers),
             col(|r| &r.body),
         );
-        let timeout_id = match &c.trigger {
-            Trigger::Timeout(id) => *id,
-            Trigger::Message(_) => 0,
-        };
-
-        let tx = conn
-            .client_mut()
-            .transaction()
-            .await
-            .map_err(pg("starting a saga transition"))?;
-        // The statements are pipelined: sent together, run in order, answered together.
-        let run = |st, params, what| step(&tx, st, params, what);
-        let mut steps: Vec<BoxedQuery<'_>> = Vec::new();
-        steps.push(match &c.trigger {
-            Trigger::Message(id) => run(
-                &trigger,
-                vec![&c.saga, id, &c.instance_id],
-                "recording a handled message",
-            ),
-            Trigger::Timeout(_) => run(&trigger, vec![&timeout_id], "taking a due timeout"),
-        });
-        let mut save_params: Vec<&(dyn ToSql + Sync)> = vec![
+        let params: [&(dyn ToSql + Sync); 21] = [
             &c.saga,
             &c.instance_id,
             &c.correlation_id,
@@ -150,50 +149,37 @@ impl SagaStore for PgEventStore {
             &c.state_name,
             &status,
             &c.compensations,
+            &expected,
+            &message_id,
+            &timeout_id,
+            &c.cancel_all,
+            &c.cancel,
+            &schedule_keys,
+            &schedule_due,
+            &schedule_payloads,
+            &ids,
+            &aggregates,
+            &keys,
+            &types,
+            &headers,
+            &bodies,
         ];
-        if c.expected_version > 0 {
-            save_params.push(&expected);
-        }
-        steps.push(run(&save, save_params, "saving a saga instance"));
-        if c.cancel_all || !c.cancel.is_empty() {
-            steps.push(run(
-                &cancel,
-                vec![&c.saga, &c.instance_id, &c.cancel_all, &c.cancel],
-                "dropping saga timeouts",
-            ));
-        }
-        for t in &c.schedule {
-            steps.push(run(
-                &schedule,
-                vec![&c.saga, &c.instance_id, &t.key, &t.due_at, &t.payload],
-                "scheduling a saga timeout",
-            ));
-        }
-        if !rows.is_empty() {
-            steps.push(run(
-                &stage,
-                vec![
-                    &outbox_columns.0,
-                    &outbox_columns.1,
-                    &outbox_columns.2,
-                    &outbox_columns.3,
-                    &outbox_columns.4,
-                    &outbox_columns.5,
-                ],
-                "staging saga messages",
-            ));
-        }
-        let counts = futures::future::try_join_all(steps).await?;
-        if counts[0] == 0 {
-            return Ok(CommitOutcome::Duplicate);
-        }
-        if counts[1] == 0 {
-            return Ok(CommitOutcome::Conflict);
-        }
-        tx.commit()
+        let mut conn = self.pool.get().await?;
+        let statement = conn.prepare(sql).await?;
+        let row = conn
+            .client()
+            .query_one(&statement, &params)
             .await
             .map_err(pg("committing a saga transition"))?;
-        Ok(CommitOutcome::Committed)
+        let saved: i64 = row.get(0);
+        let fresh: bool = row.get(1);
+        Ok(if saved > 0 {
+            CommitOutcome::Committed
+        } else if !fresh {
+            CommitOutcome::Duplicate
+        } else {
+            CommitOutcome::Conflict
+        })
     }
 
     async fn due_timeouts(&self, saga: &str, limit: usize) -> Result<Vec<DueTimeout>> {
