@@ -8,10 +8,12 @@
 //! Herald's [`RabbitTransport`](herald_rabbitmq::RabbitTransport); both return
 //! [`W1Figures`]. [`rabbit_w1::latency`] measures publish-to-handler latency at a fixed rate.
 
+pub mod append;
 pub mod cpu;
 pub mod rabbit_w1;
 pub mod raw_amqprs;
 pub mod raw_nats;
+pub mod saga;
 pub mod w1;
 
 use std::time::{Duration, Instant};

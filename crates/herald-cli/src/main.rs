@@ -53,6 +53,11 @@ enum Command {
     /// The transactional outbox on PostgreSQL: status, table triggers, a relay
     #[command(subcommand)]
     Outbox(commands::outbox::Command),
+    /// Event-sourcing projections (herald-es): list them with their lag, rebuild one
+    #[command(subcommand)]
+    Projections(commands::projections::Command),
+    /// Saga instances (herald-es) with state and age; --stuck lists the stuck ones
+    Sagas(commands::sagas::Args),
     /// Print the topology the demo declares, or the live queues on the broker.
     Topology(commands::topology::Args),
     /// Run benchmark workload W1 and print a RESULT line.
@@ -105,6 +110,8 @@ async fn run(cli: Cli) -> CliResult<()> {
         Command::Tail(args) => commands::tail::run(config, args).await,
         Command::Dlq(cmd) => commands::dlq::run(config, cmd).await,
         Command::Outbox(cmd) => commands::outbox::run(config, cmd).await,
+        Command::Projections(cmd) => commands::projections::run(config, cmd).await,
+        Command::Sagas(args) => commands::sagas::run(config, args).await,
         Command::Topology(args) => commands::topology::run(config, args).await,
         Command::Bench(args) => commands::bench::run(config, args).await,
         Command::Chaos(args) => commands::chaos::run(config, args).await,

@@ -40,6 +40,13 @@ pub struct Args {
     /// report the medians, and the median of the rounds' ratios
     #[arg(long, default_value_t = 1)]
     rounds: usize,
+    /// Workload: w1 (the bus), append (herald-es event store against raw tokio-postgres),
+    /// saga (saga transitions on PostgreSQL + RabbitMQ, projection catch-up)
+    #[arg(long, default_value = "w1", value_parser = ["w1", "append", "saga"])]
+    workload: String,
+    /// The event store of --workload append|saga: postgres://USER@HOST/DB or a libpq conninfo
+    #[arg(long)]
+    database: Option<String>,
     /// Internal: run one side of a split run
     #[arg(long, hide = true, value_parser = ["consumer"])]
     role: Option<String>,
@@ -80,6 +87,15 @@ fn queue_kind(quorum: bool) -> QueueKind {
 pub async fn run(mut config: Config, args: Args) -> CliResult<()> {
     if args.events == 0 {
         return Err("--events must be at least 1".into());
+    }
+    if args.workload != "w1" {
+        return super::bench_workload::run(
+            &config,
+            &args.workload,
+            args.database.as_deref(),
+            args.events,
+        )
+        .await;
     }
     let kind = queue_kind(args.quorum);
     if args.role.as_deref() == Some("consumer") {

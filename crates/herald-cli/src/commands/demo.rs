@@ -31,9 +31,22 @@ pub struct Args {
     /// Do not start the dashboard and HTTP API
     #[arg(long)]
     no_serve: bool,
+    #[command(flatten)]
+    orders: crate::demo::orders::OrdersArgs,
 }
 
 pub async fn run(config: Config, args: Args) -> CliResult<()> {
+    if args.orders.system == "orders" {
+        let options = crate::demo::orders::OrdersOptions {
+            events: args.events,
+            rate: args
+                .rate
+                .unwrap_or(if args.events.is_some() { 0 } else { 20 }),
+            progress: !args.quiet,
+            listen: (!args.no_serve).then_some(args.listen),
+        };
+        return crate::demo::orders::run(config, &args.orders, options).await;
+    }
     for (name, v) in [
         ("--fail-rate", args.fail_rate),
         ("--poison-rate", args.poison_rate),

@@ -1,11 +1,14 @@
 //! One module per subcommand.
 pub mod bench;
+pub mod bench_workload;
 pub mod chaos;
 pub mod demo;
 pub mod dlq;
 pub mod docs;
 pub mod outbox;
+pub mod projections;
 pub mod publish;
+pub mod sagas;
 pub mod serve;
 pub mod tail;
 pub mod topology;

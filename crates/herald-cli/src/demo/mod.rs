@@ -12,6 +12,7 @@
 
 mod catalog;
 pub mod events;
+pub mod orders;
 mod report;
 pub mod services;
 

@@ -22,6 +22,7 @@ mod guard;
 mod history;
 mod stream;
 
+pub use api::sagas;
 pub use guard::CONTENT_SECURITY_POLICY;
 
 use std::net::SocketAddr;

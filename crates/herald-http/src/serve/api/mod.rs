@@ -3,6 +3,7 @@
 mod dlq;
 mod events;
 mod read;
+pub mod sagas;
 
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
