@@ -124,11 +124,13 @@ impl Recorder {
             .await;
         let declared = std::mem::take(&mut *recorded.lock().unwrap_or_else(|e| e.into_inner()));
         for d in declared {
-            let topology = match d {
-                Declared::Topology(t) => t,
-                Declared::Bus(b) => b.topology(),
+            let topologies = match d {
+                Declared::Topology(t) => vec![t],
+                Declared::Bus(b) => b.topologies(),
             };
-            harness.clean_up(&topology).await;
+            for topology in &topologies {
+                harness.clean_up(topology).await;
+            }
         }
         if let Err(panic) = outcome {
             std::panic::resume_unwind(panic);

@@ -1,8 +1,11 @@
-//! What a transport *may* offer beyond moving messages: administration of dead letters and
-//! queue statistics. Each is its own trait, reached through
-//! [`Transport::dead_letter_admin`](super::Transport::dead_letter_admin) and
-//! [`Transport::queue_statistics`](super::Transport::queue_statistics), so a transport that
-//! cannot do one says so (`None`) instead of answering with an error at run time.
+//! What a transport *may* offer beyond moving messages: administration of dead letters, queue
+//! statistics and a request/reply path of its own. Each is its own trait, reached through
+//! [`Transport::dead_letter_admin`](super::Transport::dead_letter_admin),
+//! [`Transport::queue_statistics`](super::Transport::queue_statistics) and
+//! [`Transport::request_reply`](super::Transport::request_reply), so a transport that cannot do
+//! one says so (`None`) instead of answering with an error at run time.
+
+use std::time::Duration;
 
 use async_trait::async_trait;
 use serde::Serialize;
@@ -73,6 +76,39 @@ pub trait QueueStatistics: Send + Sync {
     /// [`Capabilities::lists_all_queues`](super::Capabilities::lists_all_queues), otherwise
     /// those this handle declared.
     async fn queue_stats(&self) -> Result<Vec<QueueStats>>;
+
+    /// Counts for these queues by name, whether or not this handle declared them; a queue that
+    /// does not exist is left out. The default picks them from
+    /// [`queue_stats`](Self::queue_stats); a transport that cannot list queues (RabbitMQ)
+    /// looks each one up.
+    async fn stats_of(&self, queues: &[String]) -> Result<Vec<QueueStats>> {
+        let mut all = self.queue_stats().await?;
+        all.retain(|s| queues.contains(&s.queue));
+        Ok(all)
+    }
+}
+
+/// A transport's own request/reply path (capability `native_request_reply`: RabbitMQ's direct
+/// reply-to). Without it the bus sends requests through a reply queue of its own, which works
+/// on every transport.
+#[async_trait]
+pub trait RequestReply: Send + Sync {
+    /// Publish `request` to `exchange` and wait up to `timeout` for its one reply (matched by
+    /// the reply's `causation_id`). [`Error::Timeout`] when none comes,
+    /// [`Error::Unroutable`] when no queue receives the request.
+    async fn request(
+        &self,
+        exchange: &str,
+        request: &Envelope,
+        timeout: Duration,
+    ) -> Result<Envelope>;
+
+    /// Whether a consumed `request` was sent by [`request`](Self::request), and so is answered
+    /// with [`reply`](Self::reply).
+    fn is_request(&self, request: &Envelope) -> bool;
+
+    /// Send `reply` to whoever sent `request`.
+    async fn reply(&self, request: &Envelope, reply: Envelope) -> Result<()>;
 }
 
 /// The transport's dead-letter administration, or [`Error::Unsupported`] naming the transport.

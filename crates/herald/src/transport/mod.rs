@@ -4,8 +4,9 @@
 //! [`Topology`] (idempotently), publish with durable acceptance, route by topic pattern to
 //! durable queues, hand out deliveries to competing consumers within a prefetch window, and
 //! settle each delivery as the pipeline decided ([`Outcome`]: ack, retry after a delay,
-//! dead-letter, release). It **may** administer dead letters ([`DeadLetterAdmin`]) and count
-//! queues ([`QueueStatistics`]); what it offers is stated in its [`Capabilities`].
+//! dead-letter, release). It **may** administer dead letters ([`DeadLetterAdmin`]), count
+//! queues ([`QueueStatistics`]) and carry requests and replies its own way ([`RequestReply`]);
+//! what it offers is stated in its [`Capabilities`].
 //!
 //! Retry *policy*, timeouts, decoding and the rest live in the handler pipeline above, so every
 //! transport behaves the same. A transport is written against this module's public API only and
@@ -33,7 +34,7 @@ mod url;
 
 pub use admin::{
     dead_letter_admin, queue_statistics, reset_for_replay, DeadLetter, DeadLetterAdmin,
-    QueueStatistics, QueueStats,
+    QueueStatistics, QueueStats, RequestReply,
 };
 pub use capabilities::{Capabilities, Ordering};
 pub use deliveries::{Deliveries, DeliverySource, TryRecvError};
@@ -112,6 +113,12 @@ pub trait Transport: Send + Sync + 'static {
 
     /// Queue counts, when [`Capabilities::queue_stats`] says so.
     fn queue_statistics(&self) -> Option<&dyn QueueStatistics> {
+        None
+    }
+
+    /// The transport's own request/reply path, when [`Capabilities::native_request_reply`]
+    /// says so. Without one the bus answers requests through a reply queue of its own.
+    fn request_reply(&self) -> Option<&dyn RequestReply> {
         None
     }
 
