@@ -23,6 +23,7 @@ pub mod middleware;
 pub mod pattern;
 mod publisher;
 pub mod telemetry;
+pub mod testing;
 pub mod topology;
 pub mod trace;
 pub mod transport;

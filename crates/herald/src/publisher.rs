@@ -184,6 +184,9 @@ pub(crate) struct PublishCore {
     pub observer: Option<Arc<dyn Observe>>,
     /// Exchanges other than `exchange` declared on the way to a first publish there.
     pub declared: Mutex<Vec<String>>,
+    /// In front of every exchange name given (empty but in the test harness; `exchange`
+    /// already has it).
+    pub namespace: String,
 }
 
 impl Publisher {
@@ -209,8 +212,8 @@ impl Publisher {
             (e.id.clone(), vec![e])
         });
         let exchange = match options.exchange {
-            Some(x) => Some(Cow::Owned(x)),
-            None => E::EXCHANGE.map(Cow::Borrowed),
+            Some(x) => Some(Cow::Owned(format!("{}{x}", self.core.namespace))),
+            None => E::EXCHANGE.map(|x| self.resolve(Some(x))),
         };
         self.send_one(prepared, exchange, options.allow_unroutable)
     }
@@ -237,7 +240,8 @@ impl Publisher {
             .map(|e| Envelope::for_event(e, &self.core.service))
             .collect::<Result<Vec<_>>>()?;
         let ids = envelopes.iter().map(|e| e.id.clone()).collect();
-        self.send(E::EXCHANGE, envelopes, false).await?;
+        let exchange = self.resolve(E::EXCHANGE);
+        self.send(Some(&exchange), envelopes, false).await?;
         Ok(ids)
     }
 
@@ -303,7 +307,17 @@ impl Publisher {
         &self.core.transport
     }
 
-    async fn send(
+    /// The full name of an exchange given by name (`None`: the bus's own).
+    pub(crate) fn resolve<'a>(&self, exchange: Option<&'a str>) -> Cow<'a, str> {
+        match exchange {
+            None => Cow::Owned(self.core.exchange.clone()),
+            Some(x) if self.core.namespace.is_empty() => Cow::Borrowed(x),
+            Some(x) => Cow::Owned(format!("{}{x}", self.core.namespace)),
+        }
+    }
+
+    /// Publish to `exchange` (its full name; `None`: the bus's own).
+    pub(crate) async fn send(
         &self,
         exchange: Option<&str>,
         mut envelopes: Vec<Envelope>,

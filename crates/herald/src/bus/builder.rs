@@ -50,6 +50,7 @@ pub struct BusBuilder {
     pipeline: Option<Pipeline>,
     layers: Pipeline,
     observer: Option<Arc<dyn Observe>>,
+    namespace: String,
 }
 
 impl BusBuilder {
@@ -127,10 +128,24 @@ impl BusBuilder {
         self
     }
 
+    /// Tell `observer` about every publish, delivery and settlement (the test harness).
+    pub(crate) fn observer(mut self, observer: Arc<dyn Observe>) -> Self {
+        self.observer = Some(observer);
+        self
+    }
+
+    /// Put `prefix` in front of the name of every queue and exchange this bus declares or
+    /// publishes to (the test harness: tests sharing a real broker must not share either).
+    pub(crate) fn namespace(mut self, prefix: impl Into<String>) -> Self {
+        self.namespace = prefix.into();
+        self
+    }
+
     /// Validate the configuration, open the transport (within `connect_timeout_ms` when set)
     /// and declare the exchange.
-    pub async fn build(self) -> Result<Bus> {
+    pub async fn build(mut self) -> Result<Bus> {
         self.config.validate()?;
+        self.config.exchange = format!("{}{}", self.namespace, self.config.exchange);
         let transport = match self.transport {
             Some(t) => t,
             None => connect(&self.config).await?,
@@ -149,6 +164,7 @@ impl BusBuilder {
             telemetry: Default::default(),
             observer: self.observer.clone(),
             declared: Mutex::default(),
+            namespace: self.namespace.clone(),
         });
         let shutdown = CancellationToken::new();
         if let Some(interval) = self.queue_depth_interval {
@@ -165,7 +181,7 @@ impl BusBuilder {
         };
         Ok(Bus {
             inner: Arc::new(BusInner {
-                requester: Requester::new(&self.config.service),
+                requester: Requester::new(&format!("{}{}", self.namespace, self.config.service)),
                 config: self.config,
                 transport,
                 publisher,
@@ -176,6 +192,7 @@ impl BusBuilder {
                 layers: self.layers,
                 defaults,
                 observer: self.observer,
+                namespace: self.namespace,
             }),
         })
     }

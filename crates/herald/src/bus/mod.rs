@@ -84,6 +84,8 @@ struct BusInner {
     defaults: PipelineDefaults,
     observer: Option<Arc<dyn Observe>>,
     requester: Requester,
+    /// In front of every queue and exchange name (empty but in the test harness).
+    namespace: String,
 }
 
 struct Subscription {
@@ -165,12 +167,10 @@ impl Bus {
         let timeout = options
             .timeout
             .unwrap_or(Duration::from_millis(inner.config.request_timeout_ms));
-        let exchange = options
-            .exchange
-            .as_deref()
-            .or(Req::EXCHANGE)
-            .unwrap_or(&inner.config.exchange)
-            .to_string();
+        let exchange = inner
+            .publisher
+            .resolve(options.exchange.as_deref().or(Req::EXCHANGE))
+            .into_owned();
         let envelope = crate::Envelope::for_event(request, &inner.config.service)?;
         let reply = match inner.transport.request_reply() {
             Some(native) => {
@@ -404,7 +404,11 @@ impl Bus {
         let inner = &self.inner;
         let config = &inner.config;
         let queue_options = &options.queue;
-        let name = queue_options.name.clone().unwrap_or(default_queue);
+        let name = format!(
+            "{}{}",
+            inner.namespace,
+            queue_options.name.as_deref().unwrap_or(&default_queue)
+        );
         for key in &queue_options.bindings {
             validate_pattern(key).map_err(Error::Config)?;
         }
@@ -414,10 +418,10 @@ impl Bus {
         );
         let built = pipeline.build(innermost, &inner.defaults);
         let queue = queue_options.spec(name, default_bindings, built.retry_delays);
-        let exchange = queue_options
-            .exchange
-            .clone()
-            .unwrap_or_else(|| config.exchange.clone());
+        let exchange = match &queue_options.exchange {
+            Some(x) => format!("{}{x}", inner.namespace),
+            None => config.exchange.clone(),
+        };
         let consumer = &options.consumer;
         let concurrency = consumer.concurrency.unwrap_or(config.concurrency);
         let mut prefetch = consumer.prefetch.unwrap_or(config.prefetch);

@@ -87,7 +87,8 @@ impl Requester {
         lock(&self.task).take()
     }
 
-    /// Send `request` through the reply queue and wait for its reply.
+    /// Send `request` to `exchange` (its full name) through the reply queue and wait for its
+    /// reply.
     pub async fn request(
         &self,
         publisher: &Publisher,
@@ -107,9 +108,7 @@ impl Requester {
         let id = request.id.clone();
         let (tx, rx) = oneshot::channel();
         lock(&self.waiters).insert(id.clone(), tx);
-        let sent = publisher
-            .publish_envelopes_to(exchange, vec![request], false)
-            .await;
+        let sent = publisher.send(Some(exchange), vec![request], false).await;
         if let Err(e) = sent {
             lock(&self.waiters).remove(&id);
             return Err(e);

@@ -1,8 +1,9 @@
 //! What a transport *may* offer beyond moving messages: administration of dead letters, queue
-//! statistics and a request/reply path of its own. Each is its own trait, reached through
-//! [`Transport::dead_letter_admin`](super::Transport::dead_letter_admin),
-//! [`Transport::queue_statistics`](super::Transport::queue_statistics) and
-//! [`Transport::request_reply`](super::Transport::request_reply), so a transport that cannot do
+//! statistics, a request/reply path of its own and deleting a topology. Each is its own trait,
+//! reached through [`Transport::dead_letter_admin`](super::Transport::dead_letter_admin),
+//! [`Transport::queue_statistics`](super::Transport::queue_statistics),
+//! [`Transport::request_reply`](super::Transport::request_reply) and
+//! [`Transport::topology_admin`](super::Transport::topology_admin), so a transport that cannot do
 //! one says so (`None`) instead of answering with an error at run time.
 
 use std::time::Duration;
@@ -12,6 +13,7 @@ use serde::Serialize;
 
 use crate::envelope::Envelope;
 use crate::error::{Error, Result};
+use crate::topology::Topology;
 
 use super::Transport;
 
@@ -86,6 +88,16 @@ pub trait QueueStatistics: Send + Sync {
         all.retain(|s| queues.contains(&s.queue));
         Ok(all)
     }
+}
+
+/// Removing what [`Transport::apply_topology`](super::Transport::apply_topology) declared, for
+/// tests and tools that clean up after themselves on a shared broker.
+#[async_trait]
+pub trait TopologyAdmin: Send + Sync {
+    /// Delete `topology`'s queues with everything the transport declared around them (dead
+    /// letters, retry queues), messages and all, then its exchange with the exchanges declared
+    /// beside it. What does not exist is skipped.
+    async fn delete_topology(&self, topology: &Topology) -> Result<()>;
 }
 
 /// A transport's own request/reply path (capability `native_request_reply`: RabbitMQ's direct

@@ -34,7 +34,7 @@ mod url;
 
 pub use admin::{
     dead_letter_admin, queue_statistics, reset_for_replay, DeadLetter, DeadLetterAdmin,
-    QueueStatistics, QueueStats, RequestReply,
+    QueueStatistics, QueueStats, RequestReply, TopologyAdmin,
 };
 pub use capabilities::{Capabilities, Ordering};
 pub use deliveries::{Deliveries, DeliverySource, TryRecvError};
@@ -119,6 +119,12 @@ pub trait Transport: Send + Sync + 'static {
     /// The transport's own request/reply path, when [`Capabilities::native_request_reply`]
     /// says so. Without one the bus answers requests through a reply queue of its own.
     fn request_reply(&self) -> Option<&dyn RequestReply> {
+        None
+    }
+
+    /// Deleting a declared topology (tests and tools cleaning up a shared broker), when the
+    /// transport can.
+    fn topology_admin(&self) -> Option<&dyn TopologyAdmin> {
         None
     }
 

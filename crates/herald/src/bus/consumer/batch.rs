@@ -158,6 +158,9 @@ async fn run_batch(batch: Vec<Delivery>, shared: Arc<Shared>) {
     for ((envelope, settler, trace), verdict) in parts.into_iter().zip(verdicts) {
         let counters = shared.telemetry.event(&envelope.event_type);
         counters.consumed.increment(1);
+        if let Some(observer) = &shared.spec.observer {
+            observer.taken(&shared.queue, &envelope);
+        }
         shared.telemetry.in_flight.increment(1.0);
         let handling = Handling::start(&envelope, &shared.queue, trace);
         let msg = Message {

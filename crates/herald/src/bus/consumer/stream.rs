@@ -146,6 +146,9 @@ async fn process(delivery: Delivery, shared: Arc<Shared>) {
     let envelope = Arc::new(envelope);
     let counters = shared.telemetry.event(&envelope.event_type);
     counters.consumed.increment(1);
+    if let Some(observer) = &shared.spec.observer {
+        observer.taken(&shared.queue, &envelope);
+    }
     shared.telemetry.in_flight.increment(1.0);
     let started = Instant::now();
     let handling = Handling::start(&envelope, &shared.queue, trace);
