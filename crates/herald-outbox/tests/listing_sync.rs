@@ -234,7 +234,10 @@ async fn the_search_sync_marks_jobs_failed_and_completes_them_when_a_retry_succe
     let s = app.outbox.status(&db).await.unwrap();
     for status in [Status::Completed, Status::Failed] {
         let avg = s.avg_processing_secs.get(&status).copied();
-        assert!(avg.is_some_and(|t| (0.0..30.0).contains(&t)), "{status}: {s}");
+        assert!(
+            avg.is_some_and(|t| (0.0..30.0).contains(&t)),
+            "{status}: {s}"
+        );
     }
     assert!(s.to_string().contains("avg time (s)"), "{s}");
 
