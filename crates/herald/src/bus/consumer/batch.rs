@@ -176,8 +176,8 @@ async fn run_batch(batch: Vec<Delivery>, shared: Arc<Shared>) {
             )
             .await;
         counters.handled_in(started.elapsed());
-        shared
-            .settle(&envelope, settler, result, &counters, &handling)
-            .await;
+        let outcome = shared.outcome(&envelope, result, &counters, &handling);
+        let settled = settler.settle(&envelope, outcome).await;
+        shared.settled(&envelope, settled);
     }
 }

@@ -18,7 +18,7 @@ use crate::telemetry::handles::{ConsumeCounters, ConsumerTelemetry};
 use crate::telemetry::observe::Observe;
 use crate::topology::QueueSpec;
 use crate::trace::spans::Handling;
-use crate::transport::{Delivery, Failure, Outcome, Settler};
+use crate::transport::{Delivery, Failure, Outcome};
 
 /// Everything one subscription's consumer needs.
 pub(crate) struct ConsumerSpec {
@@ -107,16 +107,14 @@ pub(super) fn too_large(envelope: &Envelope, limit: usize) -> Option<HandlerErro
 }
 
 impl Shared {
-    /// Turn the pipeline's result into an outcome, count it, and have the transport carry it
-    /// out.
-    pub(super) async fn settle(
+    /// Turn the pipeline's result into the outcome the transport is to carry out, counting it.
+    pub(super) fn outcome(
         &self,
         envelope: &Envelope,
-        settler: Settler,
         result: HandlerResult,
         counters: &ConsumeCounters,
         handling: &Handling,
-    ) {
+    ) -> Outcome {
         let outcome = match result {
             Ok(()) => {
                 self.metrics.handled();
@@ -153,7 +151,12 @@ impl Shared {
         if let Some(observer) = &self.spec.observer {
             observer.settled(&self.queue, envelope, &outcome);
         }
-        let settled = settler.settle(envelope, outcome).await;
+        outcome
+    }
+
+    /// Count what the transport answered to a settlement. (Deciding and counting are plain
+    /// functions around the one `await`, so the future of every handler call stays small.)
+    pub(super) fn settled(&self, envelope: &Envelope, settled: crate::error::Result<()>) {
         self.telemetry.in_flight.decrement(1.0);
         if let Err(e) = settled {
             self.metrics.settle_error();

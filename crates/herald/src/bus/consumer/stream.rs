@@ -12,19 +12,28 @@ use tokio_util::sync::CancellationToken;
 
 use super::ordering::{key_of, KeyedOrder};
 use super::shared::{release, start, too_large, Shared};
+use crate::envelope::Envelope;
 use crate::middleware::Message;
 use crate::trace::spans::Handling;
-use crate::transport::{Deliveries, Delivery, TryRecvError};
+use crate::trace::TraceContext;
+use crate::transport::{Deliveries, Delivery, Settler, TryRecvError};
 
 /// One handler call; it answers with the delivery's order key (when ordered) once done.
 type Call = Pin<Box<dyn Future<Output = Option<u64>> + Send>>;
 
+///
+/// The delivery is taken apart here, before the future is built: what the future captures
+/// stays in it for its whole life, and an envelope is a few hundred bytes. A future over
+/// about 1 KiB takes glibc's slow allocation path on every message.
 fn call(delivery: Delivery, shared: &Arc<Shared>, key: Option<u64>) -> Call {
-    let shared = shared.clone();
-    Box::pin(async move {
-        process(delivery, shared).await;
-        key
-    })
+    let (envelope, settler, trace) = delivery.into_traced_parts();
+    Box::pin(process(
+        Arc::new(envelope),
+        settler,
+        trace,
+        shared.clone(),
+        key,
+    ))
 }
 
 /// The calls in flight and, with an order key, the deliveries waiting behind them.
@@ -140,10 +149,14 @@ pub(super) async fn consume_stream(
     while calls.in_flight.next().await.is_some() {}
 }
 
-/// Run the pipeline on one delivery and settle it as it decided.
-async fn process(delivery: Delivery, shared: Arc<Shared>) {
-    let (envelope, settler, trace) = delivery.into_traced_parts();
-    let envelope = Arc::new(envelope);
+/// Run the pipeline on one delivery and settle it as it decided; answers with its order key.
+async fn process(
+    envelope: Arc<Envelope>,
+    settler: Settler,
+    trace: Option<TraceContext>,
+    shared: Arc<Shared>,
+    key: Option<u64>,
+) -> Option<u64> {
     let counters = shared.telemetry.event(&envelope.event_type);
     counters.consumed.increment(1);
     if let Some(observer) = &shared.spec.observer {
@@ -167,7 +180,9 @@ async fn process(delivery: Delivery, shared: Arc<Shared>) {
         }
     };
     counters.handled_in(started.elapsed());
-    shared
-        .settle(&envelope, settler, result, &counters, &handling)
-        .await;
+    let outcome = shared.outcome(&envelope, result, &counters, &handling);
+    drop(handling);
+    let settled = settler.settle(&envelope, outcome).await;
+    shared.settled(&envelope, settled);
+    key
 }
