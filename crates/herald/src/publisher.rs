@@ -7,11 +7,13 @@ use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use smallvec::SmallVec;
+
 use crate::envelope::{header, Envelope};
 use crate::error::{Error, Result};
 use crate::event::Event;
 use crate::telemetry::counters::Metrics;
-use crate::telemetry::handles::PublishTelemetry;
+use crate::telemetry::handles::{PublishCounters, PublishTelemetry};
 use crate::telemetry::observe::Observe;
 use crate::topology::Topology;
 use crate::transport::{PublishOptions, Transport};
@@ -379,25 +381,40 @@ impl Publisher {
         let options = PublishOptions {
             require_route: !(allow_unroutable || self.core.allow_unroutable),
         };
+        // The envelopes go to the transport; what is counted after is taken before.
+        let counters = publish_counters(&self.core, &envelopes);
+        let n = envelopes.len() as u64;
+        let observed = self.core.observer.as_ref().map(|_| envelopes.clone());
         let result = self
             .core
             .transport
-            .publish(exchange, &envelopes, options)
+            .publish_owned(exchange, envelopes, options)
             .await;
-        record_publish(&self.core, &envelopes, &result);
+        for (c, k) in &counters {
+            c.record(*k, &result);
+        }
         result?;
-        self.core.metrics.add_published(envelopes.len() as u64);
-        if let Some(observer) = &self.core.observer {
+        self.core.metrics.add_published(n);
+        if let (Some(observer), Some(envelopes)) = (&self.core.observer, observed) {
             observer.published(exchange, &envelopes);
         }
         Ok(())
     }
 }
 
-/// Count a publish call per event type (a batch is usually of one type: one lookup per run).
-fn record_publish(core: &PublishCore, envelopes: &[Envelope], result: &Result<()>) {
-    for run in envelopes.chunk_by(|a, b| a.event_type == b.event_type) {
-        core.telemetry
-            .record(&core.service, &run[0].event_type, run.len() as u64, result);
-    }
+/// The counters of a publish call, per event type, with how many of each (a batch is usually
+/// of one type: one lookup per run).
+fn publish_counters(
+    core: &PublishCore,
+    envelopes: &[Envelope],
+) -> SmallVec<[(Arc<PublishCounters>, u64); 1]> {
+    envelopes
+        .chunk_by(|a, b| a.event_type == b.event_type)
+        .map(|run| {
+            (
+                core.telemetry.counters(&core.service, &run[0].event_type),
+                run.len() as u64,
+            )
+        })
+        .collect()
 }

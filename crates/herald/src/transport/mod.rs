@@ -95,6 +95,18 @@ pub trait Transport: Send + Sync + 'static {
         options: PublishOptions,
     ) -> Result<()>;
 
+    /// [`publish`](Self::publish), handing the envelopes over: an in-process transport can keep
+    /// them instead of copying them (the bus publishes this way). The default publishes `batch`
+    /// by reference, so a transport need not implement it.
+    async fn publish_owned(
+        &self,
+        exchange: &str,
+        batch: Vec<Envelope>,
+        options: PublishOptions,
+    ) -> Result<()> {
+        self.publish(exchange, &batch, options).await
+    }
+
     /// Start consuming a declared queue. Deliveries are taken from the returned [`Deliveries`]
     /// until `cancel` fires; at most `options.prefetch` are unsettled at once. Deliveries still
     /// buffered when it is dropped go back to the queue, and so does every delivery this

@@ -144,32 +144,31 @@ impl Transport for MemoryTransport {
     ) -> Result<()> {
         self.closed_check()?;
         let mut state = lock(&self.broker.state);
-        // Route everything first so a batch is all-or-nothing.
-        let mut routed = Vec::with_capacity(batch.len());
-        for envelope in batch {
-            let targets = state.route(exchange, &envelope.routing_key);
-            if targets.is_empty() && options.require_route {
-                return Err(Error::Unroutable {
-                    exchange: exchange.to_string(),
-                    routing_key: envelope.routing_key.clone(),
-                });
-            }
-            for t in &targets {
-                if let Some(q) = state.queues.get(t) {
-                    if let Some(max) = q.spec.max_length {
-                        if q.ready.len() as u64 >= max {
-                            return Err(Error::Rejected(format!(
-                                "queue `{t}` is full ({max} messages)"
-                            )));
-                        }
-                    }
-                }
-            }
-            routed.push(targets);
-        }
+        let routed = route_all(&mut state, exchange, batch, options)?;
         for (envelope, targets) in batch.iter().zip(routed) {
             for t in targets {
                 state.enqueue(&t, envelope.clone(), false);
+            }
+        }
+        Ok(())
+    }
+
+    /// The envelopes move into their queues: a copy only for each queue past the first.
+    async fn publish_owned(
+        &self,
+        exchange: &str,
+        batch: Vec<Envelope>,
+        options: PublishOptions,
+    ) -> Result<()> {
+        self.closed_check()?;
+        let mut state = lock(&self.broker.state);
+        let routed = route_all(&mut state, exchange, &batch, options)?;
+        for (envelope, targets) in batch.into_iter().zip(routed) {
+            if let Some((last, others)) = targets.split_last() {
+                for t in others {
+                    state.enqueue(t, envelope.clone(), false);
+                }
+                state.enqueue(last, envelope, false);
             }
         }
         Ok(())
@@ -220,6 +219,39 @@ impl Transport for MemoryTransport {
         self.conn.closed.store(true, AtomicOrdering::Relaxed);
         Ok(())
     }
+}
+
+/// Route every message of a batch before any is stored, so a batch is all-or-nothing: an
+/// unroutable message (when a route is required) or a full queue refuses the whole batch.
+fn route_all(
+    state: &mut broker::State,
+    exchange: &str,
+    batch: &[Envelope],
+    options: PublishOptions,
+) -> Result<Vec<broker::Targets>> {
+    let mut routed = Vec::with_capacity(batch.len());
+    for envelope in batch {
+        let targets = state.route(exchange, &envelope.routing_key);
+        if targets.is_empty() && options.require_route {
+            return Err(Error::Unroutable {
+                exchange: exchange.to_string(),
+                routing_key: envelope.routing_key.clone(),
+            });
+        }
+        for t in &targets {
+            if let Some(q) = state.queues.get(t) {
+                if let Some(max) = q.spec.max_length {
+                    if q.ready.len() as u64 >= max {
+                        return Err(Error::Rejected(format!(
+                            "queue `{t}` is full ({max} messages)"
+                        )));
+                    }
+                }
+            }
+        }
+        routed.push(targets);
+    }
+    Ok(routed)
 }
 
 #[async_trait]
