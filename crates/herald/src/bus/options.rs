@@ -51,9 +51,19 @@ impl SubscribeOptions {
         Self::default()
     }
 
-    /// The queue to declare: [`QueueOptions`], or just a name (`.queue("outbound-mail")`).
+    /// The queue to declare: [`QueueOptions`] (replacing the queue settings made so far), or
+    /// just a name (`.queue("outbound-mail")`, keeping them).
     pub fn queue(mut self, queue: impl Into<QueueOptions>) -> Self {
-        self.queue = queue.into();
+        let queue = queue.into();
+        let only_a_name = QueueOptions {
+            name: None,
+            ..queue.clone()
+        } == QueueOptions::default();
+        if only_a_name {
+            self.queue.name = queue.name;
+        } else {
+            self.queue = queue;
+        }
         self
     }
 
@@ -349,5 +359,27 @@ impl ConsumerOptions {
     pub fn schema(mut self, schema: SchemaLayer) -> Self {
         self.schema = SchemaCheck::Given(schema);
         self
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_bare_queue_name_keeps_the_queue_settings_made_before() {
+        let o = SubscribeOptions::new()
+            .temporary()
+            .max_priority(3)
+            .queue("audit");
+        assert_eq!(o.queue.name.as_deref(), Some("audit"));
+        assert!(o.queue.temporary);
+        assert_eq!(o.queue.max_priority, Some(3));
+        let o = SubscribeOptions::new()
+            .temporary()
+            .queue(QueueOptions::named("x").bind("a.#"));
+        assert!(!o.queue.temporary, "a QueueOptions replaces them");
+        let spec = o.queue.spec("x".into(), vec!["default".into()], Vec::new());
+        assert_eq!(spec.bindings, vec!["a.#"]);
     }
 }
