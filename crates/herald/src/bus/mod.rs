@@ -134,68 +134,6 @@ impl Bus {
         self.inner.publisher.publish_batch(events).await
     }
 
-    /// Send `request` and wait for its reply, up to the bus's request timeout
-    /// (`request_timeout_ms`, 5 s by default): the responder is a handler of `Req` that answers
-    /// with [`Context::reply`]. Works on every transport: through the transport's own path
-    /// where it has one (RabbitMQ's direct reply-to), else through a reply queue of this bus.
-    /// Fails with [`Error::Timeout`] when no reply comes, [`Error::Unroutable`] when no
-    /// responder's queue receives the request, and [`Error::RequestFailed`] when the responder
-    /// answered with [`Context::reply_error`] or the reply is not a `Resp`. See
-    /// [`Context::reply`] for an example.
-    pub async fn request<Req, Resp>(&self, request: &Req) -> Result<Resp>
-    where
-        Req: Event,
-        Resp: DeserializeOwned,
-    {
-        self.request_with(request, RequestOptions::default()).await
-    }
-
-    /// [`request`](Self::request) with a timeout or exchange of its own.
-    pub async fn request_with<Req, Resp>(
-        &self,
-        request: &Req,
-        options: RequestOptions,
-    ) -> Result<Resp>
-    where
-        Req: Event,
-        Resp: DeserializeOwned,
-    {
-        let inner = &self.inner;
-        if inner.shutdown.is_cancelled() {
-            return Err(Error::Closed);
-        }
-        let timeout = options
-            .timeout
-            .unwrap_or(Duration::from_millis(inner.config.request_timeout_ms));
-        let exchange = inner
-            .publisher
-            .resolve(options.exchange.as_deref().or(Req::EXCHANGE))
-            .into_owned();
-        let envelope = crate::Envelope::for_event(request, &inner.config.service)?;
-        let reply = match inner.transport.request_reply() {
-            Some(native) => {
-                let reply = native.request(&exchange, &envelope, timeout).await?;
-                if let Some(observer) = &inner.observer {
-                    observer.published(&exchange, std::slice::from_ref(&envelope));
-                }
-                reply
-            }
-            None => {
-                inner
-                    .requester
-                    .request(
-                        &inner.publisher,
-                        &exchange,
-                        envelope,
-                        timeout,
-                        &inner.shutdown,
-                    )
-                    .await?
-            }
-        };
-        request::decode_reply(&reply)
-    }
-
     /// Subscribe `handler` to event `E` with default options, on queue `<service>.<event name>`
     /// (version 2 and above: `<service>.<event name>.v<N>`). Subscribers in the same service
     /// compete for messages; different services each get every event.
@@ -216,16 +154,10 @@ impl Bus {
         Args: 'static,
     {
         let queue = format!("{}.{}", self.inner.config.service, E::ROUTING_KEY);
-        let expected = format!(
-            "`{}` v{} ({})",
-            E::NAME,
-            E::VERSION,
-            std::any::type_name::<E>()
-        );
         let decoding: Arc<dyn Handle> = Arc::new(Decoding::<E, H, Args>::new(
             handler,
             self.inner.publisher.clone(),
-            expected,
+            expected::<E>(),
         ));
         let innermost = with_schema(decoding, &options.consumer.schema, || {
             E::event_schema().ok_or_else(|| {
@@ -292,16 +224,10 @@ impl Bus {
             )));
         }
         let queue = format!("{}.{}", self.inner.config.service, E::ROUTING_KEY);
-        let expected = format!(
-            "`{}` v{} ({})",
-            E::NAME,
-            E::VERSION,
-            std::any::type_name::<E>()
-        );
         let batching = consumer::Batching {
             max_size: batch.max_size,
             max_wait: batch.max_wait,
-            run: Arc::new(BatchDecoding::<E, H>::new(handler, expected)),
+            run: Arc::new(BatchDecoding::<E, H>::new(handler, expected::<E>())),
         };
         self.register(
             queue,
@@ -560,6 +486,16 @@ impl Bus {
     pub fn is_shut_down(&self) -> bool {
         self.inner.shutdown.is_cancelled()
     }
+}
+
+/// What a body should decode to, for decode errors: "`course.enrolled` v1 (CourseEnrolled)".
+fn expected<E: Event>() -> String {
+    format!(
+        "`{}` v{} ({})",
+        E::NAME,
+        E::VERSION,
+        std::any::type_name::<E>()
+    )
 }
 
 /// `handle` with the schema check of the consumer options in front of it (always innermost:

@@ -19,11 +19,79 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use serde::de::DeserializeOwned;
+
+use super::Bus;
 use crate::envelope::{header, Envelope};
 use crate::error::{Error, Result};
+use crate::event::Event;
 use crate::publisher::Publisher;
 use crate::topology::{QueueSpec, Topology};
-use crate::transport::{ConsumeOptions, Outcome, Transport};
+use crate::transport::{Outcome, Transport};
+
+impl Bus {
+    /// Send `request` and wait for its reply, up to the bus's request timeout
+    /// (`request_timeout_ms`, 5 s by default): the responder is a handler of `Req` that answers
+    /// with [`Context::reply`](crate::Context::reply). Works on every transport: through the transport's own path
+    /// where it has one (RabbitMQ's direct reply-to), else through a reply queue of this bus.
+    /// Fails with [`Error::Timeout`] when no reply comes, [`Error::Unroutable`] when no
+    /// responder's queue receives the request, and [`Error::RequestFailed`] when the responder
+    /// answered with [`Context::reply_error`](crate::Context::reply_error) or the reply is not a `Resp`. See
+    /// [`Context::reply`](crate::Context::reply) for an example.
+    pub async fn request<Req, Resp>(&self, request: &Req) -> Result<Resp>
+    where
+        Req: Event,
+        Resp: DeserializeOwned,
+    {
+        self.request_with(request, RequestOptions::default()).await
+    }
+
+    /// [`request`](Self::request) with a timeout or exchange of its own.
+    pub async fn request_with<Req, Resp>(
+        &self,
+        request: &Req,
+        options: RequestOptions,
+    ) -> Result<Resp>
+    where
+        Req: Event,
+        Resp: DeserializeOwned,
+    {
+        let inner = &self.inner;
+        if inner.shutdown.is_cancelled() {
+            return Err(Error::Closed);
+        }
+        let timeout = options
+            .timeout
+            .unwrap_or(Duration::from_millis(inner.config.request_timeout_ms));
+        let exchange = inner
+            .publisher
+            .resolve(options.exchange.as_deref().or(Req::EXCHANGE))
+            .into_owned();
+        let envelope = crate::Envelope::for_event(request, &inner.config.service)?;
+        let reply = match inner.transport.request_reply() {
+            Some(native) => {
+                let reply = native.request(&exchange, &envelope, timeout).await?;
+                if let Some(observer) = &inner.observer {
+                    observer.published(&exchange, std::slice::from_ref(&envelope));
+                }
+                reply
+            }
+            None => {
+                inner
+                    .requester
+                    .request(
+                        &inner.publisher,
+                        &exchange,
+                        envelope,
+                        timeout,
+                        &inner.shutdown,
+                    )
+                    .await?
+            }
+        };
+        decode_reply(&reply)
+    }
+}
 
 /// Per-call options for [`Bus::request_with`](super::Bus::request_with).
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -162,25 +230,12 @@ async fn take_replies(
     waiters: Waiters,
     shutdown: CancellationToken,
 ) {
-    let mut backoff = Duration::from_millis(100);
     while !shutdown.is_cancelled() {
-        let options = ConsumeOptions { prefetch: 256 };
-        let mut rx = match transport
-            .consume(&spec, options, shutdown.child_token())
-            .await
-        {
-            Ok(rx) => rx,
-            Err(e) => {
-                tracing::warn!(queue = %spec.name, error = %e, "cannot consume the reply queue; retrying");
-                tokio::select! {
-                    _ = shutdown.cancelled() => break,
-                    _ = tokio::time::sleep(backoff) => {}
-                }
-                backoff = (backoff * 2).min(Duration::from_secs(10));
-                continue;
-            }
+        let stop = shutdown.child_token();
+        let Some(mut rx) = super::consumer::open(&*transport, &spec, 256, &stop, &shutdown).await
+        else {
+            break;
         };
-        backoff = Duration::from_millis(100);
         loop {
             let delivery = tokio::select! {
                 _ = shutdown.cancelled() => break,

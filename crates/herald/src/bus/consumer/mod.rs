@@ -17,7 +17,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::telemetry::counters::Metrics;
 use crate::telemetry::handles::ConsumerTelemetry;
-use crate::transport::{ConsumeOptions, Transport};
+use crate::topology::QueueSpec;
+use crate::transport::{ConsumeOptions, Deliveries, Transport};
 
 mod batch;
 mod ordering;
@@ -44,28 +45,19 @@ pub(crate) async fn run(
         queue,
         metrics,
     });
-    let mut backoff = Duration::from_millis(100);
     while !shutdown.is_cancelled() {
         let stream_stop = shutdown.child_token();
-        let options = ConsumeOptions {
-            prefetch: shared.spec.prefetch,
+        let Some(mut rx) = open(
+            &*transport,
+            &shared.spec.queue,
+            shared.spec.prefetch,
+            &stream_stop,
+            &shutdown,
+        )
+        .await
+        else {
+            break;
         };
-        let mut rx = match transport
-            .consume(&shared.spec.queue, options, stream_stop.clone())
-            .await
-        {
-            Ok(rx) => rx,
-            Err(e) => {
-                tracing::warn!(queue = %shared.queue, error = %e, ?backoff, "cannot start consumer; retrying");
-                tokio::select! {
-                    _ = shutdown.cancelled() => break,
-                    _ = tokio::time::sleep(backoff) => {}
-                }
-                backoff = (backoff * 2).min(Duration::from_secs(10));
-                continue;
-            }
-        };
-        backoff = Duration::from_millis(100);
         tracing::debug!(queue = %shared.queue, concurrency = shared.spec.concurrency, "consumer started");
         if shared.spec.batch.is_some() {
             batch::consume_batches(&mut rx, &shared, &shutdown).await;
@@ -80,4 +72,32 @@ pub(crate) async fn run(
         }
     }
     tracing::debug!(queue = %shared.queue, "consumer stopped");
+}
+
+/// Start consuming `queue` (until `stop` fires), trying again while the transport refuses, 100 ms
+/// apart and doubling to 10 s; `None` once `shutdown` fires first.
+pub(crate) async fn open(
+    transport: &dyn Transport,
+    queue: &QueueSpec,
+    prefetch: usize,
+    stop: &CancellationToken,
+    shutdown: &CancellationToken,
+) -> Option<Deliveries> {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        match transport
+            .consume(queue, ConsumeOptions { prefetch }, stop.clone())
+            .await
+        {
+            Ok(rx) => return Some(rx),
+            Err(e) => {
+                tracing::warn!(queue = %queue.name, error = %e, ?backoff, "cannot start consuming; retrying");
+                tokio::select! {
+                    _ = shutdown.cancelled() => return None,
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(10));
+            }
+        }
+    }
 }
