@@ -31,6 +31,10 @@ struct Cli {
     /// Configuration file [default: ./herald.toml if present]
     #[arg(long, global = true)]
     config: Option<PathBuf>,
+    /// Seconds a one-shot command (publish, dlq, topology --live, tail) waits for the broker
+    /// before it fails [default: connect_timeout_ms in herald.toml, else 5]
+    #[arg(long, global = true, value_name = "SECONDS")]
+    connect_timeout: Option<f64>,
     /// Log filter, e.g. `info` or `herald=debug` (also RUST_LOG)
     #[arg(long, global = true, default_value = "warn")]
     log: String,
@@ -79,6 +83,12 @@ fn load_config(cli: &Cli) -> CliResult<Config> {
     }
     if let Some(e) = &cli.exchange {
         config.exchange = e.clone();
+    }
+    if let Some(secs) = cli.connect_timeout {
+        if !(secs > 0.0 && secs.is_finite()) {
+            return Err("--connect-timeout must be a positive number of seconds".into());
+        }
+        config.connect_timeout_ms = (secs * 1000.0).ceil() as u64;
     }
     config.validate()?;
     Ok(config)

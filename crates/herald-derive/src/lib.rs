@@ -5,6 +5,10 @@
 //! #[event(name = "course.enrolled", version = 2, publisher = "course-service",
 //!         consumers = ["notification-service"], schema)]
 //! struct CourseEnrolled { /* ... */ }
+//!
+//! #[derive(Serialize, Deserialize, Event)]
+//! #[event(name = "health.reported", exchange = "benalsam.system")]  // not the bus's exchange
+//! struct HealthReported { /* ... */ }
 //! ```
 //!
 //! The name and version are checked when the crate compiles: a name is dot-separated words
@@ -31,6 +35,7 @@ struct Args {
     publisher: Option<String>,
     consumers: Vec<String>,
     schema: bool,
+    exchange: Option<LitStr>,
 }
 
 fn parse_args(input: &DeriveInput) -> syn::Result<Args> {
@@ -61,8 +66,14 @@ fn parse_args(input: &DeriveInput) -> syn::Result<Args> {
                 }
             } else if meta.path.is_ident("schema") {
                 args.schema = true;
+            } else if meta.path.is_ident("exchange") {
+                let lit: LitStr = meta.value()?.parse()?;
+                if lit.value().trim().is_empty() || lit.value().contains(['*', '#', ' ']) {
+                    return Err(syn::Error::new(lit.span(), "an exchange is a plain name, e.g. \"benalsam.system\""));
+                }
+                args.exchange = Some(lit);
             } else {
-                return Err(meta.error("unknown event attribute; expected name, version, publisher, consumers or schema"));
+                return Err(meta.error("unknown event attribute; expected name, version, publisher, consumers, exchange or schema"));
             }
             Ok(())
         })?;
@@ -138,11 +149,18 @@ fn expand(input: &DeriveInput) -> syn::Result<proc_macro2::TokenStream> {
     } else {
         quote!()
     };
+    let exchange = match &args.exchange {
+        Some(x) => {
+            quote!(const EXCHANGE: ::core::option::Option<&'static str> = ::core::option::Option::Some(#x);)
+        }
+        None => quote!(),
+    };
     Ok(quote! {
         impl #impl_generics ::herald::Event for #ident #ty_generics #where_clause {
             const NAME: &'static str = #name;
             const VERSION: u32 = #version;
             const ROUTING_KEY: &'static str = #routing_key;
+            #exchange
 
             fn descriptor() -> ::herald::EventDescriptor {
                 ::herald::EventDescriptor {
@@ -201,6 +219,18 @@ mod tests {
     }
 
     #[test]
+    fn an_exchange_of_its_own() {
+        let out = expand_src(
+            r#"#[event(name = "health.reported", exchange = "benalsam.system")] struct A;"#,
+        )
+        .unwrap();
+        assert!(out.contains("const EXCHANGE"), "{out}");
+        assert!(out.contains("Some (\"benalsam.system\")"), "{out}");
+        let out = expand_src(r#"#[event(name = "a.b")] struct A;"#).unwrap();
+        assert!(!out.contains("EXCHANGE"), "{out}");
+    }
+
+    #[test]
     fn bad_contracts_fail_to_compile_with_a_reason() {
         let cases = [
             (r#"struct A;"#, "missing #[event(name"),
@@ -223,6 +253,10 @@ mod tests {
             (
                 r#"#[event(name = "a.b", consumers = [1])] struct A;"#,
                 "string literals",
+            ),
+            (
+                r#"#[event(name = "a.b", exchange = "x.#")] struct A;"#,
+                "a plain name",
             ),
         ];
         for (src, want) in cases {

@@ -132,6 +132,81 @@ async fn lagging_outbox_makes_ready_degraded() {
     bus.shutdown().await.unwrap();
 }
 
+#[tokio::test]
+async fn every_component_at_its_own_url_as_well_as_the_combined_probe() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("app.db");
+    let outbox = SqliteOutbox::new("app").unwrap();
+    let db = stage_one(&path, &outbox);
+    let relay = RelayHealth::sqlite(&path, outbox).threshold(Duration::from_millis(100));
+    let bus = bus_with_consumer("memory://health-components", "health-components").await;
+    // Reference 001's names, mounted where it serves them.
+    let health = Health::new()
+        .with(Arc::new(bus.clone()))
+        .with(Arc::new(relay))
+        .alias("rabbitmq", "broker")
+        .alias("database-trigger-bridge", "outbox")
+        .alias("elasticsearch-service", "consumers");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let app = axum::Router::new().nest("/api/v1", herald_http::health::router(health));
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let get = |path: &str| {
+        let url = format!("http://{addr}/api/v1/health/{path}");
+        async move {
+            let r = reqwest::get(url).await.unwrap();
+            (
+                r.status().as_u16(),
+                r.json::<serde_json::Value>().await.unwrap(),
+            )
+        }
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    for (path, name) in [
+        ("broker", "broker"),
+        ("rabbitmq", "broker"),
+        ("elasticsearch-service", "consumers"),
+    ] {
+        let (code, body) = get(path).await;
+        assert_eq!(code, 200, "{path}: {body}");
+        assert_eq!(
+            (body["name"].as_str(), body["status"].as_str()),
+            (Some(name), Some("up"))
+        );
+    }
+    // The lagging relay is degraded at its own URL (503), and makes the combined probe 503.
+    let (code, body) = get("database-trigger-bridge").await;
+    assert_eq!(
+        (code, body["name"].as_str()),
+        (503, Some("outbox")),
+        "{body}"
+    );
+    assert_eq!(body["status"], "degraded");
+    assert_eq!(get("ready").await.0, 503);
+    let (code, body) = get("search").await;
+    assert_eq!(code, 404, "{body}");
+    let known: Vec<&str> = body["components"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|v| v.as_str())
+        .collect();
+    assert_eq!(
+        known,
+        vec![
+            "broker",
+            "consumers",
+            "outbox",
+            "rabbitmq",
+            "database-trigger-bridge",
+            "elasticsearch-service"
+        ]
+    );
+    drop(db);
+    bus.shutdown().await.unwrap();
+    assert_eq!(get("broker").await.0, 503, "down after shutdown");
+}
+
 /// Create the outbox table in the application's database and stage one event.
 fn stage_one(path: &std::path::Path, outbox: &SqliteOutbox) -> rusqlite::Connection {
     let db = rusqlite::Connection::open(path).unwrap();

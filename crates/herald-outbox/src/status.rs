@@ -7,7 +7,8 @@ use std::fmt;
 use serde::Serialize;
 
 /// The life of an outbox row: `pending` → `processing` → `sent` → `completed` (optional, when a
-/// consumer confirms), or `failed` (retried with backoff).
+/// consumer confirms), or `failed`: a publish attempt failed (the relay retries with backoff),
+/// or a consumer reported it could not handle the event (its retries may still complete it).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Status {
@@ -74,8 +75,12 @@ pub struct FailedEvent {
 pub struct OutboxStatus {
     /// Rows per status (every status present, zero when none).
     pub counts: BTreeMap<Status, u64>,
-    /// Seconds since the oldest pending (or failed) row was staged; `None` when there is none.
+    /// Seconds since the oldest row not yet published (pending, or failed to publish) was
+    /// staged; `None` when there is none.
     pub oldest_pending_age_secs: Option<f64>,
+    /// Of the `failed` rows, those a consumer marked failed after they were published (not
+    /// the relay's to publish again).
+    pub consumer_failed: u64,
     /// Average seconds from staging to the last status change (`processed_at - created_at`), per
     /// status: reference 001's "processing times".
     pub avg_processing_secs: BTreeMap<Status, f64>,
@@ -89,9 +94,13 @@ impl OutboxStatus {
         self.counts.get(&status).copied().unwrap_or(0)
     }
 
-    /// Rows not yet published: pending, processing and failed.
+    /// Rows not yet published: pending, processing and failed to publish.
     pub fn backlog(&self) -> u64 {
-        self.count(Status::Pending) + self.count(Status::Processing) + self.count(Status::Failed)
+        self.count(Status::Pending)
+            + self.count(Status::Processing)
+            + self
+                .count(Status::Failed)
+                .saturating_sub(self.consumer_failed)
     }
 
     /// Metrics as (name, value) pairs, Prometheus-style names, for the observability exporter.
@@ -133,6 +142,9 @@ impl fmt::Display for OutboxStatus {
         match self.oldest_pending_age_secs {
             Some(a) => writeln!(f, "oldest pending: {a:.1}s")?,
             None => writeln!(f, "oldest pending: none")?,
+        }
+        if self.consumer_failed > 0 {
+            writeln!(f, "failed by a consumer: {}", self.consumer_failed)?;
         }
         for e in &self.failures {
             writeln!(

@@ -12,7 +12,7 @@ mod listing_sync_checks;
 use std::time::Duration;
 
 use common::*;
-use herald::Bus;
+use herald::health::Health;
 use herald_outbox::RelayConfig;
 use tokio_util::sync::CancellationToken;
 
@@ -48,21 +48,21 @@ async fn close_all_broker_connections() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn listing_sync_survives_broker_connection_kills() {
     let schema = unique("lsr");
-    let app = app::App::new(PG, &schema).unwrap();
+    // Reference 001's names; queues are global on a broker: a prefix of this run's own.
+    let app = app::App::new(PG, &schema, app::Names::prefixed(&format!("{schema}."))).unwrap();
     app.setup().await.unwrap();
     let db = app::connect(PG).await.unwrap();
 
-    // Queues are global on a broker: a service and exchange of this run's own.
     herald_rabbitmq::register();
-    let bus = Bus::builder()
-        .service(format!("listing-sync-{schema}"))
-        .exchange(format!("listings.{schema}"))
-        .broker(AMQP)
-        .build()
+    let bus = app
+        .bus(&format!("listing-sync-{schema}"), AMQP)
         .await
         .unwrap();
     app.subscribe(&bus).await.unwrap();
     bus.start().await.unwrap();
+    listing_sync_checks::assert_reference_topology(&bus, &app.names);
+    let health = Health::new().with(std::sync::Arc::new(bus.clone()));
+    app.report_health(&bus, &health).await.unwrap();
     let cancel = CancellationToken::new();
     let config = RelayConfig {
         batch_size: 10,
@@ -118,12 +118,23 @@ async fn listing_sync_survives_broker_connection_kills() {
         .unwrap();
 
     listing_sync_checks::assert_in_sync(&app, &db, ids[13], status_changes).await;
+    listing_sync_checks::assert_health_logged(&app, &db, &["broker", "consumers"]).await;
 
     assert_eq!(kills, 2);
     assert!(bus.transport().is_connected(), "the bus reconnected");
 
     cancel.cancel();
     relay_task.await.unwrap();
+    let topologies = bus.topologies();
     bus.shutdown().await.unwrap();
+    // Leave nothing behind on the shared broker.
+    let cleanup = herald::transport::connect(AMQP, "cleanup").await.unwrap();
+    let admin = cleanup
+        .topology_admin()
+        .expect("RabbitMQ deletes topologies");
+    for t in &topologies {
+        admin.delete_topology(t).await.unwrap();
+    }
+    cleanup.close().await.unwrap();
     drop_schema(&schema).await;
 }

@@ -41,16 +41,17 @@ use tokio_util::sync::CancellationToken;
 pub use self::config::{CloudEventsHeaders, RabbitConfig, DEFAULT_PUBLISH_CHANNELS};
 use self::connection::Link;
 use self::consumer::{ConsumeShared, ConsumerSettler, ConsumerTask, RabbitDeliveries, Settlers};
+pub use self::properties::REPLY_TO_HEADER;
 use self::properties::{from_message, record_broker_death};
 use self::publisher::{Outgoing, Publisher};
 use self::request_reply::Requester;
-pub use self::request_reply::REPLY_TO_HEADER;
 use herald::envelope::Envelope;
 use herald::error::{Error, Result};
 use herald::topology::{dead_letter_queue_name, QueueSpec, Topology};
 use herald::transport::{
     reset_for_replay, Capabilities, Connector, ConsumeOptions, DeadLetter, DeadLetterAdmin,
-    Deliveries, PublishOptions, QueueStatistics, QueueStats, Transport,
+    Deliveries, PublishOptions, QueueStatistics, QueueStats, RequestReply, TopologyAdmin,
+    Transport,
 };
 
 /// The AMQP properties Herald writes for an envelope: the standard properties plus the
@@ -378,6 +379,14 @@ impl Transport for RabbitTransport {
         Some(self)
     }
 
+    fn request_reply(&self) -> Option<&dyn RequestReply> {
+        Some(self)
+    }
+
+    fn topology_admin(&self) -> Option<&dyn TopologyAdmin> {
+        Some(self)
+    }
+
     async fn apply_topology(&self, topo: &Topology) -> Result<()> {
         self.check_open()?;
         check_topology(topo, &self.shared.cfg)?;
@@ -556,35 +565,105 @@ impl DeadLetterAdmin for RabbitTransport {
 impl QueueStatistics for RabbitTransport {
     async fn queue_stats(&self) -> Result<Vec<QueueStats>> {
         self.check_open()?;
-        let known: Vec<Topology> = lock(&self.shared.topologies).clone();
+        let known: Vec<QueueSpec> = lock(&self.shared.topologies)
+            .iter()
+            .flat_map(|t| t.queues.iter().cloned())
+            .collect();
+        let mut out = self.count_queues(&known, false).await?;
+        out.sort_by(|a, b| a.queue.cmp(&b.queue));
+        Ok(out)
+    }
+
+    /// Each queue looked up by name (passive declares), declared by this handle or not, with
+    /// its dead letters and the retry levels it declared (or the default levels).
+    async fn stats_of(&self, queues: &[String]) -> Result<Vec<QueueStats>> {
+        self.check_open()?;
+        let known: Vec<QueueSpec> = {
+            let topologies = lock(&self.shared.topologies);
+            queues
+                .iter()
+                .map(|name| {
+                    topologies
+                        .iter()
+                        .flat_map(|t| t.queues.iter())
+                        .find(|q| &q.name == name)
+                        .cloned()
+                        .unwrap_or_else(|| QueueSpec::new(name.clone(), ""))
+                })
+                .collect()
+        };
+        self.count_queues(&known, true).await
+    }
+}
+
+impl RabbitTransport {
+    /// Counts for each queue (and its dead-letter and retry queues); with `existing_only` a
+    /// queue the broker does not have is left out instead of reported without counts.
+    async fn count_queues(
+        &self,
+        queues: &[QueueSpec],
+        existing_only: bool,
+    ) -> Result<Vec<QueueStats>> {
         let mut out = Vec::new();
         let (mut ch, _) = self.admin_channel().await?;
-        for topo in &known {
-            for q in &topo.queues {
-                let mut stat = QueueStats {
-                    queue: q.name.clone(),
-                    ..Default::default()
-                };
-                if let Some((messages, consumers)) = self.count(&mut ch, &q.name).await {
+        for q in queues {
+            let mut stat = QueueStats {
+                queue: q.name.clone(),
+                ..Default::default()
+            };
+            match self.count(&mut ch, &q.name).await {
+                Some((messages, consumers)) => {
                     stat.ready = Some(u64::from(messages));
                     stat.consumers = Some(u64::from(consumers));
                 }
-                if let Some((messages, _)) = self.count(&mut ch, &q.dead_letter_queue()).await {
-                    stat.dead_letters = Some(u64::from(messages));
-                }
-                let mut delayed = 0u64;
-                for level in self.shared.cfg.retry_levels(&q.retry_delays) {
-                    if let Some((messages, _)) = self.count(&mut ch, &q.retry_queue(level)).await {
-                        delayed += u64::from(messages);
-                    }
-                }
-                stat.delayed = Some(delayed);
-                out.push(stat);
+                None if existing_only => continue,
+                None => {}
             }
+            if let Some((messages, _)) = self.count(&mut ch, &q.dead_letter_queue()).await {
+                stat.dead_letters = Some(u64::from(messages));
+            }
+            let mut delayed = 0u64;
+            for level in self.shared.cfg.retry_levels(&q.retry_delays) {
+                if let Some((messages, _)) = self.count(&mut ch, &q.retry_queue(level)).await {
+                    delayed += u64::from(messages);
+                }
+            }
+            stat.delayed = Some(delayed);
+            out.push(stat);
         }
         close_channel(ch).await;
-        out.sort_by(|a, b| a.queue.cmp(&b.queue));
         Ok(out)
+    }
+}
+
+#[async_trait]
+impl RequestReply for RabbitTransport {
+    async fn request(
+        &self,
+        exchange: &str,
+        request: &Envelope,
+        timeout: Duration,
+    ) -> Result<Envelope> {
+        RabbitTransport::request(self, exchange, request, timeout).await
+    }
+
+    fn is_request(&self, request: &Envelope) -> bool {
+        request.headers.contains_key(REPLY_TO_HEADER)
+    }
+
+    async fn reply(&self, request: &Envelope, reply: Envelope) -> Result<()> {
+        RabbitTransport::reply(self, request, reply).await
+    }
+}
+
+#[async_trait]
+impl TopologyAdmin for RabbitTransport {
+    async fn delete_topology(&self, topology: &Topology) -> Result<()> {
+        self.check_open()?;
+        let session = self.shared.publish_link.session(self.deadline()).await?;
+        topology::delete(&session.conn, topology, &self.shared.cfg).await?;
+        lock(&self.shared.topologies).retain(|t| t.exchange != topology.exchange);
+        Ok(())
     }
 }
 

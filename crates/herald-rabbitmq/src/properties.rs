@@ -17,6 +17,9 @@ use super::config::CloudEventsHeaders;
 use herald::envelope::{format_time, header, parse_v7_id, v7_time, Envelope, ReceivedAttributes};
 use herald::trace::TraceContext;
 
+/// The header a received request carries its reply address in (its AMQP `reply_to`).
+pub const REPLY_TO_HEADER: &str = "x-herald-reply-to";
+
 /// Header carrying the envelope's routing key on copies Herald moves through the default
 /// exchange (retry levels, dead letters, replays), where the AMQP routing key is a queue name.
 pub(crate) const ROUTING_KEY_HEADER: &str = "x-herald-routing-key";
@@ -40,7 +43,7 @@ pub(crate) fn to_properties(
 ) -> BasicProperties {
     let mut headers = FieldTable::new();
     for (k, v) in &e.headers {
-        if k != super::request_reply::REPLY_TO_HEADER {
+        if k != REPLY_TO_HEADER {
             put(&mut headers, k, v);
         }
     }
@@ -306,8 +309,7 @@ pub(crate) fn receive(routing_key: &str, props: &BasicProperties, body: Vec<u8>)
         }
     }
     if let Some(r) = props.reply_to() {
-        a.headers
-            .insert(super::request_reply::REPLY_TO_HEADER.to_string(), r.clone());
+        a.headers.insert(REPLY_TO_HEADER.to_string(), r.clone());
     }
     let mut e = attributes.into_envelope(key, Bytes::from(body));
     e.priority = props.priority().unwrap_or(0);

@@ -26,8 +26,6 @@ use herald::error::{Error, Result};
 
 /// The pseudo-queue of direct reply-to.
 pub(crate) const DIRECT_REPLY_TO: &str = "amq.rabbitmq.reply-to";
-/// The header a received request carries its reply address in.
-pub const REPLY_TO_HEADER: &str = "x-herald-reply-to";
 
 type Waiters = Arc<Mutex<HashMap<String, oneshot::Sender<Result<Envelope>>>>>;
 

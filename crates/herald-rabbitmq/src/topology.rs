@@ -26,7 +26,8 @@ use std::time::Duration;
 
 use amqprs::callbacks::ChannelCallback;
 use amqprs::channel::{
-    Channel, ExchangeDeclareArguments, QueueBindArguments, QueueDeclareArguments,
+    Channel, ExchangeDeclareArguments, ExchangeDeleteArguments, QueueBindArguments,
+    QueueDeclareArguments, QueueDeleteArguments,
 };
 use amqprs::connection::Connection;
 use amqprs::{Ack, BasicProperties, Cancel, CloseChannel, FieldTable, FieldValue, Nack, Return};
@@ -313,6 +314,38 @@ pub(crate) async fn declare(conn: &Connection, topo: &Topology, cfg: &RabbitConf
     .await?;
     for q in &topo.queues {
         declare_queue_set(&ch, &slot, &topo.exchange, q, cfg).await?;
+    }
+    if ch.is_open() {
+        let _ = ch.close().await;
+    }
+    Ok(())
+}
+
+/// Delete a topology: each queue with its dead-letter and retry queues, then the exchange and
+/// its dead-letter exchange. What does not exist is skipped (a missing queue or exchange is not
+/// an error of `queue.delete` / `exchange.delete` on RabbitMQ 3.x and later).
+pub(crate) async fn delete(conn: &Connection, topo: &Topology, cfg: &RabbitConfig) -> Result<()> {
+    let (ch, slot) = open_channel(conn).await?;
+    for q in &topo.queues {
+        let mut names = vec![q.name.clone(), q.dead_letter_queue()];
+        names.extend(
+            cfg.retry_levels(&q.retry_delays)
+                .into_iter()
+                .map(|l| q.retry_queue(l)),
+        );
+        for name in names {
+            if let Err(e) = ch.queue_delete(QueueDeleteArguments::new(&name)).await {
+                return Err(broker_error(e, &slot, &name, "deleting").await);
+            }
+        }
+    }
+    for x in [
+        topo.exchange.clone(),
+        dead_letter_exchange_name(&topo.exchange),
+    ] {
+        if let Err(e) = ch.exchange_delete(ExchangeDeleteArguments::new(&x)).await {
+            return Err(broker_error(e, &slot, &x, "deleting").await);
+        }
     }
     if ch.is_open() {
         let _ = ch.close().await;

@@ -4,11 +4,12 @@
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
+use serde::Serialize;
 
-use crate::bus::{MessageOptions, Publisher};
-use crate::envelope::Envelope;
-use crate::error::Result;
+use crate::envelope::{header, Envelope};
+use crate::error::{Error, Result};
 use crate::event::Event;
+use crate::publisher::{MessageOptions, Publisher};
 use crate::trace::{self, TraceContext};
 
 /// Handed to every handler next to its event.
@@ -92,6 +93,82 @@ impl Context {
         match self.trace {
             Some(ctx) => trace::scope(ctx, publish).await,
             None => publish.await,
+        }
+    }
+
+    /// Whether this message is a request ([`Bus::request`](crate::Bus::request)) waiting for
+    /// a [`reply`](Self::reply).
+    pub fn expects_reply(&self) -> bool {
+        self.envelope.headers.contains_key(header::REPLY_TO)
+            || self
+                .publisher
+                .transport()
+                .request_reply()
+                .is_some_and(|r| r.is_request(&self.envelope))
+    }
+
+    /// Answer this request with `reply` (see [`Bus::request`](crate::Bus::request)). Fails
+    /// when the message is not a request, or when the requester stopped waiting and took its
+    /// reply queue with it.
+    ///
+    /// ```
+    /// use herald::{Bus, Context, Event, HandlerError};
+    /// use serde::{Deserialize, Serialize};
+    ///
+    /// #[derive(Debug, Serialize, Deserialize, Event)]
+    /// #[event(name = "price.quote")]
+    /// struct QuotePrice { sku: String }
+    ///
+    /// #[derive(Debug, PartialEq, Serialize, Deserialize)]
+    /// struct Quote { cents: u64 }
+    ///
+    /// async fn quote(req: QuotePrice, ctx: Context) -> Result<(), HandlerError> {
+    ///     let cents = if req.sku == "book" { 1299 } else { 99 };
+    ///     ctx.reply(&Quote { cents }).await?;
+    ///     Ok(())
+    /// }
+    ///
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+    /// let bus = Bus::builder().service("pricing").broker("memory://reply-doc").build().await?;
+    /// bus.subscribe(quote)?;
+    /// bus.start().await?;
+    /// let q: Quote = bus.request(&QuotePrice { sku: "book".into() }).await?;
+    /// assert_eq!(q, Quote { cents: 1299 });
+    /// bus.shutdown().await?;
+    /// # Ok::<(), herald::Error>(())
+    /// # }).unwrap();
+    /// ```
+    pub async fn reply<R: Serialize>(&self, reply: &R) -> Result<()> {
+        let body = serde_json::to_vec(reply).map_err(|source| Error::Encode {
+            event: format!("{}.reply", self.envelope.event_type),
+            source,
+        })?;
+        self.send_reply(body, None).await
+    }
+
+    /// Answer this request with an error: the requester's call fails with
+    /// [`Error::RequestFailed`] carrying `message`, instead of waiting out its timeout.
+    pub async fn reply_error(&self, message: impl std::fmt::Display) -> Result<()> {
+        self.send_reply(b"null".to_vec(), Some(message.to_string()))
+            .await
+    }
+
+    async fn send_reply(&self, body: Vec<u8>, error: Option<String>) -> Result<()> {
+        let event_type = format!("{}.reply", self.envelope.event_type);
+        let mut envelope = Envelope::new(
+            &event_type,
+            1,
+            &event_type,
+            self.publisher.service(),
+            body.into(),
+        );
+        if let Some(error) = error {
+            envelope.headers.insert(header::REPLY_ERROR.into(), error);
+        }
+        let send = self.publisher.reply(&self.envelope, envelope);
+        match self.trace {
+            Some(ctx) => trace::scope(ctx, send).await,
+            None => send.await,
         }
     }
 

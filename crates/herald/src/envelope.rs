@@ -54,6 +54,12 @@ pub mod header {
     pub const LAST_FAILURE: &str = "herald_last_failure";
     /// Herald: when the message was dead-lettered.
     pub const DEAD_LETTERED_AT: &str = "herald_dead_lettered_at";
+    /// Herald request/reply: the routing key the reply goes to (the requester's reply queue).
+    pub const REPLY_TO: &str = "herald_reply_to";
+    /// Herald request/reply: the exchange the requester's reply queue is bound on.
+    pub const REPLY_EXCHANGE: &str = "herald_reply_exchange";
+    /// Herald request/reply: on a reply, the responder's error instead of an answer.
+    pub const REPLY_ERROR: &str = "herald_reply_error";
 }
 
 /// The CloudEvents spec version Herald writes.

@@ -83,8 +83,13 @@ pub enum Error {
     Closed,
 
     /// A request/reply call got no answer in time.
-    #[error("no reply within {0:?}")]
+    #[error("no reply within {0:?}: is a responder subscribed and running? raise the timeout if it is slow")]
     Timeout(Duration),
+
+    /// A request/reply call got an answer it cannot use: the responder reported an error, or
+    /// the reply is not the type asked for.
+    #[error("request failed: {0}")]
+    RequestFailed(String),
 
     /// The transport cannot do what was asked; its [`Capabilities`](crate::transport::Capabilities)
     /// say what it can.

@@ -50,6 +50,9 @@ pub trait Event: Serialize + DeserializeOwned + Send + Sync + 'static {
     const VERSION: u32;
     /// The routing key: the name, with `.v<N>` appended for versions above 1.
     const ROUTING_KEY: &'static str;
+    /// The exchange this event is published to, when not the bus's own
+    /// (`#[event(exchange = "benalsam.system")]`). The bus declares it before the first publish.
+    const EXCHANGE: Option<&'static str> = None;
 
     /// Static facts about this event.
     fn descriptor() -> EventDescriptor;

@@ -3,7 +3,9 @@
 //!
 //! Accepted shapes: `async fn(E) -> R` and `async fn(E, Context) -> R`, where `R` is `()` or
 //! `Result<(), Err>` with `Err: Into<HandlerError>` (any `std::error::Error`, or a
-//! [`HandlerError`] built with `transient`/`permanent`).
+//! [`HandlerError`] built with `transient`/`permanent`). Batch handlers
+//! ([`Bus::subscribe_batch`](crate::Bus::subscribe_batch)) are `async fn(Vec<E>) -> R` where `R`
+//! is one of those or a [`BatchResult`] saying which messages failed.
 
 use std::future::Future;
 use std::marker::PhantomData;
@@ -11,9 +13,11 @@ use std::sync::Arc;
 
 use serde::de::DeserializeOwned;
 
-use crate::bus::Publisher;
+use crate::envelope::Envelope;
+
 use crate::context::Context;
 use crate::middleware::{BoxFuture, FailureKind, Handle, HandlerError, HandlerResult, Message};
+use crate::publisher::Publisher;
 
 /// What a handler function may return.
 pub trait IntoHandlerResult: Send {
@@ -136,5 +140,137 @@ where
             self.publisher.clone(),
         ));
         Box::pin(async move { fut.await.into_handler_result() })
+    }
+}
+
+/// What a batch handler may return: `()` or `Result<(), E>` (one verdict for every message of
+/// the batch), or a [`BatchResult`] (a verdict per message).
+pub trait IntoBatchResult: Send {
+    /// One result per message of a batch of `len`.
+    fn into_results(self, len: usize) -> Vec<HandlerResult>;
+}
+
+impl IntoBatchResult for () {
+    fn into_results(self, len: usize) -> Vec<HandlerResult> {
+        vec![Ok(()); len]
+    }
+}
+
+impl<E: Into<HandlerError> + Send> IntoBatchResult for Result<(), E> {
+    fn into_results(self, len: usize) -> Vec<HandlerResult> {
+        match self {
+            Ok(()) => vec![Ok(()); len],
+            Err(e) => vec![Err(e.into()); len],
+        }
+    }
+}
+
+/// Which messages of a batch failed; every other one succeeded. Indices are positions in the
+/// `Vec` the handler was given.
+///
+/// ```
+/// use herald::handler::BatchResult;
+/// use herald::HandlerError;
+/// let r = BatchResult::ok().fail(2, HandlerError::permanent("no such listing"));
+/// # let _ = r;
+/// ```
+#[derive(Debug, Clone, Default)]
+pub struct BatchResult {
+    failed: Vec<(usize, HandlerError)>,
+}
+
+impl BatchResult {
+    /// Every message succeeded (so far).
+    pub fn ok() -> Self {
+        Self::default()
+    }
+
+    /// The message at `index` failed with `error` (retried or dead-lettered on its own).
+    pub fn fail(mut self, index: usize, error: impl Into<HandlerError>) -> Self {
+        self.failed.push((index, error.into()));
+        self
+    }
+}
+
+impl IntoBatchResult for BatchResult {
+    fn into_results(self, len: usize) -> Vec<HandlerResult> {
+        let mut results = vec![Ok(()); len];
+        for (i, e) in self.failed {
+            if let Some(r) = results.get_mut(i) {
+                *r = Err(e);
+            }
+        }
+        results
+    }
+}
+
+/// Runs a batch handler on the messages of one batch, answering one result per message.
+pub(crate) trait RunBatch: Send + Sync + 'static {
+    fn run(&self, envelopes: &[Arc<Envelope>]) -> BoxFuture<Vec<HandlerResult>>;
+}
+
+/// Decodes each message of a batch into `T` (those that do not decode fail on their own, as
+/// [`FailureKind::Decode`]) and calls the function with the rest.
+pub(crate) struct BatchDecoding<T, H> {
+    handler: Arc<H>,
+    expected: Arc<str>,
+    _types: PhantomData<fn(T)>,
+}
+
+impl<T, H> BatchDecoding<T, H> {
+    pub(crate) fn new(handler: H, expected: String) -> Self {
+        BatchDecoding {
+            handler: Arc::new(handler),
+            expected: Arc::from(expected),
+            _types: PhantomData,
+        }
+    }
+}
+
+impl<T, H, Fut, R> RunBatch for BatchDecoding<T, H>
+where
+    T: DeserializeOwned + Send + 'static,
+    H: Fn(Vec<T>) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = R> + Send + 'static,
+    R: IntoBatchResult,
+{
+    fn run(&self, envelopes: &[Arc<Envelope>]) -> BoxFuture<Vec<HandlerResult>> {
+        let mut results: Vec<Option<HandlerResult>> = vec![None; envelopes.len()];
+        let mut payloads = Vec::with_capacity(envelopes.len());
+        let mut positions = Vec::with_capacity(envelopes.len());
+        for (i, e) in envelopes.iter().enumerate() {
+            match serde_json::from_slice::<T>(&e.body) {
+                Ok(p) => {
+                    payloads.push(p);
+                    positions.push(i);
+                }
+                Err(err) => {
+                    results[i] = Some(Err(HandlerError::new(
+                        FailureKind::Decode,
+                        format!("could not decode the body as {}: {err}", self.expected),
+                    )))
+                }
+            }
+        }
+        let n = payloads.len();
+        let handler = self.handler.clone();
+        Box::pin(async move {
+            let verdicts = if n == 0 {
+                Vec::new()
+            } else {
+                // Starting the call can panic too (a function that panics before its first
+                // await): `guarded` covers both.
+                match crate::middleware::guarded(move || async move { Ok(handler(payloads).await) })
+                    .await
+                {
+                    Ok(r) => r.into_results(n),
+                    Err(panicked) => vec![Err(panicked); n],
+                }
+            };
+            for (i, v) in positions.into_iter().zip(verdicts) {
+                results[i] = Some(v);
+            }
+            results.into_iter().map(|r| r.unwrap_or(Ok(()))).collect()
+        })
     }
 }

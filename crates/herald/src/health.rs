@@ -92,9 +92,33 @@ pub trait HealthCheck: Send + Sync {
 }
 
 /// A registry of health checks. Cheap to clone.
+///
+/// Each component is also reachable on its own ([`component`](Health::component); with
+/// `herald-http`, at `/health/<name>`), under its name or an [`alias`](Health::alias): reference
+/// 001's one URL per component.
+///
+/// ```
+/// use std::sync::Arc;
+/// use herald::health::{Health, HealthStatus};
+/// use herald::Bus;
+///
+/// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+/// let bus = Bus::builder().service("svc").broker("memory://health-alias-doc").build().await?;
+/// let health = Health::new()
+///     .with(Arc::new(bus.clone()))
+///     .alias("rabbitmq", "broker"); // GET /health/rabbitmq is the broker component
+/// let broker = health.component("rabbitmq").await.expect("known");
+/// assert_eq!((broker.name.as_str(), broker.status), ("broker", HealthStatus::Up));
+/// assert!(health.component("elasticsearch").await.is_none());
+/// # bus.shutdown().await?;
+/// # Ok::<(), herald::Error>(())
+/// # }).unwrap();
+/// ```
 #[derive(Clone, Default)]
 pub struct Health {
     checks: Vec<Arc<dyn HealthCheck>>,
+    /// (alias, component name).
+    aliases: Vec<(String, String)>,
 }
 
 impl Health {
@@ -109,10 +133,44 @@ impl Health {
         self
     }
 
+    /// Also answer to `alias` for the component called `component` (e.g. `rabbitmq` for
+    /// `broker`).
+    pub fn alias(mut self, alias: impl Into<String>, component: impl Into<String>) -> Self {
+        self.aliases.push((alias.into(), component.into()));
+        self
+    }
+
     /// Run every check (concurrently) and fold the results.
     pub async fn report(&self) -> HealthReport {
         let all = futures::future::join_all(self.checks.iter().map(|c| c.check())).await;
         HealthReport::from_components(all.into_iter().flatten().collect())
+    }
+
+    /// One component, by its name or an alias; `None` when no check reports it.
+    pub async fn component(&self, name: &str) -> Option<ComponentHealth> {
+        let wanted = self
+            .aliases
+            .iter()
+            .find(|(alias, _)| alias == name)
+            .map_or(name, |(_, component)| component.as_str());
+        self.report()
+            .await
+            .components
+            .into_iter()
+            .find(|c| c.name == wanted)
+    }
+
+    /// Every name a component answers to: the components' own, then the aliases.
+    pub async fn names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self
+            .report()
+            .await
+            .components
+            .into_iter()
+            .map(|c| c.name)
+            .collect();
+        names.extend(self.aliases.iter().map(|(alias, _)| alias.clone()));
+        names
     }
 }
 

@@ -21,12 +21,17 @@ pub mod handler;
 pub mod health;
 pub mod middleware;
 pub mod pattern;
+mod publisher;
 pub mod telemetry;
+pub mod testing;
 pub mod topology;
 pub mod trace;
 pub mod transport;
 
-pub use bus::{Bus, BusBuilder, MessageOptions, MetricsSnapshot, Publisher, SubscribeOptions};
+pub use bus::{
+    BatchOptions, Bus, BusBuilder, ConsumerOptions, MessageOptions, MetricsSnapshot, Priority,
+    Publisher, QueueOptions, RequestOptions, SubscribeOptions,
+};
 pub use config::Config;
 pub use context::Context;
 pub use envelope::Envelope;
@@ -34,7 +39,7 @@ pub use error::{Error, Result};
 pub use event::{Event, EventDescriptor};
 #[cfg(feature = "derive")]
 pub use herald_derive::Event;
-pub use middleware::{FailureKind, HandlerError};
+pub use middleware::{FailureKind, HandlerError, Pipeline};
 pub use topology::{QueueKind, QueueSpec, Topology};
 pub use transport::{Delivery, Outcome, Transport};
 

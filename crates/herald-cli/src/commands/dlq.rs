@@ -8,13 +8,18 @@ use crate::CliResult;
 /// Dead-letter management.
 #[derive(clap::Subcommand)]
 pub enum Command {
-    /// Dead-letter counts per queue, or the dead letters of one queue
+    /// Dead-letter counts per queue, or the dead letters of one queue. On RabbitMQ, which
+    /// cannot list queues over AMQP, the counts cover the demo's queues and those named with
+    /// --queue
     List {
         /// A work queue, e.g. analytics-service.course.enrolled
         queue: Option<String>,
         /// At most this many
         #[arg(long, default_value_t = 50)]
         limit: usize,
+        /// Also count this queue (repeatable; for brokers that cannot list queues)
+        #[arg(long = "queue", value_name = "QUEUE")]
+        queues: Vec<String>,
     },
     /// One dead letter in full: failure metadata, headers and body
     Show {
@@ -61,18 +66,18 @@ pub async fn run(config: Config, cmd: Command) -> CliResult<()> {
     let result: CliResult<()> = async {
         let admin = herald::transport::dead_letter_admin(&*t)?;
         match cmd {
-            Command::List { queue: None, .. } => {
+            Command::List {
+                queue: None,
+                queues,
+                ..
+            } => {
                 println!(
                     "{:<50} {:>8} {:>8} {:>8}",
                     "QUEUE", "READY", "DELAYED", "DEAD"
                 );
                 let fmt = |v: Option<u64>| v.map_or("-".to_string(), |v| v.to_string());
-                let stats = herald::transport::queue_statistics(&*t)?
-                    .queue_stats()
-                    .await?;
-                if stats.is_empty() {
-                    super::explain_empty_listing(&*t);
-                }
+                let stats = super::known_queue_stats(&config, &*t, &queues).await?;
+                super::explain_known_queues(&*t);
                 for s in stats {
                     println!(
                         "{:<50} {:>8} {:>8} {:>8}",
@@ -86,6 +91,7 @@ pub async fn run(config: Config, cmd: Command) -> CliResult<()> {
             Command::List {
                 queue: Some(q),
                 limit,
+                ..
             } => {
                 let dead = admin.dead_letters(&q, limit).await?;
                 if dead.is_empty() {

@@ -22,8 +22,8 @@ pub struct Args {
     /// Routing key [default: derived from the event name and version]
     #[arg(long)]
     routing_key: Option<String>,
-    /// Priority 0..=9
-    #[arg(long, default_value_t = 0)]
+    /// Priority: 0..=9, or a level: low (0), normal (1), high (2), critical (3)
+    #[arg(long, default_value = "0", value_parser = parse_priority)]
     priority: u8,
     /// Expire after this many milliseconds
     #[arg(long)]
@@ -42,9 +42,6 @@ pub struct Args {
 pub async fn run(config: Config, args: Args) -> CliResult<()> {
     serde_json::from_str::<serde_json::Value>(&args.json)
         .map_err(|e| format!("the body is not valid JSON: {e}"))?;
-    if args.priority > 9 {
-        return Err("--priority must be 0..=9".into());
-    }
     let bus = cli_bus(&config).await?;
     let key = args
         .routing_key
@@ -69,4 +66,13 @@ pub async fn run(config: Config, args: Args) -> CliResult<()> {
     result?;
     println!("{id}");
     Ok(())
+}
+
+/// `--priority`: a number 0..=9 or a named level.
+fn parse_priority(s: &str) -> Result<u8, String> {
+    match s.trim().parse::<u8>() {
+        Ok(n) if n <= 9 => Ok(n),
+        Ok(_) => Err("a numeric priority is 0..=9".into()),
+        Err(_) => s.parse::<herald::Priority>().map(u8::from),
+    }
 }

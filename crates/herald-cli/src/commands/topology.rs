@@ -14,9 +14,13 @@ pub struct Args {
     /// The demo's event contracts: name, version, publisher, consumers, routing key
     #[arg(long, conflicts_with = "live")]
     catalog: bool,
-    /// The queues that exist on the broker now, with counts, instead of the demo's declared topology
+    /// The queues that exist on the broker now, with counts, instead of the demo's declared
+    /// topology (on RabbitMQ: the demo's queues and those named with --queue)
     #[arg(long)]
     live: bool,
+    /// With --live: also count this queue (repeatable; for brokers that cannot list queues)
+    #[arg(long = "queue", value_name = "QUEUE", requires = "live")]
+    queues: Vec<String>,
 }
 
 pub async fn run(config: Config, args: Args) -> CliResult<()> {
@@ -31,12 +35,9 @@ pub async fn run(config: Config, args: Args) -> CliResult<()> {
     }
     if args.live {
         let bus = cli_bus(&config).await?;
-        let stats = match herald::transport::queue_statistics(&**bus.transport()) {
-            Ok(s) => s.queue_stats().await,
-            Err(e) => Err(e),
-        };
-        if stats.as_ref().is_ok_and(|s| s.is_empty()) {
-            super::explain_empty_listing(&**bus.transport());
+        let stats = super::known_queue_stats(&config, &**bus.transport(), &args.queues).await;
+        if stats.is_ok() {
+            super::explain_known_queues(&**bus.transport());
         }
         bus.shutdown().await?;
         let stats = stats?;

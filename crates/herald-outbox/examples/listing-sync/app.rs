@@ -1,28 +1,88 @@
-//! Reference 001's listing sync, built on Herald: a `listings` table with the outbox trigger, a
-//! relay publishing `listing.insert|update|delete` and `listing.status.<status>`, a search-sync
-//! consumer maintaining a PostgreSQL full-text index (exactly once, through the inbox in its own
-//! transaction, marking each job `completed`), and a status-change consumer that only receives
-//! `listing.status.#`. Used by `main.rs` and by the end-to-end test.
+//! Reference 001's listing sync, built on Herald, on reference 001's topology: exchanges
+//! `benalsam.listings` and `benalsam.system`; queues `elasticsearch.sync` (`listing.#`),
+//! `listing.status.changes` (`listing.status.#`) and `system.health` (`health.#`).
+//!
+//! A `listings` table with the outbox trigger; a relay publishing `listing.insert|update|delete`
+//! and `listing.status.<status>`; a search-sync consumer maintaining a PostgreSQL full-text
+//! index (exactly once, through the inbox in its own transaction; each listing's events in
+//! order, listings in parallel) that marks each job `completed`, or `failed` with the error
+//! when it cannot index it (retried, or dead-lettered when retrying cannot help); a
+//! status-change consumer; and health reports published to `benalsam.system` and logged by the
+//! `system.health` consumer. Used by `main.rs` and by the end-to-end tests.
 #![allow(dead_code)]
 
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use herald::{Bus, Context, HandlerError, SubscribeOptions};
+use herald::health::Health;
+use herald::middleware::RetryPolicy;
+use herald::{
+    Bus, ConsumerOptions, Context, Event, HandlerError, MessageOptions, QueueOptions,
+    SubscribeOptions,
+};
 use herald_outbox::inbox::postgres::PgInbox;
 use herald_outbox::inbox::Recorded;
 use herald_outbox::postgres::{PgOutbox, PgStore, TriggerSpec};
 use herald_outbox::{Relay, RelayConfig};
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tokio_postgres::{Client, NoTls};
 
-/// Everything the example needs to know: the database, the schema it lives in.
+/// Reference 001's exchanges and queues. Exactly those names in the example; a test on a shared
+/// broker gives each a prefix of its own.
+#[derive(Debug, Clone)]
+pub struct Names {
+    pub listings: String,
+    pub system: String,
+    pub search_queue: String,
+    pub status_queue: String,
+    pub health_queue: String,
+}
+
+impl Names {
+    /// Reference 001's names.
+    pub fn reference() -> Self {
+        Self::prefixed("")
+    }
+
+    /// The same with `prefix` in front of each.
+    pub fn prefixed(prefix: &str) -> Self {
+        Names {
+            listings: format!("{prefix}benalsam.listings"),
+            system: format!("{prefix}benalsam.system"),
+            search_queue: format!("{prefix}elasticsearch.sync"),
+            status_queue: format!("{prefix}listing.status.changes"),
+            health_queue: format!("{prefix}system.health"),
+        }
+    }
+}
+
+/// A component's health, published to `benalsam.system` as `health.reported`.
+#[derive(Debug, Clone, Serialize, Deserialize, Event)]
+#[event(name = "health.reported", exchange = "benalsam.system")]
+pub struct HealthReported {
+    pub component: String,
+    pub status: String,
+    pub detail: String,
+}
+
+/// How many database connections the search sync uses (its handler calls run in parallel,
+/// one listing's events after each other).
+const SEARCH_CONNECTIONS: usize = 4;
+
+/// Everything the example needs to know: the database, the schema it lives in, the names.
 #[derive(Clone)]
 pub struct App {
     pub conninfo: String,
     pub schema: String,
+    pub names: Names,
     pub outbox: PgOutbox,
     pub inbox: PgInbox,
+    /// The search sync's retry policy.
+    pub retry: RetryPolicy,
+    /// Fault injection: while set, the search index is unavailable.
+    pub index_down: Arc<AtomicBool>,
 }
 
 pub async fn connect(conninfo: &str) -> Result<Client, Box<dyn std::error::Error + Send + Sync>> {
@@ -36,13 +96,26 @@ pub async fn connect(conninfo: &str) -> Result<Client, Box<dyn std::error::Error
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 impl App {
-    pub fn new(conninfo: &str, schema: &str) -> Result<Self, BoxError> {
+    pub fn new(conninfo: &str, schema: &str, names: Names) -> Result<Self, BoxError> {
         Ok(App {
             conninfo: conninfo.to_string(),
             schema: schema.to_string(),
+            names,
             outbox: PgOutbox::new("listings-admin")?.schema(schema)?,
             inbox: PgInbox::new(schema)?,
+            retry: RetryPolicy::default(),
+            index_down: Arc::default(),
         })
+    }
+
+    /// A bus for `service` on `broker` whose own exchange is the listings exchange.
+    pub async fn bus(&self, service: &str, broker: &str) -> Result<Bus, BoxError> {
+        Ok(Bus::builder()
+            .service(service)
+            .broker(broker)
+            .exchange(&self.names.listings)
+            .build()
+            .await?)
     }
 
     /// Tables, the outbox migration, the trigger, the search index, the inbox.
@@ -69,7 +142,10 @@ impl App {
              CREATE INDEX IF NOT EXISTS search_index_document ON {s}.search_index USING gin (document);
              CREATE TABLE IF NOT EXISTS {s}.status_log (
                  event_id text PRIMARY KEY, listing_id bigint NOT NULL, status text NOT NULL,
-                 routing_key text NOT NULL);"
+                 routing_key text NOT NULL);
+             CREATE TABLE IF NOT EXISTS {s}.health_log (
+                 event_id text PRIMARY KEY, component text NOT NULL, status text NOT NULL,
+                 detail text NOT NULL);"
         ))
         .await?;
         TriggerSpec::new("listings")?
@@ -144,48 +220,140 @@ impl App {
 
     // ---- the consumers ----
 
-    /// Subscribe the search-sync consumer (`listing.#`) and the status-change consumer
-    /// (`listing.status.#`) on `bus`.
+    /// Subscribe reference 001's three consumers on `bus`: search sync on `elasticsearch.sync`
+    /// (`listing.#`), status changes on `listing.status.changes` (`listing.status.#`), health
+    /// reports on `system.health` (`health.#` on the system exchange).
     pub async fn subscribe(&self, bus: &Bus) -> Result<(), BoxError> {
         let app = Arc::new(self.clone());
-        let db = Arc::new(tokio::sync::Mutex::new(connect(&self.conninfo).await?));
-        let (a, d) = (app.clone(), db.clone());
+        let mut pool = Vec::with_capacity(SEARCH_CONNECTIONS);
+        for _ in 0..SEARCH_CONNECTIONS {
+            pool.push(tokio::sync::Mutex::new(connect(&self.conninfo).await?));
+        }
+        let pool = Arc::new((pool, AtomicUsize::new(0)));
+        let a = app.clone();
         bus.subscribe_pattern(
             "search-sync",
             "listing.#",
             move |event: Value, ctx: Context| {
-                let (a, d) = (a.clone(), d.clone());
-                async move { a.search_sync(&d, event, &ctx).await }
+                let (a, pool) = (a.clone(), pool.clone());
+                async move {
+                    let turn = pool.1.fetch_add(1, Ordering::Relaxed) % pool.0.len();
+                    a.search_sync(&pool.0[turn], event, &ctx).await
+                }
             },
-            // One at a time keeps each listing's events in order.
-            SubscribeOptions::new().concurrency(1),
+            SubscribeOptions::new()
+                .queue(QueueOptions::named(&self.names.search_queue))
+                // Each listing's events (the trigger's subject `listings:<id>`) in order,
+                // different listings in parallel.
+                .consumer(ConsumerOptions::new().concurrency(8).ordered_by_subject())
+                .retry(self.retry),
         )?;
-        let db2 = Arc::new(tokio::sync::Mutex::new(connect(&self.conninfo).await?));
+        let db = Arc::new(tokio::sync::Mutex::new(connect(&self.conninfo).await?));
+        let a = app.clone();
         bus.subscribe_pattern(
             "status-changes",
             "listing.status.#",
             move |event: Value, ctx: Context| {
-                let (a, d) = (app.clone(), db2.clone());
+                let (a, d) = (a.clone(), db.clone());
                 async move { a.status_changed(&d, event, &ctx).await }
             },
-            SubscribeOptions::new().concurrency(1),
+            SubscribeOptions::new()
+                .queue(QueueOptions::named(&self.names.status_queue))
+                .concurrency(1),
+        )?;
+        let db = Arc::new(tokio::sync::Mutex::new(connect(&self.conninfo).await?));
+        bus.subscribe_pattern(
+            "health",
+            "health.#",
+            move |report: HealthReported, ctx: Context| {
+                let (a, d) = (app.clone(), db.clone());
+                async move { a.health_logged(&d, report, &ctx).await }
+            },
+            SubscribeOptions::new()
+                .queue(QueueOptions::named(&self.names.health_queue).exchange(&self.names.system)),
         )?;
         Ok(())
     }
 
-    async fn search_sync(
+    /// Publish each component of `health` as a `health.reported` event on the system exchange.
+    pub async fn report_health(&self, bus: &Bus, health: &Health) -> Result<(), BoxError> {
+        for c in health.report().await.components {
+            let status = serde_json::to_value(c.status)?
+                .as_str()
+                .unwrap_or_default()
+                .to_string();
+            bus.publish_with(
+                &HealthReported {
+                    component: c.name,
+                    status,
+                    detail: c.detail,
+                },
+                MessageOptions::default().exchange(&self.names.system),
+            )
+            .await?;
+        }
+        Ok(())
+    }
+
+    async fn health_logged(
         &self,
         db: &tokio::sync::Mutex<Client>,
-        event: Value,
+        report: HealthReported,
         ctx: &Context,
     ) -> Result<(), HandlerError> {
-        let s = &self.schema;
+        let c = self.reconnect(db).await?;
+        c.execute(
+            &format!(
+                "INSERT INTO {}.health_log (event_id, component, status, detail) VALUES ($1, $2, $3, $4)
+                 ON CONFLICT (event_id) DO NOTHING",
+                self.schema
+            ),
+            &[&ctx.id(), &report.component, &report.status, &report.detail],
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// The connection behind `db`, opened again when the server closed it.
+    async fn reconnect<'a>(
+        &self,
+        db: &'a tokio::sync::Mutex<Client>,
+    ) -> Result<tokio::sync::MutexGuard<'a, Client>, HandlerError> {
         let mut c = db.lock().await;
         if c.is_closed() {
             *c = connect(&self.conninfo)
                 .await
                 .map_err(HandlerError::transient)?;
         }
+        Ok(c)
+    }
+
+    /// Index one listing event. When that fails, the job is marked `failed` with the reason
+    /// (reference 001's "ES Service -> DB: mark job failed") and the error goes back to Herald,
+    /// which retries it (a later success marks it `completed`) or dead-letters it.
+    async fn search_sync(
+        &self,
+        db: &tokio::sync::Mutex<Client>,
+        event: Value,
+        ctx: &Context,
+    ) -> Result<(), HandlerError> {
+        let mut c = self.reconnect(db).await?;
+        let indexed = self.index(&mut c, &event, ctx).await;
+        if let Err(e) = &indexed {
+            if let Err(mark) = self.outbox.fail(&*c, ctx.id(), &e.message).await {
+                tracing::warn!(id = ctx.id(), error = %mark, "could not mark the job failed");
+            }
+        }
+        indexed
+    }
+
+    async fn index(
+        &self,
+        c: &mut Client,
+        event: &Value,
+        ctx: &Context,
+    ) -> Result<(), HandlerError> {
+        let s = &self.schema;
         let tx = c.transaction().await?;
         if self
             .inbox
@@ -195,6 +363,9 @@ impl App {
             == Recorded::Duplicate
         {
             return Ok(());
+        }
+        if self.index_down.load(Ordering::SeqCst) {
+            return Err(HandlerError::transient("search index unavailable"));
         }
         let op = event["operation"].as_str().unwrap_or("");
         let id = event["id"]
@@ -213,6 +384,11 @@ impl App {
                 new["description"].as_str().unwrap_or_default(),
                 new["status"].as_str().unwrap_or_default(),
             );
+            if title.trim().is_empty() {
+                return Err(HandlerError::permanent(format!(
+                    "listing {id} has no title; the search index refuses it"
+                )));
+            }
             let version = new["version"].as_i64().unwrap_or(0);
             tx.execute(
                 &format!(
@@ -241,12 +417,7 @@ impl App {
         event: Value,
         ctx: &Context,
     ) -> Result<(), HandlerError> {
-        let mut c = db.lock().await;
-        if c.is_closed() {
-            *c = connect(&self.conninfo)
-                .await
-                .map_err(HandlerError::transient)?;
-        }
+        let c = self.reconnect(db).await?;
         let id = event["id"].as_i64().unwrap_or(0);
         let status = event["status"].as_str().unwrap_or("").to_string();
         // Idempotent by the event id's primary key.

@@ -182,10 +182,6 @@ impl Handle for Inbox {
             result
         })
     }
-
-    fn paused_for(&self) -> Option<Duration> {
-        self.inner.paused_for()
-    }
 }
 
 /// An in-process store, for tests and single-process tools. Not durable.

@@ -267,6 +267,31 @@ impl PgOutbox {
         Ok(n > 0)
     }
 
+    /// A consumer reports it could not handle `event_id` (reference 001: "ES Service -> DB: mark
+    /// job failed"): the row becomes `failed` with `error`, counted as a consumer failure (the
+    /// relay does not publish it again: the broker redelivers it to the consumer, whose retry
+    /// may later [`complete`](Self::complete) it). Returns false when no row has that id or it is
+    /// already completed. Call it outside the handler's own transaction, which rolls back.
+    pub async fn fail<C: GenericClient + Sync>(
+        &self,
+        client: &C,
+        event_id: &str,
+        error: &str,
+    ) -> Result<bool> {
+        let n = client
+            .execute(
+                &format!(
+                    "UPDATE {} SET status = 'failed', last_error = $2, processed_at = now() \
+                     WHERE event_id = $1 AND status <> 'completed'",
+                    self.qualified()
+                ),
+                &[&event_id, &error],
+            )
+            .await
+            .map_err(pg("marking an event failed"))?;
+        Ok(n > 0)
+    }
+
     /// The status of every row of the table: counts by status, oldest pending age, average
     /// processing times, the most retried failures. What `herald outbox status` prints.
     pub async fn status<C: GenericClient + Sync>(&self, client: &C) -> Result<OutboxStatus> {
@@ -275,8 +300,9 @@ impl PgOutbox {
             .query(
                 &format!(
                     "SELECT status, count(*)::bigint, \
-                            EXTRACT(EPOCH FROM (now() - min(created_at)))::float8, \
-                            avg(EXTRACT(EPOCH FROM (processed_at - created_at)))::float8 \
+                            EXTRACT(EPOCH FROM (now() - min(created_at) FILTER (WHERE sent_at IS NULL)))::float8, \
+                            avg(EXTRACT(EPOCH FROM (processed_at - created_at)))::float8, \
+                            count(*) FILTER (WHERE sent_at IS NOT NULL)::bigint \
                      FROM {t} GROUP BY status"
                 ),
                 &[],
@@ -304,6 +330,9 @@ impl PgOutbox {
             let avg: Option<f64> = r.get(3);
             if let Some(avg) = avg {
                 out.avg_processing_secs.insert(status, avg);
+            }
+            if status == Status::Failed {
+                out.consumer_failed = r.get::<_, i64>(4).max(0) as u64;
             }
         }
         let failed = client

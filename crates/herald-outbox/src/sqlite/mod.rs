@@ -171,6 +171,23 @@ impl SqliteOutbox {
         Ok(n > 0)
     }
 
+    /// A consumer reports it could not handle `event_id`: the row becomes `failed` with `error`
+    /// (see [`PgOutbox::fail`](crate::postgres::PgOutbox::fail) for what that means). Call it
+    /// outside the handler's own transaction, which rolls back.
+    pub fn fail(&self, conn: &Connection, event_id: &str, error: &str) -> Result<bool> {
+        let n = conn
+            .execute(
+                &format!(
+                    "UPDATE {} SET status = 'failed', last_error = ?2, processed_at = ?3 \
+                     WHERE event_id = ?1 AND status <> 'completed'",
+                    self.table
+                ),
+                params![event_id, error, now_ms()],
+            )
+            .map_err(sql("marking an event failed"))?;
+        Ok(n > 0)
+    }
+
     /// Counts by status, oldest pending age, average processing times, the most retried failures.
     pub fn status(&self, conn: &Connection) -> Result<OutboxStatus> {
         let now = now_ms();
@@ -180,7 +197,9 @@ impl SqliteOutbox {
         }
         let mut stmt = conn
             .prepare(&format!(
-                "SELECT status, count(*), min(created_at), avg(processed_at - created_at) FROM {} GROUP BY status",
+                "SELECT status, count(*), min(CASE WHEN sent_at IS NULL THEN created_at END), \
+                        avg(processed_at - created_at), sum(sent_at IS NOT NULL) \
+                 FROM {} GROUP BY status",
                 self.table
             ))
             .map_err(sql("reading the outbox status"))?;
@@ -191,11 +210,13 @@ impl SqliteOutbox {
                     r.get::<_, i64>(1)?,
                     r.get::<_, Option<i64>>(2)?,
                     r.get::<_, Option<f64>>(3)?,
+                    r.get::<_, Option<i64>>(4)?,
                 ))
             })
             .map_err(sql("reading the outbox status"))?;
         for row in rows {
-            let (name, count, oldest, avg) = row.map_err(sql("reading the outbox status"))?;
+            let (name, count, oldest, avg, published) =
+                row.map_err(sql("reading the outbox status"))?;
             let Some(status) = Status::parse(&name) else {
                 continue;
             };
@@ -209,6 +230,9 @@ impl SqliteOutbox {
             }
             if let Some(avg) = avg {
                 out.avg_processing_secs.insert(status, avg / 1000.0);
+            }
+            if status == Status::Failed {
+                out.consumer_failed = published.unwrap_or(0).max(0) as u64;
             }
         }
         let mut stmt = conn

@@ -40,126 +40,29 @@ use crate::config::Config;
 use crate::context::Context;
 use crate::error::{Error, Result};
 use crate::event::Event;
-use crate::handler::{Decoding, Handler, IntoHandlerResult};
-use crate::middleware::Handle;
+use crate::handler::{BatchDecoding, Decoding, Handler, IntoBatchResult, IntoHandlerResult};
+use crate::middleware::{Handle, Layer, Pipeline, PipelineDefaults};
 use crate::pattern::validate_pattern;
+use crate::telemetry::observe::Observe;
 use crate::topology::Topology;
 use crate::transport::Transport;
 
+mod builder;
 mod consumer;
-pub mod metrics;
-mod publisher;
-mod subscription;
+mod options;
+mod request;
 
-pub use metrics::{Metrics, MetricsSnapshot};
-pub use publisher::{MessageOptions, Publisher};
-pub use subscription::SubscribeOptions;
+pub use crate::publisher::{MessageOptions, Priority, Publisher};
+pub use crate::telemetry::counters as metrics;
+pub use crate::telemetry::counters::{Metrics, MetricsSnapshot};
+pub use builder::BusBuilder;
+pub use consumer::BatchOptions;
+pub use options::{ConsumerOptions, KeyOf, QueueOptions, SubscribeOptions};
+pub use request::RequestOptions;
 
 use consumer::ConsumerSpec;
-use publisher::PublishCore;
-
-/// Builds a [`Bus`]. Starts from [`Config::load`]-style defaults; every call overrides.
-#[derive(Default)]
-pub struct BusBuilder {
-    config: Config,
-    transport: Option<Arc<dyn Transport>>,
-    queue_depth_interval: Option<Duration>,
-}
-
-impl BusBuilder {
-    /// Start from a loaded configuration.
-    pub fn config(mut self, config: Config) -> Self {
-        self.config = config;
-        self
-    }
-    /// This service's name (CloudEvents source, queue-name prefix).
-    pub fn service(mut self, name: impl Into<String>) -> Self {
-        self.config.service = name.into();
-        self
-    }
-    /// The broker URL: `sqlite://path`, `memory://`, `amqp://...`.
-    pub fn broker(mut self, url: impl Into<String>) -> Self {
-        self.config.broker = url.into();
-        self
-    }
-    /// The topic exchange.
-    pub fn exchange(mut self, name: impl Into<String>) -> Self {
-        self.config.exchange = name.into();
-        self
-    }
-    /// Default prefetch per subscription.
-    pub fn prefetch(mut self, n: usize) -> Self {
-        self.config.prefetch = n;
-        self
-    }
-    /// Default concurrency per subscription.
-    pub fn concurrency(mut self, n: usize) -> Self {
-        self.config.concurrency = n;
-        self
-    }
-    /// Largest body accepted.
-    pub fn max_message_bytes(mut self, n: usize) -> Self {
-        self.config.max_message_bytes = n;
-        self
-    }
-    /// Allow publishing events no queue receives.
-    pub fn allow_unroutable(mut self, allow: bool) -> Self {
-        self.config.allow_unroutable = allow;
-        self
-    }
-    /// Use this transport instead of opening one from the URL.
-    pub fn transport(mut self, transport: Arc<dyn Transport>) -> Self {
-        self.transport = Some(transport);
-        self
-    }
-
-    /// Sample every queue's depth into `herald_queue_depth{queue,state}` at this interval while
-    /// the bus runs (see [`crate::telemetry::spawn_queue_depth_sampler`]).
-    pub fn sample_queue_depth(mut self, interval: Duration) -> Self {
-        self.queue_depth_interval = Some(interval);
-        self
-    }
-
-    /// Validate the configuration, open the transport and declare the exchange.
-    pub async fn build(self) -> Result<Bus> {
-        self.config.validate()?;
-        let transport = match self.transport {
-            Some(t) => t,
-            None => crate::transport::connect(&self.config.broker, &self.config.service).await?,
-        };
-        transport
-            .apply_topology(&Topology::new(&self.config.exchange))
-            .await?;
-        let metrics = Arc::new(Metrics::default());
-        let publisher = Publisher::new(PublishCore {
-            transport: transport.clone(),
-            exchange: self.config.exchange.clone(),
-            service: self.config.service.clone(),
-            max_message_bytes: self.config.max_message_bytes,
-            allow_unroutable: self.config.allow_unroutable,
-            metrics: metrics.clone(),
-            telemetry: Default::default(),
-        });
-        let shutdown = CancellationToken::new();
-        if let Some(interval) = self.queue_depth_interval {
-            crate::telemetry::spawn_queue_depth_sampler(
-                transport.clone(),
-                interval,
-                shutdown.clone(),
-            );
-        }
-        Ok(Bus {
-            inner: Arc::new(BusInner {
-                config: self.config,
-                transport,
-                publisher,
-                metrics,
-                subscriptions: Mutex::new(Vec::new()),
-                shutdown,
-            }),
-        })
-    }
-}
+use options::SchemaCheck;
+use request::Requester;
 
 /// The bus. Cheap to clone; clones share everything.
 #[derive(Clone)]
@@ -174,10 +77,21 @@ struct BusInner {
     metrics: Arc<Metrics>,
     subscriptions: Mutex<Vec<Subscription>>,
     shutdown: CancellationToken,
+    /// The pipeline of subscriptions that set none.
+    pipeline: Pipeline,
+    /// Bus-wide layers, around every subscription's pipeline.
+    layers: Pipeline,
+    defaults: PipelineDefaults,
+    observer: Option<Arc<dyn Observe>>,
+    requester: Requester,
+    /// In front of every queue and exchange name (empty but in the test harness).
+    namespace: String,
 }
 
 struct Subscription {
     spec: Arc<ConsumerSpec>,
+    /// The exchange its queue is bound on.
+    exchange: String,
     task: Option<JoinHandle<()>>,
 }
 
@@ -206,7 +120,7 @@ impl Bus {
         self.inner.publisher.publish(event).await
     }
 
-    /// Publish one event with per-message options (priority, TTL, subject, ...).
+    /// Publish one event with per-message options (priority, TTL, subject, exchange, ...).
     pub async fn publish_with<E: Event>(
         &self,
         event: &E,
@@ -232,44 +146,102 @@ impl Bus {
         self.subscribe_with(handler, SubscribeOptions::default())
     }
 
-    /// Subscribe with options.
+    /// Subscribe with options: the queue, the consumer, the pipeline (see [`SubscribeOptions`]).
     pub fn subscribe_with<E, H, Args>(&self, handler: H, options: SubscribeOptions) -> Result<()>
     where
         E: Event,
         H: Handler<E, Args>,
         Args: 'static,
     {
-        let queue = options
-            .queue
-            .clone()
-            .unwrap_or_else(|| format!("{}.{}", self.inner.config.service, E::ROUTING_KEY));
-        let expected = format!(
-            "`{}` v{} ({})",
-            E::NAME,
-            E::VERSION,
-            std::any::type_name::<E>()
-        );
-        let mut options = options;
-        if options.validate_schema && options.schema.is_none() {
-            let schema = E::event_schema().ok_or_else(|| {
+        let queue = format!("{}.{}", self.inner.config.service, E::ROUTING_KEY);
+        let decoding: Arc<dyn Handle> = Arc::new(Decoding::<E, H, Args>::new(
+            handler,
+            self.inner.publisher.clone(),
+            expected::<E>(),
+        ));
+        let innermost = with_schema(decoding, &options.consumer.schema, || {
+            E::event_schema().ok_or_else(|| {
                 Error::Config(format!(
                     "validate_schema on `{}`, but the event has no schema: add #[event(schema)] and derive schemars::JsonSchema",
                     E::NAME
                 ))
-            })?;
-            options.schema = Some(crate::middleware::SchemaLayer::new(&schema)?);
+            })
+        })?;
+        self.register(
+            queue,
+            vec![E::ROUTING_KEY.to_string()],
+            innermost,
+            options,
+            None,
+        )
+    }
+
+    /// Subscribe a batch handler: `async fn(Vec<E>)`, called with up to `batch`'s size of
+    /// messages at once (or what came within its wait of the first). Each message is settled on
+    /// its own: the handler's verdict for it (one for all, or per message with
+    /// [`BatchResult`](crate::handler::BatchResult)) goes through the subscription's pipeline,
+    /// so a failed message is retried or dead-lettered alone. The queue is as for
+    /// [`subscribe`](Self::subscribe); `concurrency` is the number of batches in flight.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use herald::{BatchOptions, Bus, Event, HandlerError, SubscribeOptions};
+    /// use serde::{Deserialize, Serialize};
+    ///
+    /// #[derive(Debug, Clone, Serialize, Deserialize, Event)]
+    /// #[event(name = "listing.updated")]
+    /// struct ListingUpdated { id: u64, title: String }
+    ///
+    /// async fn index_all(listings: Vec<ListingUpdated>) -> Result<(), HandlerError> {
+    ///     // One bulk request to the search index for the whole batch.
+    ///     println!("indexing {} listings", listings.len());
+    ///     Ok(())
+    /// }
+    ///
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+    /// let bus = Bus::builder().service("search").broker("memory://batch-doc").build().await?;
+    /// bus.subscribe_batch(index_all, BatchOptions::new(500, Duration::from_millis(100)), SubscribeOptions::new())?;
+    /// # bus.shutdown().await?;
+    /// # Ok::<(), herald::Error>(())
+    /// # }).unwrap();
+    /// ```
+    pub fn subscribe_batch<E, H, Fut, R>(
+        &self,
+        handler: H,
+        batch: BatchOptions,
+        options: SubscribeOptions,
+    ) -> Result<()>
+    where
+        E: Event,
+        H: Fn(Vec<E>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = R> + Send + 'static,
+        R: IntoBatchResult,
+    {
+        if !matches!(options.consumer.schema, SchemaCheck::None) {
+            return Err(Error::Config(format!(
+                "schema validation is not available on batch subscriptions (`{}`): validate in the handler, or subscribe one at a time",
+                E::NAME
+            )));
         }
-        let decoding: Arc<dyn Handle> = Arc::new(Decoding::<E, H, Args>::new(
-            handler,
-            self.inner.publisher.clone(),
-            expected,
-        ));
-        self.register(queue, vec![E::ROUTING_KEY.to_string()], decoding, options)
+        let queue = format!("{}.{}", self.inner.config.service, E::ROUTING_KEY);
+        let batching = consumer::Batching {
+            max_size: batch.max_size,
+            max_wait: batch.max_wait,
+            run: Arc::new(BatchDecoding::<E, H>::new(handler, expected::<E>())),
+        };
+        self.register(
+            queue,
+            vec![E::ROUTING_KEY.to_string()],
+            Arc::new(consumer::Verdict),
+            options,
+            Some(batching),
+        )
     }
 
     /// Subscribe to a routing-key pattern (`*` one word, `#` any number) with a payload type of
     /// your choosing, for messages from non-Herald publishers, e.g. `{"event_type": ...,
-    /// "data": {...}}` from a pika client. The queue is `<service>.<queue_suffix>`.
+    /// "data": {...}}` from a pika client. The queue is `<service>.<queue_suffix>` unless the
+    /// options name one.
     pub fn subscribe_pattern<P, H, Args>(
         &self,
         queue_suffix: &str,
@@ -294,7 +266,8 @@ impl Bus {
     /// Subscribe to a routing-key pattern with a function that takes every message as it
     /// arrived, whatever its body: nothing is decoded, so nothing is dead-lettered for not being
     /// JSON. For observers and bridges (`herald tail`, the dashboard's live stream); the body is
-    /// `ctx.envelope().body`. The queue is `<service>.<queue_suffix>`.
+    /// `ctx.envelope().body`. The queue is `<service>.<queue_suffix>` unless the options name
+    /// one.
     ///
     /// ```
     /// # async fn run() -> herald::Result<()> {
@@ -334,45 +307,102 @@ impl Bus {
         options: SubscribeOptions,
     ) -> Result<()> {
         validate_pattern(pattern).map_err(Error::Config)?;
-        let queue = options
-            .queue
-            .clone()
-            .unwrap_or_else(|| format!("{}.{}", self.inner.config.service, queue_suffix));
-        self.register(queue, vec![pattern.to_string()], innermost, options)
+        let innermost = with_schema(innermost, &options.consumer.schema, || {
+            Err(Error::Config(format!(
+                "validate_schema needs an event type; pattern `{pattern}` has none: give the schema with ConsumerOptions::schema"
+            )))
+        })?;
+        let queue = format!("{}.{}", self.inner.config.service, queue_suffix);
+        self.register(queue, vec![pattern.to_string()], innermost, options, None)
     }
 
+    /// Build the subscription's pipeline around `innermost` and register its consumer (taking
+    /// messages in batches when `batch` says so). `default_queue` and `default_bindings` apply
+    /// unless the queue options name others.
     fn register(
         &self,
-        queue: String,
-        bindings: Vec<String>,
-        decoding: Arc<dyn Handle>,
+        default_queue: String,
+        default_bindings: Vec<String>,
+        innermost: Arc<dyn Handle>,
         options: SubscribeOptions,
+        batch: Option<consumer::Batching>,
     ) -> Result<()> {
-        let config = &self.inner.config;
-        let timeout = (config.handler_timeout_ms > 0)
-            .then(|| Duration::from_millis(config.handler_timeout_ms));
-        let spec = Arc::new(ConsumerSpec {
-            queue: options.queue_spec(queue.clone(), bindings),
-            pipeline: options.build_pipeline(decoding, timeout),
-            prefetch: options.prefetch.unwrap_or(config.prefetch),
-            concurrency: options.concurrency.unwrap_or(config.concurrency),
-            max_message_bytes: config.max_message_bytes,
-        });
-        let mut subs = lock(&self.inner.subscriptions);
-        if subs.iter().any(|s| s.spec.queue.name == queue) {
-            return Err(Error::DuplicateSubscription(queue));
+        let inner = &self.inner;
+        let config = &inner.config;
+        let queue_options = &options.queue;
+        let name = format!(
+            "{}{}",
+            inner.namespace,
+            queue_options.name.as_deref().unwrap_or(&default_queue)
+        );
+        for key in &queue_options.bindings {
+            validate_pattern(key).map_err(Error::Config)?;
         }
-        subs.push(Subscription { spec, task: None });
+        let pipeline = Pipeline::around(
+            &inner.layers,
+            options.pipeline.as_ref().unwrap_or(&inner.pipeline),
+        );
+        let built = pipeline.build(innermost, &inner.defaults);
+        let queue = queue_options.spec(name, default_bindings, built.retry_delays);
+        let exchange = match &queue_options.exchange {
+            Some(x) => format!("{}{x}", inner.namespace),
+            None => config.exchange.clone(),
+        };
+        let consumer = &options.consumer;
+        let concurrency = consumer.concurrency.unwrap_or(config.concurrency);
+        let mut prefetch = consumer.prefetch.unwrap_or(config.prefetch);
+        if let Some(b) = &batch {
+            // A batch can only fill from what the transport hands out at once.
+            prefetch = prefetch.max(b.max_size.saturating_mul(concurrency));
+        }
+        let spec = Arc::new(ConsumerSpec {
+            queue,
+            pipeline: built.handle,
+            readiness: built.readiness,
+            prefetch,
+            concurrency,
+            key: consumer.key,
+            max_message_bytes: config.max_message_bytes,
+            observer: inner.observer.clone(),
+            batch,
+        });
+        let mut subs = lock(&inner.subscriptions);
+        if subs.iter().any(|s| s.spec.queue.name == spec.queue.name) {
+            return Err(Error::DuplicateSubscription(spec.queue.name.clone()));
+        }
+        subs.push(Subscription {
+            spec,
+            exchange,
+            task: None,
+        });
         Ok(())
     }
 
-    /// The topology this bus needs: its exchange and every subscription's queue.
+    /// The topology on the bus's exchange: its queues and their bindings. A bus whose queues
+    /// are bound on other exchanges too has one topology per exchange: see
+    /// [`topologies`](Self::topologies).
     pub fn topology(&self) -> Topology {
-        let mut t = Topology::new(&self.inner.config.exchange);
+        self.topologies()
+            .into_iter()
+            .next()
+            .unwrap_or_else(|| Topology::new(&self.inner.config.exchange))
+    }
+
+    /// Everything this bus declares, one topology per exchange: the bus's own first, then each
+    /// other exchange a subscription's queue is bound on.
+    pub fn topologies(&self) -> Vec<Topology> {
+        let mut out = vec![Topology::new(&self.inner.config.exchange)];
         for s in lock(&self.inner.subscriptions).iter() {
-            t.add_queue(s.spec.queue.clone());
+            let at = match out.iter().position(|t| t.exchange == s.exchange) {
+                Some(i) => i,
+                None => {
+                    out.push(Topology::new(&s.exchange));
+                    out.len() - 1
+                }
+            };
+            out[at].add_queue(s.spec.queue.clone());
         }
-        t
+        out
     }
 
     /// Declare the topology and start every subscription not yet running. Call again after
@@ -381,9 +411,13 @@ impl Bus {
         if self.inner.shutdown.is_cancelled() {
             return Err(Error::Closed);
         }
-        let topology = self.topology();
-        check_supported(&topology, &*self.inner.transport)?;
-        self.inner.transport.apply_topology(&topology).await?;
+        let topologies = self.topologies();
+        for topology in &topologies {
+            check_supported(topology, &*self.inner.transport)?;
+        }
+        for topology in &topologies {
+            self.inner.transport.apply_topology(topology).await?;
+        }
         let mut subs = lock(&self.inner.subscriptions);
         for s in subs.iter_mut().filter(|s| s.task.is_none()) {
             s.task = Some(tokio::spawn(consumer::run(
@@ -400,10 +434,11 @@ impl Bus {
     /// configured grace period), give back what was buffered, close the transport.
     pub async fn shutdown(&self) -> Result<()> {
         self.inner.shutdown.cancel();
-        let tasks: Vec<JoinHandle<()>> = lock(&self.inner.subscriptions)
+        let mut tasks: Vec<JoinHandle<()>> = lock(&self.inner.subscriptions)
             .iter_mut()
             .filter_map(|s| s.task.take())
             .collect();
+        tasks.extend(self.inner.requester.take_task());
         let grace = Duration::from_millis(self.inner.config.shutdown_grace_ms);
         let all = futures::future::join_all(tasks);
         if tokio::time::timeout(grace, all).await.is_err() {
@@ -451,6 +486,30 @@ impl Bus {
     pub fn is_shut_down(&self) -> bool {
         self.inner.shutdown.is_cancelled()
     }
+}
+
+/// What a body should decode to, for decode errors: "`course.enrolled` v1 (CourseEnrolled)".
+fn expected<E: Event>() -> String {
+    format!(
+        "`{}` v{} ({})",
+        E::NAME,
+        E::VERSION,
+        std::any::type_name::<E>()
+    )
+}
+
+/// `handle` with the schema check of the consumer options in front of it (always innermost:
+/// validation belongs right before decoding). `of_event` gives the event's own schema.
+fn with_schema(
+    handle: Arc<dyn Handle>,
+    check: &SchemaCheck,
+    of_event: impl FnOnce() -> Result<serde_json::Value>,
+) -> Result<Arc<dyn Handle>> {
+    Ok(match check {
+        SchemaCheck::None => handle,
+        SchemaCheck::Given(schema) => schema.layer(handle),
+        SchemaCheck::OfEvent => crate::middleware::SchemaLayer::new(&of_event()?)?.layer(handle),
+    })
 }
 
 /// Refuse queue options the transport cannot honour, rather than run without them.

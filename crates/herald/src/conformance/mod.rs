@@ -37,9 +37,11 @@ use crate::transport::{dead_letter_admin, Deliveries, Delivery, PublishOptions, 
 use crate::Bus;
 
 mod bus_cases;
+mod shape_cases;
 mod transport_cases;
 
 pub use bus_cases::*;
+pub use shape_cases::*;
 pub use transport_cases::*;
 
 /// How a test reaches a transport.
@@ -124,11 +126,13 @@ impl Recorder {
             .await;
         let declared = std::mem::take(&mut *recorded.lock().unwrap_or_else(|e| e.into_inner()));
         for d in declared {
-            let topology = match d {
-                Declared::Topology(t) => t,
-                Declared::Bus(b) => b.topology(),
+            let topologies = match d {
+                Declared::Topology(t) => vec![t],
+                Declared::Bus(b) => b.topologies(),
             };
-            harness.clean_up(&topology).await;
+            for topology in &topologies {
+                harness.clean_up(topology).await;
+            }
         }
         if let Err(panic) = outcome {
             std::panic::resume_unwind(panic);
@@ -314,7 +318,8 @@ macro_rules! conformance_tests {
             bus_timeout_is_a_failed_attempt, bus_follow_ups_carry_correlation_and_causation,
             bus_unroutable_publish_is_an_error, bus_graceful_shutdown_loses_nothing,
             bus_consumes_foreign_json_by_pattern, bus_raw_subscription_takes_any_body,
-            bus_refuses_what_the_transport_lacks);
+            bus_refuses_what_the_transport_lacks, bus_request_reply,
+            bus_named_queues_on_two_exchanges, bus_linear_retry_schedule, bus_order_per_key);
     };
     (@cases $harness:expr; $($case:ident),*) => {
         $(

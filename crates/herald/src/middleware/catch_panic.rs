@@ -4,7 +4,6 @@
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
-use std::time::Duration;
 
 use futures::FutureExt;
 
@@ -26,10 +25,10 @@ struct CatchPanic {
 
 /// Start and run a handler call, a panic in either failing the attempt. Calling can itself
 /// panic (a handler that panics before its first await), so `start` runs inside the guard too.
-/// Shared with the standard stack ([`super::standard`]).
-pub(crate) async fn guarded<F: Future<Output = HandlerResult>>(
+/// Shared with the standard stack ([`super::standard`]) and batch handlers.
+pub(crate) async fn guarded<T, F: Future<Output = Result<T, HandlerError>>>(
     start: impl FnOnce() -> F,
-) -> HandlerResult {
+) -> Result<T, HandlerError> {
     match AssertUnwindSafe(async move { start().await })
         .catch_unwind()
         .await
@@ -56,10 +55,6 @@ impl Handle for CatchPanic {
     fn call(&self, msg: Message) -> BoxFuture<HandlerResult> {
         let inner = self.inner.clone();
         Box::pin(guarded(move || inner.call(msg)))
-    }
-
-    fn paused_for(&self) -> Option<Duration> {
-        self.inner.paused_for()
     }
 }
 

@@ -4,7 +4,7 @@
 //!
 //! Closed → (N consecutive retryable failures) → Open for `open_for` → HalfOpen: one probe at a
 //! time; a success closes the circuit, a failure opens it again. While open the consumer asks
-//! [`Handle::paused_for`] and takes nothing; a message that slips in is released without
+//! [`Layer::paused_for`] and takes nothing; a message that slips in is released without
 //! counting an attempt.
 
 use std::sync::{Arc, Mutex};
@@ -92,6 +92,18 @@ impl Layer for CircuitBreakerLayer {
             layer: self.clone(),
         })
     }
+
+    /// Open: until the probe is due. Half-open with a probe out: until its verdict.
+    fn paused_for(&self) -> Option<Duration> {
+        let s = lock(&self.state);
+        match s.opened_at {
+            Some(at) if at.elapsed() < self.config.open_for => {
+                Some(self.config.open_for - at.elapsed())
+            }
+            Some(_) if s.probing => Some(Duration::from_millis(50)),
+            _ => None,
+        }
+    }
 }
 
 struct Breaker {
@@ -153,18 +165,6 @@ impl Handle for Breaker {
             result
         })
     }
-
-    fn paused_for(&self) -> Option<Duration> {
-        let s = lock(&self.layer.state);
-        match s.opened_at {
-            Some(at) if at.elapsed() < self.layer.config.open_for => {
-                Some(self.layer.config.open_for - at.elapsed())
-            }
-            // Half-open with a probe out: wait for its verdict.
-            Some(_) if s.probing => Some(Duration::from_millis(50)),
-            _ => self.inner.paused_for(),
-        }
-    }
 }
 
 #[cfg(test)]
@@ -200,7 +200,7 @@ mod tests {
             );
         }
         assert_eq!(layer.state(), CircuitState::Open);
-        assert!(h.paused_for().is_some());
+        assert!(layer.paused_for().is_some());
         let refused = h.call(message(1)).await.unwrap_err();
         assert_eq!(refused.kind, FailureKind::CircuitOpen);
         assert!(matches!(refused.disposition, Some(Disposition::Release(_))));
@@ -216,7 +216,7 @@ mod tests {
         healthy.store(true, Ordering::SeqCst);
         assert!(h.call(message(1)).await.is_ok());
         assert_eq!(layer.state(), CircuitState::Closed);
-        assert!(h.paused_for().is_none());
+        assert!(layer.paused_for().is_none());
     }
 
     #[tokio::test]

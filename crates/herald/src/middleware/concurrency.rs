@@ -3,7 +3,6 @@
 //! subscriptions (one connection pool behind many handlers).
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use tokio::sync::Semaphore;
 
@@ -49,10 +48,6 @@ impl Handle for ConcurrencyLimit {
             inner.call(msg).await
         })
     }
-
-    fn paused_for(&self) -> Option<Duration> {
-        self.inner.paused_for()
-    }
 }
 
 #[cfg(test)]
@@ -62,6 +57,7 @@ mod tests {
     use super::*;
     use crate::middleware::handle_fn;
     use crate::middleware::test_support::message;
+    use std::time::Duration;
 
     #[tokio::test]
     async fn never_more_than_the_limit() {

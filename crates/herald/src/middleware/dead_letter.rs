@@ -6,7 +6,6 @@
 //! where a person can look", never "drop it".
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use super::{BoxFuture, Disposition, Handle, HandlerResult, Layer, Message};
 
@@ -50,10 +49,6 @@ impl Handle for DeadLetter {
             decide(&msg, result)
         })
     }
-
-    fn paused_for(&self) -> Option<Duration> {
-        self.inner.paused_for()
-    }
 }
 
 #[cfg(test)]
@@ -61,6 +56,7 @@ mod tests {
     use super::*;
     use crate::middleware::test_support::message;
     use crate::middleware::{handle_fn, FailureKind, HandlerError};
+    use std::time::Duration;
 
     #[tokio::test]
     async fn undecided_failures_are_dead_lettered_with_the_attempt() {

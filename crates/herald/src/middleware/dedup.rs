@@ -107,10 +107,6 @@ impl Handle for Dedup {
             result
         })
     }
-
-    fn paused_for(&self) -> Option<Duration> {
-        self.inner.paused_for()
-    }
 }
 
 #[cfg(test)]

@@ -1,7 +1,10 @@
 //! The handler pipeline: small layers composed around a handler, tower-style.
 //!
 //! A [`Handle`] takes a [`Message`] and answers with a [`HandlerResult`]; a [`Layer`] wraps one
-//! `Handle` in another. Each layer lives in its own file with its tests:
+//! `Handle` in another. A [`Pipeline`] is the list of layers one subscription runs, outermost
+//! first, in the order its user composed it; [`Pipeline::standard`] (dead letter → retry → catch
+//! panic → timeout) is what a subscription runs when it asks for nothing else. Each layer lives
+//! in its own file with its tests:
 //!
 //! | layer | file | what it does |
 //! |---|---|---|
@@ -14,15 +17,33 @@
 //! | [`RateLimitLayer`] | `rate_limit.rs` | at most N calls per second |
 //! | [`DedupLayer`] | `dedup.rs` | skip ids this subscription already handled, within a window |
 //! | [`SchemaLayer`] | `schema.rs` | JSON Schema validation before decoding (feature `schema`) |
+//! | [`from_fn`] | `from_fn.rs` | a layer written as an `async fn(Message, Next)` |
 //!
 //! Undecodable bodies never reach a handler: the typed adapter reports them as
 //! [`FailureKind::Decode`], which no layer retries.
 //!
-//! The bus builds the stack from [`SubscribeOptions`](crate::SubscribeOptions), outermost first:
-//! rate limit → circuit breaker → concurrency → dead letter → dedup → retry → custom layers →
-//! catch panic → timeout → schema → handler. Without custom layers and dedup, the four from
-//! dead letter to timeout run as one step (`standard.rs`): the same functions, one boxed future
-//! per call instead of four.
+//! A layer that can pause consumption (an open circuit breaker) says so through
+//! [`Layer::paused_for`]; the consumer asks every layer of the pipeline before it takes a
+//! message, so a layer that never pauses writes no code for it.
+//!
+//! ```
+//! use std::time::Duration;
+//! use herald::middleware::{from_fn, CircuitBreakerConfig, CircuitBreakerLayer, Message, Next, Pipeline, RetryPolicy};
+//!
+//! let audit = from_fn(|msg: Message, next: Next| async move {
+//!     let result = next.run(msg.clone()).await;
+//!     tracing::info!(id = %msg.envelope.id, ok = result.is_ok(), "handled");
+//!     result
+//! });
+//! let pipeline = Pipeline::new()
+//!     .layer(CircuitBreakerLayer::new(CircuitBreakerConfig::default()))
+//!     .layer(herald::middleware::DeadLetterLayer)
+//!     .layer(herald::middleware::RetryLayer::new(RetryPolicy::linear(4, Duration::from_millis(500))))
+//!     .layer(audit)
+//!     .layer(herald::middleware::CatchPanicLayer)
+//!     .layer(herald::middleware::TimeoutLayer::new(Duration::from_secs(5)));
+//! assert_eq!(pipeline.len(), 6);
+//! ```
 
 use std::fmt;
 use std::future::Future;
@@ -37,23 +58,27 @@ mod circuit_breaker;
 mod concurrency;
 mod dead_letter;
 mod dedup;
+mod from_fn;
+mod pipeline;
 mod rate_limit;
 mod retry;
 mod schema;
 mod standard;
 mod timeout;
 
+pub(crate) use catch_panic::guarded;
 pub use catch_panic::CatchPanicLayer;
 pub use circuit_breaker::{CircuitBreakerConfig, CircuitBreakerLayer, CircuitState};
 pub use concurrency::ConcurrencyLimitLayer;
 pub use dead_letter::DeadLetterLayer;
 pub use dedup::DedupLayer;
+pub use from_fn::{from_fn, FromFnLayer, Next};
+pub use pipeline::Pipeline;
+pub(crate) use pipeline::{PipelineDefaults, Readiness};
 pub use rate_limit::RateLimitLayer;
 pub use retry::{Backoff, RetryLayer, RetryPolicy};
 pub use schema::SchemaLayer;
 pub use timeout::TimeoutLayer;
-
-pub(crate) use standard::StandardStack;
 
 /// A boxed future, as every `Handle` returns.
 pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
@@ -184,22 +209,30 @@ impl<E: std::error::Error + Send + Sync + 'static> From<E> for HandlerError {
     }
 }
 
-/// A step of the pipeline.
+/// A step of the pipeline: the handler itself, or a layer's handle around it.
 pub trait Handle: Send + Sync + 'static {
     /// Handle one message.
     fn call(&self, msg: Message) -> BoxFuture<HandlerResult>;
-
-    /// When `Some`, the consumer takes no new messages for that long (an open circuit breaker).
-    /// Layers that do not pause ask the layer inside them.
-    fn paused_for(&self) -> Option<Duration> {
-        None
-    }
 }
 
-/// Wraps a `Handle` in another.
+/// Wraps a `Handle` in another. Implement [`layer`](Layer::layer); the other methods have
+/// defaults that suit a layer which never pauses consumption and asks for no redelivery delays.
 pub trait Layer: Send + Sync + 'static {
     /// Wrap `inner`.
     fn layer(&self, inner: Arc<dyn Handle>) -> Arc<dyn Handle>;
+
+    /// Readiness: when `Some`, the consumer takes no new messages for that long (an open
+    /// circuit breaker). Asked before every message, so it should be quick. Default: never
+    /// paused.
+    fn paused_for(&self) -> Option<Duration> {
+        None
+    }
+
+    /// The redelivery delays this layer may ask for ([`Disposition::RetryAfter`]), so that
+    /// transports that declare one queue per delay (RabbitMQ) declare them. Default: none.
+    fn retry_delays(&self) -> Vec<Duration> {
+        Vec::new()
+    }
 }
 
 /// A `Handle` from a closure, for tests and small adapters.

@@ -78,10 +78,6 @@ impl Handle for RateLimit {
             inner.call(msg).await
         })
     }
-
-    fn paused_for(&self) -> Option<Duration> {
-        self.inner.paused_for()
-    }
 }
 
 #[cfg(test)]

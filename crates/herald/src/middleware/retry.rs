@@ -91,6 +91,37 @@ impl RetryPolicy {
         }
     }
 
+    /// Linear backoff: `step`, `2 × step`, `3 × step`, ... (capped at 5 minutes), with this many
+    /// deliveries in all.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use herald::middleware::RetryPolicy;
+    /// let p = RetryPolicy::linear(4, Duration::from_secs(2));
+    /// assert_eq!(p.base_delay(1), Duration::from_secs(2));
+    /// assert_eq!(p.base_delay(3), Duration::from_secs(6));
+    /// assert_eq!(p.delay_levels().len(), 3);
+    /// ```
+    pub fn linear(max_attempts: u32, step: Duration) -> Self {
+        RetryPolicy {
+            max_attempts,
+            backoff: Backoff::Linear {
+                initial: step,
+                max: Duration::from_secs(300),
+            },
+            ..Default::default()
+        }
+    }
+
+    /// The same delay between every delivery, with this many deliveries in all.
+    pub fn fixed(max_attempts: u32, delay: Duration) -> Self {
+        RetryPolicy {
+            max_attempts,
+            backoff: Backoff::Fixed(delay),
+            ..Default::default()
+        }
+    }
+
     /// The delay after the failure of delivery `attempt` (1-based), before jitter.
     pub fn base_delay(&self, attempt: u32) -> Duration {
         let attempt = attempt.max(1);
@@ -147,6 +178,11 @@ impl RetryLayer {
     pub fn new(policy: RetryPolicy) -> Self {
         RetryLayer { policy }
     }
+
+    /// Its policy.
+    pub fn policy(&self) -> RetryPolicy {
+        self.policy
+    }
 }
 
 impl Layer for RetryLayer {
@@ -155,6 +191,10 @@ impl Layer for RetryLayer {
             inner,
             policy: self.policy,
         })
+    }
+
+    fn retry_delays(&self) -> Vec<Duration> {
+        self.policy.delay_levels()
     }
 }
 
@@ -203,10 +243,6 @@ impl Handle for Retry {
         let inner = self.inner.clone();
         let policy = self.policy;
         Box::pin(async move { retrying(policy, &msg, |m| inner.call(m)).await })
-    }
-
-    fn paused_for(&self) -> Option<Duration> {
-        self.inner.paused_for()
     }
 }
 

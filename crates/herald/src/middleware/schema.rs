@@ -3,7 +3,6 @@
 //! the layer is a no-op pass-through.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use super::{BoxFuture, Handle, HandlerResult, Layer, Message};
 
@@ -83,10 +82,6 @@ impl Handle for Validate {
             }
         }
         self.inner.call(msg)
-    }
-
-    fn paused_for(&self) -> Option<Duration> {
-        self.inner.paused_for()
     }
 }
 

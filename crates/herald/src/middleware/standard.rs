@@ -1,5 +1,6 @@
-//! The standard stack in one step: dead letter → retry → catch panic → timeout, as the bus
-//! builds it for a subscription without custom layers or dedup (nearly all of them).
+//! The standard stack in one step: dead letter → retry → catch panic → timeout, as a
+//! [`Pipeline`](super::Pipeline) builds those four layers where they stand together in that
+//! order (nearly every subscription).
 //!
 //! Each of the four layers is a `Handle` of its own, boxing one future per call and cloning the
 //! message on the way in. Composed here from the same functions the layers use
@@ -52,10 +53,6 @@ impl Handle for Standard {
             .await;
             dead_letter::decide(&msg, result)
         })
-    }
-
-    fn paused_for(&self) -> Option<Duration> {
-        self.inner.paused_for()
     }
 }
 

@@ -19,6 +19,11 @@ impl TimeoutLayer {
     pub fn new(limit: Duration) -> Self {
         TimeoutLayer { limit }
     }
+
+    /// Its limit.
+    pub fn limit(&self) -> Duration {
+        self.limit
+    }
 }
 
 impl Layer for TimeoutLayer {
@@ -75,10 +80,6 @@ struct Timeout {
 impl Handle for Timeout {
     fn call(&self, msg: Message) -> BoxFuture<HandlerResult> {
         Box::pin(within(self.limit, self.inner.call(msg)))
-    }
-
-    fn paused_for(&self) -> Option<Duration> {
-        self.inner.paused_for()
     }
 }
 

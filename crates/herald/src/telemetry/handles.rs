@@ -52,8 +52,21 @@ pub(crate) struct PublishTelemetry {
     by_type: RwLock<Vec<Arc<PublishCounters>>>,
 }
 
+impl PublishCounters {
+    /// Record one publish call of `n` events of this type and its result.
+    pub fn record(&self, n: u64, result: &Result<(), Error>) {
+        self.published.increment(n);
+        match result {
+            Ok(()) => self.confirmed.increment(n),
+            Err(Error::Unroutable { .. }) => self.returned.increment(n),
+            Err(_) => {}
+        }
+    }
+}
+
 impl PublishTelemetry {
-    fn counters(&self, service: &str, event_type: &str) -> Arc<PublishCounters> {
+    /// The counters of `event_type` (registered on first sight).
+    pub fn counters(&self, service: &str, event_type: &str) -> Arc<PublishCounters> {
         cached(
             &self.by_type,
             event_type,
@@ -71,17 +84,6 @@ impl PublishTelemetry {
                 }
             },
         )
-    }
-
-    /// Record one publish call of `n` events of `event_type` and its result.
-    pub fn record(&self, service: &str, event_type: &str, n: u64, result: &Result<(), Error>) {
-        let c = self.counters(service, event_type);
-        c.published.increment(n);
-        match result {
-            Ok(()) => c.confirmed.increment(n),
-            Err(Error::Unroutable { .. }) => c.returned.increment(n),
-            Err(_) => {}
-        }
     }
 }
 

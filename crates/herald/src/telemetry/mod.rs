@@ -6,11 +6,15 @@
 //! event type on the publisher) and bound to the recorder current at that moment. With no
 //! recorder installed the handles are no-ops.
 //!
-//! The names are in [`names`]; `docs/metrics.md` describes each one.
+//! The names are in [`names`]; `docs/metrics.md` describes each one. [`counters`] are the
+//! bus's own plain counters (what [`Bus::metrics`](crate::Bus::metrics) returns), kept whether
+//! or not a recorder is installed.
 
+pub mod counters;
 pub mod names;
 
 pub(crate) mod handles;
+pub(crate) mod observe;
 mod sampler;
 
 pub use names::{MetricInfo, MetricKind, ALL};

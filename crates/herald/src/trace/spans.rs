@@ -13,7 +13,6 @@ use tracing::{Instrument, Span};
 
 use super::TraceContext;
 use crate::envelope::Envelope;
-use crate::transport::Outcome;
 
 /// Open the `herald.publish` span for one publish call and give every envelope without a
 /// `traceparent` the span's trace context (parent: the context in force, else a new trace).
@@ -138,16 +137,10 @@ impl Handling {
         instrument(fut, self.span.clone())
     }
 
-    /// Record how the delivery was settled.
-    pub(crate) fn finish(&self, outcome: &Outcome) {
+    /// Record how the delivery was settled (`ack`, `retry`, `dead_letter`, `release`).
+    pub(crate) fn finish(&self, outcome: &'static str) {
         if !self.span.is_disabled() {
-            let name = match outcome {
-                Outcome::Ack => "ack",
-                Outcome::Retry { .. } => "retry",
-                Outcome::Release { .. } => "release",
-                Outcome::DeadLetter(_) => "dead_letter",
-            };
-            self.span.record("herald.outcome", name);
+            self.span.record("herald.outcome", outcome);
         }
     }
 }

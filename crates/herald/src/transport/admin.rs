@@ -1,14 +1,19 @@
-//! What a transport *may* offer beyond moving messages: administration of dead letters and
-//! queue statistics. Each is its own trait, reached through
-//! [`Transport::dead_letter_admin`](super::Transport::dead_letter_admin) and
-//! [`Transport::queue_statistics`](super::Transport::queue_statistics), so a transport that
-//! cannot do one says so (`None`) instead of answering with an error at run time.
+//! What a transport *may* offer beyond moving messages: administration of dead letters, queue
+//! statistics, a request/reply path of its own and deleting a topology. Each is its own trait,
+//! reached through [`Transport::dead_letter_admin`](super::Transport::dead_letter_admin),
+//! [`Transport::queue_statistics`](super::Transport::queue_statistics),
+//! [`Transport::request_reply`](super::Transport::request_reply) and
+//! [`Transport::topology_admin`](super::Transport::topology_admin), so a transport that cannot do
+//! one says so (`None`) instead of answering with an error at run time.
+
+use std::time::Duration;
 
 use async_trait::async_trait;
 use serde::Serialize;
 
 use crate::envelope::Envelope;
 use crate::error::{Error, Result};
+use crate::topology::Topology;
 
 use super::Transport;
 
@@ -83,6 +88,49 @@ pub trait QueueStatistics: Send + Sync {
         let _ = exchange;
         Ok(None)
     }
+
+    /// Counts for these queues by name, whether or not this handle declared them; a queue that
+    /// does not exist is left out. The default picks them from
+    /// [`queue_stats`](Self::queue_stats); a transport that cannot list queues (RabbitMQ)
+    /// looks each one up.
+    async fn stats_of(&self, queues: &[String]) -> Result<Vec<QueueStats>> {
+        let mut all = self.queue_stats().await?;
+        all.retain(|s| queues.contains(&s.queue));
+        Ok(all)
+    }
+}
+
+/// Removing what [`Transport::apply_topology`](super::Transport::apply_topology) declared, for
+/// tests and tools that clean up after themselves on a shared broker.
+#[async_trait]
+pub trait TopologyAdmin: Send + Sync {
+    /// Delete `topology`'s queues with everything the transport declared around them (dead
+    /// letters, retry queues), messages and all, then its exchange with the exchanges declared
+    /// beside it. What does not exist is skipped.
+    async fn delete_topology(&self, topology: &Topology) -> Result<()>;
+}
+
+/// A transport's own request/reply path (capability `native_request_reply`: RabbitMQ's direct
+/// reply-to). Without it the bus sends requests through a reply queue of its own, which works
+/// on every transport.
+#[async_trait]
+pub trait RequestReply: Send + Sync {
+    /// Publish `request` to `exchange` and wait up to `timeout` for its one reply (matched by
+    /// the reply's `causation_id`). [`Error::Timeout`] when none comes,
+    /// [`Error::Unroutable`] when no queue receives the request.
+    async fn request(
+        &self,
+        exchange: &str,
+        request: &Envelope,
+        timeout: Duration,
+    ) -> Result<Envelope>;
+
+    /// Whether a consumed `request` was sent by [`request`](Self::request), and so is answered
+    /// with [`reply`](Self::reply).
+    fn is_request(&self, request: &Envelope) -> bool;
+
+    /// Send `reply` to whoever sent `request`.
+    async fn reply(&self, request: &Envelope, reply: Envelope) -> Result<()>;
 }
 
 /// The transport's dead-letter administration, or [`Error::Unsupported`] naming the transport.

@@ -84,6 +84,18 @@ pub enum Outcome {
     },
 }
 
+impl Outcome {
+    /// `ack`, `retry`, `dead_letter` or `release`: for spans, logs and metrics.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Outcome::Ack => "ack",
+            Outcome::Retry { .. } => "retry",
+            Outcome::DeadLetter(_) => "dead_letter",
+            Outcome::Release { .. } => "release",
+        }
+    }
+}
+
 /// Settles deliveries for one consumer. Transports implement it; the bus calls it through
 /// [`Delivery`]. Implementations may batch (e.g. one transaction or one `multiple` ack for many).
 #[async_trait]

@@ -4,8 +4,9 @@
 //! [`Topology`] (idempotently), publish with durable acceptance, route by topic pattern to
 //! durable queues, hand out deliveries to competing consumers within a prefetch window, and
 //! settle each delivery as the pipeline decided ([`Outcome`]: ack, retry after a delay,
-//! dead-letter, release). It **may** administer dead letters ([`DeadLetterAdmin`]) and count
-//! queues ([`QueueStatistics`]); what it offers is stated in its [`Capabilities`].
+//! dead-letter, release). It **may** administer dead letters ([`DeadLetterAdmin`]), count
+//! queues ([`QueueStatistics`]) and carry requests and replies its own way ([`RequestReply`]);
+//! what it offers is stated in its [`Capabilities`].
 //!
 //! Retry *policy*, timeouts, decoding and the rest live in the handler pipeline above, so every
 //! transport behaves the same. A transport is written against this module's public API only and
@@ -33,7 +34,7 @@ mod url;
 
 pub use admin::{
     dead_letter_admin, queue_statistics, reset_for_replay, DeadLetter, DeadLetterAdmin,
-    QueueStatistics, QueueStats,
+    QueueStatistics, QueueStats, RequestReply, TopologyAdmin,
 };
 pub use capabilities::{Capabilities, Ordering};
 pub use deliveries::{Deliveries, DeliverySource, TryRecvError};
@@ -94,6 +95,18 @@ pub trait Transport: Send + Sync + 'static {
         options: PublishOptions,
     ) -> Result<()>;
 
+    /// [`publish`](Self::publish), handing the envelopes over: an in-process transport can keep
+    /// them instead of copying them (the bus publishes this way). The default publishes `batch`
+    /// by reference, so a transport need not implement it.
+    async fn publish_owned(
+        &self,
+        exchange: &str,
+        batch: Vec<Envelope>,
+        options: PublishOptions,
+    ) -> Result<()> {
+        self.publish(exchange, &batch, options).await
+    }
+
     /// Start consuming a declared queue. Deliveries are taken from the returned [`Deliveries`]
     /// until `cancel` fires; at most `options.prefetch` are unsettled at once. Deliveries still
     /// buffered when it is dropped go back to the queue, and so does every delivery this
@@ -112,6 +125,18 @@ pub trait Transport: Send + Sync + 'static {
 
     /// Queue counts, when [`Capabilities::queue_stats`] says so.
     fn queue_statistics(&self) -> Option<&dyn QueueStatistics> {
+        None
+    }
+
+    /// The transport's own request/reply path, when [`Capabilities::native_request_reply`]
+    /// says so. Without one the bus answers requests through a reply queue of its own.
+    fn request_reply(&self) -> Option<&dyn RequestReply> {
+        None
+    }
+
+    /// Deleting a declared topology (tests and tools cleaning up a shared broker), when the
+    /// transport can.
+    fn topology_admin(&self) -> Option<&dyn TopologyAdmin> {
         None
     }
 

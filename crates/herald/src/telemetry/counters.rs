@@ -1,5 +1,5 @@
 //! Counters the bus keeps for reports and health: what it published and what became of what it
-//! consumed.
+//! consumed (also reachable as `herald::bus::metrics`).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
