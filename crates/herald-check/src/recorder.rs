@@ -90,8 +90,4 @@ impl Handle for Recording {
             result
         })
     }
-
-    fn paused_for(&self) -> Option<std::time::Duration> {
-        self.inner.paused_for()
-    }
 }

@@ -12,8 +12,9 @@ use async_trait::async_trait;
 use futures::TryStreamExt;
 use herald::envelope::Envelope;
 use herald::error::{Error, Result};
+use herald::topology::Topology;
 use herald::transport::{
-    reset_for_replay, DeadLetter, DeadLetterAdmin, QueueStatistics, QueueStats,
+    reset_for_replay, DeadLetter, DeadLetterAdmin, QueueStatistics, QueueStats, TopologyAdmin,
 };
 
 use crate::publish::{store_all, Outgoing};
@@ -248,6 +249,51 @@ impl QueueStatistics for NatsTransport {
         }
         out.sort_by(|a, b| a.queue.cmp(&b.queue));
         Ok(out)
+    }
+
+    async fn bindings(&self, exchange: &str) -> Result<Option<Vec<(String, String)>>> {
+        self.shared.check_open()?;
+        let queues = crate::topology::list_queues(&self.shared.js, exchange).await?;
+        Ok(Some(
+            queues
+                .into_iter()
+                .flat_map(|q| {
+                    let queue = q.queue;
+                    q.bindings.into_iter().map(move |b| (b, queue.clone()))
+                })
+                .collect(),
+        ))
+    }
+}
+
+#[async_trait]
+impl TopologyAdmin for NatsTransport {
+    async fn delete_topology(&self, topology: &Topology) -> Result<()> {
+        self.shared.check_open()?;
+        let js = &self.shared.js;
+        let stream = names::stream_name(&topology.exchange);
+        if let Ok(s) = js.get_stream(&stream).await {
+            for q in &topology.queues {
+                self.shared.routes.forget(&topology.exchange, &q.name);
+                for name in [bindings_consumer(&q.name), direct_consumer(&q.name)] {
+                    let _ = s.delete_consumer(&name).await;
+                }
+            }
+            let left = crate::topology::list_queues(js, &topology.exchange).await?;
+            if !left.is_empty() {
+                // Other queues still use the exchange: keep its streams.
+                return Ok(());
+            }
+        }
+        for name in [names::dlq_stream_name(&stream), stream] {
+            if let Err(e) = js.delete_stream(&name).await {
+                let text = e.to_string();
+                if !text.contains("not found") {
+                    return Err(failed("deleting a stream", e));
+                }
+            }
+        }
+        Ok(())
     }
 }
 

@@ -19,21 +19,20 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
-use async_nats::jetstream::consumer::PullConsumer;
-use async_nats::jetstream::{self, AckKind};
+use async_nats::jetstream::AckKind;
 use async_nats::Subject;
 use async_trait::async_trait;
 use bytes::Bytes;
 use chrono::Utc;
-use futures::StreamExt;
 use herald::envelope::{format_time, header, Envelope};
 use herald::error::{Error, Result};
 use herald::topology::QueueSpec;
 use herald::transport::{Delivery, Failure, Outcome, Settle};
-use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{mpsc, Notify, OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 use crate::publish::{store_all, Outgoing};
+use crate::puller::{Pulled, Puller};
 use crate::topology::{bindings_consumer, direct_consumer, Filtering};
 use crate::{names, wire, Shared};
 
@@ -41,12 +40,22 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// One message handed out and not yet settled.
+/// One message handed out and not yet settled; settling (or giving it back) drops it, which
+/// makes room in the consumer's window and tells the consumer so.
 struct InFlight {
     reply: Subject,
     sequence: u64,
     since: Instant,
-    _permit: OwnedSemaphorePermit,
+    permit: Option<OwnedSemaphorePermit>,
+    freed: Arc<Notify>,
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        // The room first, then the news of it (fields drop only after this runs).
+        drop(self.permit.take());
+        self.freed.notify_one();
+    }
 }
 
 /// Settles one consumer's deliveries.
@@ -56,6 +65,7 @@ pub(crate) struct NatsSettler {
     queue: String,
     in_flight: Mutex<HashMap<u64, InFlight>>,
     next_tag: AtomicU64,
+    freed: Arc<Notify>,
 }
 
 impl NatsSettler {
@@ -219,6 +229,7 @@ pub(crate) fn start(task: ConsumeTask) -> (Arc<NatsSettler>, mpsc::Receiver<Deli
         queue: task.spec.name.clone(),
         in_flight: Mutex::new(HashMap::new()),
         next_tag: AtomicU64::new(1),
+        freed: Arc::new(Notify::new()),
     });
     let (tx, rx) = mpsc::channel(task.prefetch.max(1));
     let every = (task.shared.cfg.ack_wait / 3).max(Duration::from_millis(50));
@@ -250,46 +261,39 @@ async fn renew_loop(settler: Weak<NatsSettler>, every: Duration, shutdown: Cance
     }
 }
 
-type Messages = async_nats::jetstream::consumer::pull::Stream;
-
-async fn open(shared: &Shared, exchange: &str, name: &str, prefetch: usize) -> Result<Messages> {
-    let stream = shared
-        .js
-        .get_stream(names::stream_name(exchange))
-        .await
-        .map_err(|e| Error::transport("nats", format!("opening the exchange's stream: {e}")))?;
-    let consumer: PullConsumer = stream
-        .get_consumer(name)
-        .await
-        .map_err(|e| Error::transport("nats", format!("opening consumer {name}: {e}")))?;
-    consumer
-        .stream()
-        .max_messages_per_batch(prefetch.max(1))
-        .heartbeat(Duration::from_secs(5))
-        .expires(Duration::from_secs(30))
-        .messages()
-        .await
-        .map_err(|e| Error::transport("nats", format!("pulling from consumer {name}: {e}")))
-}
-
-/// Open both pull streams, re-declaring the queue when the server lost it, until it works or
-/// `cancel` fires.
-async fn open_both(task: &ConsumeTask) -> Option<(Messages, Messages)> {
+/// Open the pullers of both consumers, re-declaring the queue when the server lost it, until it
+/// works or `cancel` fires.
+async fn open_both(task: &ConsumeTask) -> Option<(Puller, Puller)> {
+    let stream = names::stream_name(&task.exchange);
     let mut backoff = Duration::from_millis(100);
     loop {
         let opened = async {
-            let b = open(
-                &task.shared,
-                &task.exchange,
+            // The consumers must exist: a server that lost them (an empty store) gets them
+            // declared again below.
+            let js_stream = task.shared.js.get_stream(&stream).await.map_err(|e| {
+                Error::transport("nats", format!("opening the exchange's stream: {e}"))
+            })?;
+            for name in [
+                bindings_consumer(&task.spec.name),
+                direct_consumer(&task.spec.name),
+            ] {
+                js_stream.consumer_info(&name).await.map_err(|e| {
+                    Error::transport("nats", format!("opening consumer {name}: {e}"))
+                })?;
+            }
+            let shared = &task.shared;
+            let b = Puller::open(
+                &shared.client,
+                &stream,
                 &bindings_consumer(&task.spec.name),
-                task.prefetch,
+                shared.reconnects.clone(),
             )
             .await?;
-            let d = open(
-                &task.shared,
-                &task.exchange,
+            let d = Puller::open(
+                &shared.client,
+                &stream,
                 &direct_consumer(&task.spec.name),
-                task.prefetch,
+                shared.reconnects.clone(),
             )
             .await?;
             Ok::<_, Error>((b, d))
@@ -310,40 +314,66 @@ async fn open_both(task: &ConsumeTask) -> Option<(Messages, Messages)> {
     }
 }
 
+/// Ask for what there is room for: at most `prefetch` messages asked for or held, asked for in
+/// halves (or whatever is left when nothing is on its way). The queue-addressed consumer
+/// (retries, replays: rare) always has one message asked for, outside that window.
+async fn top_up(
+    bound: &mut Puller,
+    direct: &mut Puller,
+    prefetch: usize,
+    held: usize,
+) -> Result<()> {
+    if direct.outstanding() == 0 {
+        direct.ask(1).await?;
+    }
+    let room = prefetch.saturating_sub(held + bound.outstanding());
+    if room > 0 && (room >= (prefetch / 2).max(1) || bound.outstanding() == 0) {
+        bound.ask(room).await?;
+    }
+    Ok(())
+}
+
 async fn run(task: ConsumeTask, settler: Arc<NatsSettler>, tx: mpsc::Sender<Delivery>) {
-    let window = Arc::new(Semaphore::new(task.prefetch.max(1)));
+    let prefetch = task.prefetch.max(1);
+    let window = Arc::new(Semaphore::new(prefetch));
     'outer: loop {
         let Some((mut bound, mut direct)) = open_both(&task).await else {
             break;
         };
         loop {
-            let permit = tokio::select! {
+            let held = prefetch - window.available_permits();
+            if let Err(e) = top_up(&mut bound, &mut direct, prefetch, held).await {
+                tracing::debug!(queue = %task.spec.name, error = %e, "pull request not sent; opening again");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                continue 'outer;
+            }
+            let pulled = tokio::select! {
                 _ = task.cancel.cancelled() => break 'outer,
                 _ = tx.closed() => break 'outer,
-                p = window.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break 'outer },
+                // A settlement made room: ask for more.
+                _ = settler.freed.notified() => continue,
+                p = bound.next() => p,
+                p = direct.next() => p,
             };
-            let next = tokio::select! {
-                _ = task.cancel.cancelled() => break 'outer,
-                _ = tx.closed() => break 'outer,
-                m = bound.next() => m,
-                m = direct.next() => m,
-            };
-            let message = match next {
-                Some(Ok(m)) => m,
-                Some(Err(e)) => {
-                    use async_nats::jetstream::consumer::pull::MessagesErrorKind as K;
-                    match e.kind() {
-                        K::MissingHeartbeat | K::Pull | K::Other => {
-                            tracing::debug!(queue = %task.spec.name, error = %e, "pull interrupted; carrying on");
-                            continue;
-                        }
-                        _ => {
-                            tracing::warn!(queue = %task.spec.name, error = %e, "consumer gone; opening it again");
-                            continue 'outer;
-                        }
-                    }
+            let message = match pulled {
+                Some(Pulled::Message(m)) => m,
+                Some(Pulled::Reset) => continue,
+                Some(Pulled::Gone(why)) => {
+                    tracing::warn!(queue = %task.spec.name, reason = %why, "consumer gone; declaring it again");
+                    let _ = task.shared.redeclare(&task.exchange, &task.spec).await;
+                    continue 'outer;
                 }
                 None => continue 'outer,
+            };
+            // Never more than `prefetch` held: one that arrives past it (a request the server
+            // answered after this side gave it up) goes back for a moment.
+            let Ok(permit) = window.clone().try_acquire_owned() else {
+                if let Some(reply) = message.reply.as_ref() {
+                    let _ = settler
+                        .send_ack(reply, AckKind::Nak(Some(Duration::from_millis(500))))
+                        .await;
+                }
+                continue;
             };
             if let Some(delivery) = take(&task, &settler, message, permit).await {
                 if tx.send(delivery).await.is_err() {
@@ -364,15 +394,11 @@ async fn run(task: ConsumeTask, settler: Arc<NatsSettler>, tx: mpsc::Sender<Deli
 async fn take(
     task: &ConsumeTask,
     settler: &Arc<NatsSettler>,
-    message: jetstream::Message,
+    message: async_nats::Message,
     permit: OwnedSemaphorePermit,
 ) -> Option<Delivery> {
-    let (sequence, delivered) = match message.info() {
-        Ok(i) => (i.stream_sequence, u64::try_from(i.delivered).unwrap_or(1)),
-        Err(_) => (0, 1),
-    };
-    let message = message.message;
     let reply = message.reply.clone()?;
+    let (sequence, delivered) = ack_info(reply.as_str());
     let subject = message.subject.as_str();
     let key = names::routing_key_of(&task.exchange, subject);
     if let (Some(key), Filtering::Client) = (key, &task.filtering) {
@@ -428,10 +454,49 @@ async fn take(
             reply,
             sequence,
             since: Instant::now(),
-            _permit: permit,
+            permit: Some(permit),
+            freed: settler.freed.clone(),
         },
     );
     // Redelivered: JetStream delivered this stored message before (a consumer died, a release).
     let redelivered = delivered > 1;
     Some(Delivery::new(envelope, redelivered, tag, settler.clone()))
+}
+
+/// The stream sequence and delivery count in a JetStream ack subject:
+/// `$JS.ACK.<stream>.<consumer>.<delivered>.<stream seq>.<consumer seq>.<time>.<pending>`, with a
+/// domain and an account hash after `ACK` and a random token at the end on newer servers.
+fn ack_info(reply: &str) -> (u64, u64) {
+    let tokens: Vec<&str> = reply.split('.').collect();
+    let from_end = |n: usize| {
+        tokens
+            .len()
+            .checked_sub(n)
+            .and_then(|i| tokens.get(i))
+            .and_then(|t| t.parse::<u64>().ok())
+    };
+    let (sequence, delivered) = if tokens.len() >= 12 {
+        (from_end(5), from_end(6))
+    } else {
+        (from_end(4), from_end(5))
+    };
+    (sequence.unwrap_or(0), delivered.unwrap_or(1))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ack_info;
+
+    #[test]
+    fn ack_subjects_of_both_forms() {
+        assert_eq!(
+            ack_info("$JS.ACK.S.C.3.1234.17.1700000000000000000.5"),
+            (1234, 3)
+        );
+        assert_eq!(
+            ack_info("$JS.ACK.dom.hash.S.C.2.99.4.1700000000000000000.0.tok"),
+            (99, 2)
+        );
+        assert_eq!(ack_info("garbage"), (0, 1));
+    }
 }

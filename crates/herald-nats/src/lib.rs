@@ -37,6 +37,7 @@ mod config;
 mod consume;
 mod names;
 mod publish;
+mod puller;
 mod topology;
 mod wire;
 
@@ -103,6 +104,8 @@ pub(crate) struct Shared {
     settlers: Mutex<Vec<Weak<NatsSettler>>>,
     /// Cancelled when the transport closes or its last handle is dropped.
     pub(crate) shutdown: CancellationToken,
+    /// How many times the client connected again: pull requests sent before are forgotten.
+    pub(crate) reconnects: Arc<std::sync::atomic::AtomicU64>,
     closed: AtomicBool,
 }
 
@@ -170,8 +173,12 @@ impl NatsTransport {
     /// [`Error::Unavailable`] when none does.
     pub async fn connect(cfg: NatsConfig) -> Result<Self> {
         let deadline = Instant::now() + cfg.outage_timeout;
+        let reconnects = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let client = loop {
-            let last = match options(&cfg).connect(cfg.servers.clone()).await {
+            let last = match options(&cfg, reconnects.clone())
+                .connect(cfg.servers.clone())
+                .await
+            {
                 Ok(c) => break c,
                 Err(e) => e.to_string(),
             };
@@ -213,6 +220,7 @@ impl NatsTransport {
                 declared: Mutex::new(Vec::new()),
                 settlers: Mutex::new(Vec::new()),
                 shutdown: shutdown.clone(),
+                reconnects,
                 closed: AtomicBool::new(false),
             }),
             _guard: Arc::new(DropGuard(shutdown)),
@@ -230,7 +238,10 @@ impl NatsTransport {
     }
 }
 
-fn options(cfg: &NatsConfig) -> async_nats::ConnectOptions {
+fn options(
+    cfg: &NatsConfig,
+    reconnects: Arc<std::sync::atomic::AtomicU64>,
+) -> async_nats::ConnectOptions {
     let mut o = async_nats::ConnectOptions::new()
         .name(format!("{} herald", cfg.service))
         .max_reconnects(None)
@@ -239,18 +250,22 @@ fn options(cfg: &NatsConfig) -> async_nats::ConnectOptions {
             Duration::from_millis(100u64.saturating_mul(1 << attempts.min(5)))
                 .min(Duration::from_secs(2))
         })
-        .event_callback(|event| async move {
-            match event {
-                async_nats::Event::Connected => {
-                    herald::telemetry::connection_state(KIND, "client", true);
-                    herald::telemetry::reconnected(KIND, "client");
-                    tracing::info!("connected to NATS");
+        .event_callback(move |event| {
+            let reconnects = reconnects.clone();
+            async move {
+                match event {
+                    async_nats::Event::Connected => {
+                        reconnects.fetch_add(1, Ordering::AcqRel);
+                        herald::telemetry::connection_state(KIND, "client", true);
+                        herald::telemetry::reconnected(KIND, "client");
+                        tracing::info!("connected to NATS");
+                    }
+                    async_nats::Event::Disconnected => {
+                        herald::telemetry::connection_state(KIND, "client", false);
+                        tracing::warn!("lost the NATS connection; reconnecting");
+                    }
+                    other => tracing::debug!(event = %other, "NATS client event"),
                 }
-                async_nats::Event::Disconnected => {
-                    herald::telemetry::connection_state(KIND, "client", false);
-                    tracing::warn!("lost the NATS connection; reconnecting");
-                }
-                other => tracing::debug!(event = %other, "NATS client event"),
             }
         });
     if let Some((user, password)) = &cfg.user_password {
@@ -424,6 +439,10 @@ impl Transport for NatsTransport {
     }
 
     fn queue_statistics(&self) -> Option<&dyn QueueStatistics> {
+        Some(self)
+    }
+
+    fn topology_admin(&self) -> Option<&dyn herald::transport::TopologyAdmin> {
         Some(self)
     }
 

@@ -4,7 +4,9 @@
 //! - Exchange `X` → stream `herald_X` (characters a stream name cannot hold become `_`, and a
 //!   short hash of the original keeps two such names apart) over the subjects `X.>` (events,
 //!   published as `X.<routing key>`) and `_herald.<stream>.>` (messages addressed to one queue:
-//!   retries and replays).
+//!   retries and replays). The exchange is one subject token: its dots are written `~`
+//!   (`benalsam.listings` → `benalsam~listings.listing.insert`), so no exchange's subjects
+//!   contain another's (`a.>` would cover `a.system.>`; JetStream refuses overlapping streams).
 //! - Its dead letters → stream `<stream>_dlq` over `_herald_dlq.<stream>.<queue>`.
 //! - Queue `q` → durable pull consumer `q` (sanitized the same way), whose description records
 //!   the queue's real name and bindings, so every process can list queues and routes.
@@ -61,17 +63,22 @@ pub(crate) fn consumer_name(queue: &str) -> String {
     sanitize(queue)
 }
 
+/// The subject token of an exchange: its name with `.` written `~`.
+pub(crate) fn exchange_token(exchange: &str) -> String {
+    exchange.replace('.', "~")
+}
+
 /// The subjects of an exchange's stream.
 pub(crate) fn stream_subjects(exchange: &str, stream: &str) -> Vec<String> {
     vec![
-        format!("{exchange}.>"),
+        format!("{}.>", exchange_token(exchange)),
         format!("{DIRECT_PREFIX}.{stream}.>"),
     ]
 }
 
 /// The subject an event with `routing_key` is published on.
 pub(crate) fn event_subject(exchange: &str, routing_key: &str) -> String {
-    format!("{exchange}.{routing_key}")
+    format!("{}.{routing_key}", exchange_token(exchange))
 }
 
 /// The subject that reaches only `queue`'s consumer.
@@ -91,9 +98,25 @@ pub(crate) fn dlq_subject(stream: &str, queue: &str) -> String {
 
 /// The routing key of an event subject, when it is one of `exchange`'s.
 pub(crate) fn routing_key_of<'a>(exchange: &str, subject: &'a str) -> Option<&'a str> {
-    subject
-        .strip_prefix(exchange)
-        .and_then(|rest| rest.strip_prefix('.'))
+    let (token, rest) = subject.split_once('.')?;
+    (token.len() == exchange.len()
+        && token
+            .bytes()
+            .zip(exchange.bytes())
+            .all(|(t, x)| t == x || (t == b'~' && x == b'.')))
+    .then_some(rest)
+}
+
+/// Check an exchange name: the dot-separated words of [`check_tokens`], and no `~` (the
+/// character its dots become in a subject).
+pub(crate) fn check_exchange(exchange: &str) -> Result<()> {
+    check_tokens("exchange name", exchange)?;
+    if exchange.contains('~') {
+        return Err(Error::Config(format!(
+            "exchange name `{exchange}` cannot hold `~` on NATS (its dots are written `~` in subjects)"
+        )));
+    }
+    Ok(())
 }
 
 /// Check a name that becomes subject tokens (an exchange, a routing key, a queue): non-empty
@@ -116,6 +139,7 @@ pub(crate) fn check_tokens(what: &str, name: &str) -> Result<()> {
 /// `X.a.>`; `#` → `X.>`. A `#` that is not the last word is refused.
 pub(crate) fn filters_of(exchange: &str, pattern: &str) -> Result<Vec<String>> {
     herald::pattern::validate_pattern(pattern).map_err(Error::Config)?;
+    let exchange = exchange_token(exchange);
     let words: Vec<&str> = pattern.split('.').collect();
     if words[..words.len() - 1].contains(&"#") {
         return Err(Error::Config(format!(
@@ -231,8 +255,16 @@ mod tests {
 
     #[test]
     fn subjects_and_keys() {
-        assert_eq!(routing_key_of("X.y", "X.y.a.b"), Some("a.b"));
-        assert_eq!(routing_key_of("X.y", "X.yz.a"), None);
+        assert_eq!(routing_key_of("X.y", "X~y.a.b"), Some("a.b"));
+        assert_eq!(routing_key_of("X.y", "X~yz.a"), None);
+        assert_eq!(routing_key_of("X", "X.a"), Some("a"));
+        assert_eq!(event_subject("X.y", "a.b"), "X~y.a.b");
+        assert!(!overlap(
+            &stream_subjects("X", "s")[0],
+            &stream_subjects("X.system", "t")[0]
+        ));
+        assert!(check_exchange("a~b").is_err());
+        assert_eq!(filters_of("X.y", "a.*").unwrap(), vec!["X~y.a.*"]);
         assert!(check_tokens("routing key", "a.b").is_ok());
         assert!(check_tokens("routing key", "a b").is_err());
         assert!(check_tokens("routing key", "a.>").is_err());

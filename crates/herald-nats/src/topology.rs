@@ -89,7 +89,7 @@ pub(crate) async fn declare_exchange(
     exchange: &str,
     cfg: &NatsConfig,
 ) -> Result<()> {
-    names::check_tokens("exchange name", exchange)?;
+    names::check_exchange(exchange)?;
     let stream = names::stream_name(exchange);
     let events = stream::Config {
         name: stream.clone(),
@@ -198,7 +198,9 @@ pub(crate) fn consumer_configs(
     match filtering(exchange, spec, many_filters)? {
         Filtering::Server(mut f) if f.len() == 1 => bindings.filter_subject = f.remove(0),
         Filtering::Server(f) => bindings.filter_subjects = f,
-        Filtering::Client => bindings.filter_subject = format!("{exchange}.>"),
+        Filtering::Client => {
+            bindings.filter_subject = format!("{}.>", names::exchange_token(exchange))
+        }
     }
     let direct = pull::Config {
         durable_name: Some(direct_consumer(&spec.name)),
