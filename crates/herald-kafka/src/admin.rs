@@ -141,8 +141,9 @@ impl QueueEntry {
 pub(crate) struct Registry {
     cfg: Arc<KafkaConfig>,
     entries: RwLock<HashMap<String, QueueEntry>>,
-    /// Reads the bindings topic from where it stopped; one refresh at a time.
-    reader: Mutex<Option<BaseConsumer>>,
+    /// Reads the bindings topic from where it stopped (the next offset); one refresh at a
+    /// time.
+    reader: Mutex<Option<(BaseConsumer, i64)>>,
 }
 
 impl Registry {
@@ -208,26 +209,18 @@ impl Registry {
             reader
                 .assign(&tpl)
                 .map_err(|e| kafka_error("reading bindings", e))?;
-            *slot = Some(reader);
+            *slot = Some((reader, 0));
         }
-        let Some(reader) = slot.as_ref() else {
+        let Some((reader, next)) = slot.as_mut() else {
             return Ok(());
         };
-        let (_, high) = reader
+        let (low, high) = reader
             .fetch_watermarks(BINDINGS_TOPIC, 0, ADMIN_TIMEOUT)
             .map_err(|e| unavailable("reading the bindings topic", e))?;
-        let position = |r: &BaseConsumer| {
-            r.position()
-                .ok()
-                .and_then(|p| {
-                    p.find_partition(BINDINGS_TOPIC, 0)
-                        .and_then(|e| e.offset().to_raw())
-                })
-                .unwrap_or(0)
-        };
+        *next = (*next).max(low);
         let deadline = Instant::now() + ADMIN_TIMEOUT;
         let mut read = Vec::new();
-        while position(reader) < high {
+        while *next < high {
             if Instant::now() > deadline {
                 return Err(Error::Unavailable {
                     waited: ADMIN_TIMEOUT,
@@ -237,6 +230,7 @@ impl Registry {
             match reader.poll(Duration::from_millis(100)) {
                 Some(Ok(m)) => {
                     use rdkafka::Message;
+                    *next = m.offset() + 1;
                     let key = m.key().map(|k| String::from_utf8_lossy(k).into_owned());
                     let entry = m
                         .payload()

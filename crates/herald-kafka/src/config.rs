@@ -151,6 +151,9 @@ impl KafkaConfig {
         c.set("bootstrap.servers", self.brokers.join(","))
             .set("client.id", format!("{} herald {role}", self.service))
             .set("log_level", "3");
+        if let Ok(d) = std::env::var("HERALD_KAFKA_DEBUG") {
+            c.set("debug", d).set("log_level", "7");
+        }
         c
     }
 

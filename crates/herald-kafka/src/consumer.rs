@@ -223,7 +223,11 @@ impl Drop for Ticket {
 /// librdkafka's callbacks for one consumer.
 pub(crate) struct Callbacks(pub Arc<Shared>);
 
-impl ClientContext for Callbacks {}
+impl ClientContext for Callbacks {
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, message: &str) {
+        eprintln!("rdkafka {level:?} {fac} {message}");
+    }
+}
 
 impl ConsumerContext for Callbacks {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {

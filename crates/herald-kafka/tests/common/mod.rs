@@ -5,8 +5,6 @@ use std::time::{Duration, Instant};
 
 use herald::Topology;
 use herald_kafka::KafkaConfig;
-use rdkafka::admin::{AdminClient, AdminOptions};
-use rdkafka::client::DefaultClientContext;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::ClientConfig;
 
@@ -33,27 +31,10 @@ pub async fn wait_for_broker(addr: &str, within: Duration) {
     }
 }
 
-/// Delete the topics a topology made (the exchange's, its queues' retry and dead-letter
-/// topics) and its queues' entries in the bindings topic.
-pub async fn delete_topology(addr: &str, topology: &Topology) {
-    let cfg = KafkaConfig::new(vec![addr.to_string()], "cleanup");
-    let mut topics = vec![topology.exchange.clone()];
-    for q in &topology.queues {
-        topics.extend(herald_kafka::topic_names(&cfg, q));
-    }
-    let Ok(admin) = ClientConfig::new()
-        .set("bootstrap.servers", addr)
-        .create::<AdminClient<DefaultClientContext>>()
-    else {
-        return;
-    };
-    let names: Vec<&str> = topics.iter().map(String::as_str).collect();
-    let _ = admin
-        .delete_topics(
-            &names,
-            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(5))),
-        )
-        .await;
+/// Forget a topology's queues: tombstones for their entries in the bindings topic, so
+/// publishers stop counting them as routes. Topics are left in place: Tansu 0.6.0 deletes
+/// every topic on a DeleteTopics request, and the broker is shared.
+pub async fn forget_topology(addr: &str, topology: &Topology) {
     let Ok(producer) = ClientConfig::new()
         .set("bootstrap.servers", addr)
         .create::<FutureProducer>()
