@@ -28,6 +28,21 @@ use crate::wire::{self, Received};
 /// How long an administrative request waits for the broker.
 pub(crate) const ADMIN_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// librdkafka's log lines as `tracing` events (its errors, such as a broker going away, are
+/// warnings: librdkafka reconnects by itself).
+pub(crate) fn log(level: rdkafka::config::RDKafkaLogLevel, facility: &str, message: &str) {
+    use rdkafka::config::RDKafkaLogLevel as L;
+    match level {
+        L::Emerg | L::Alert | L::Critical | L::Error | L::Warning => {
+            tracing::warn!(target: "herald_kafka::librdkafka", facility, "{message}")
+        }
+        L::Notice | L::Info => {
+            tracing::info!(target: "herald_kafka::librdkafka", facility, "{message}")
+        }
+        L::Debug => tracing::debug!(target: "herald_kafka::librdkafka", facility, "{message}"),
+    }
+}
+
 pub(crate) fn kafka_error(what: &str, e: impl std::fmt::Display) -> Error {
     Error::transport("kafka", format!("{what}: {e}"))
 }

@@ -116,9 +116,11 @@ impl KafkaConfig {
                         bad(format!("outage_timeout_ms={value}: expected milliseconds"))
                     })?)
                 }
-                other => return Err(bad(format!(
+                other => {
+                    return Err(bad(format!(
                     "unknown option `{other}`; known: partitions, compression, outage_timeout_ms"
-                ))),
+                )))
+                }
             }
         }
         cfg.validate().map_err(|e| match e {

@@ -22,11 +22,11 @@ use herald::transport::{Delivery, Failure, Outcome, Settle};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
 use rdkafka::error::KafkaResult;
 use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::admin::{kafka_error, lock};
 use crate::config::{dead_letter_topic, pick_level, retry_topic, KafkaConfig};
+use crate::hub::Hub;
 use crate::offsets::{Assignment, Delayed, Tp};
 use crate::producer::Producer;
 use crate::wire;
@@ -225,7 +225,7 @@ pub(crate) struct Callbacks(pub Arc<Shared>);
 
 impl ClientContext for Callbacks {
     fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, message: &str) {
-        eprintln!("rdkafka {level:?} {fac} {message}");
+        crate::admin::log(level, fac, message);
     }
 }
 
@@ -322,24 +322,20 @@ pub(crate) fn subscribe(shared: &Arc<Shared>) -> Result<BaseConsumer<Callbacks>>
     Ok(consumer)
 }
 
-/// The consumer thread's body: runs until cancelled, stopped hard, or the deliveries are
-/// dropped.
-pub(crate) fn run(
-    shared: Arc<Shared>,
-    consumer: BaseConsumer<Callbacks>,
-    tx: mpsc::Sender<Delivery>,
-) {
+/// The consumer thread's body: runs until the member is cancelled (its last consumer left)
+/// or stopped hard.
+pub(crate) fn run(shared: Arc<Shared>, consumer: BaseConsumer<Callbacks>, hub: Arc<Hub>) {
     let runtime = tokio::runtime::Handle::try_current().ok();
     let mut reader = Reader {
         shared: &shared,
         consumer: &consumer,
-        tx: &tx,
+        hub: &hub,
         runtime,
     };
     let mut last_commit = Instant::now();
     let interval = shared.cfg.commit_interval;
     loop {
-        if shared.stopping() || tx.is_closed() {
+        if shared.stopping() {
             break;
         }
         if last_commit.elapsed() >= interval {
@@ -363,7 +359,7 @@ pub(crate) fn run(
         }
     }
     // Wait for what is out (the bus settles or releases it), then commit and leave.
-    let patience = if tx.is_closed() {
+    let patience = if !hub.attached() {
         Duration::from_secs(2)
     } else {
         Duration::from_secs(30)
@@ -384,7 +380,7 @@ pub(crate) fn run(
 struct Reader<'a> {
     shared: &'a Arc<Shared>,
     consumer: &'a BaseConsumer<Callbacks>,
-    tx: &'a mpsc::Sender<Delivery>,
+    hub: &'a Hub,
     runtime: Option<tokio::runtime::Handle>,
 }
 
@@ -484,9 +480,8 @@ impl Reader<'_> {
 
     fn hand_over(&self, envelope: Envelope, ticket: Arc<Ticket>) {
         let delivery = Delivery::new(envelope, false, 0, ticket);
-        // Never full: the channel holds `prefetch` and at most that many are out.
-        if self.tx.try_send(delivery).is_err() {
-            tracing::debug!(queue = %self.shared.plan.queue.name, "deliveries dropped; stopping");
+        if !self.hub.push(delivery) {
+            tracing::debug!(queue = %self.shared.plan.queue.name, "no consumer left; stopping");
         }
     }
 

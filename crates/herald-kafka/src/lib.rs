@@ -27,10 +27,12 @@ mod admin;
 mod config;
 mod consumer;
 mod dead_letters;
+mod hub;
 mod offsets;
 mod producer;
 mod wire;
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -49,6 +51,7 @@ use self::admin::{blocking, lock, start_at_end, QueueEntry, Registry, TopicSpec,
 pub use self::config::KafkaConfig;
 use self::config::{dead_letter_topic, exchange_topic, retry_topic, BINDINGS_TOPIC};
 use self::consumer::{Plan, Shared as ConsumerShared};
+use self::hub::Hub;
 use self::producer::Producer;
 pub use self::wire::{NOT_BEFORE, REMOVES, ROUTING_KEY, TTL_MS};
 
@@ -68,12 +71,14 @@ struct Inner {
     registry: Arc<Registry>,
     /// Queues this handle declared, for statistics.
     declared: Mutex<Vec<QueueEntry>>,
-    consumers: Mutex<Vec<ConsumerHandle>>,
+    /// One group member per queue, shared by this handle's consumers of it.
+    members: Mutex<HashMap<String, Member>>,
     closed: AtomicBool,
     hard_stop: Arc<AtomicBool>,
 }
 
-struct ConsumerHandle {
+struct Member {
+    hub: Arc<Hub>,
     cancel: CancellationToken,
     thread: std::thread::JoinHandle<()>,
 }
@@ -111,7 +116,7 @@ impl KafkaTransport {
                 topics,
                 registry,
                 declared: Mutex::default(),
-                consumers: Mutex::default(),
+                members: Mutex::default(),
                 closed: AtomicBool::new(false),
                 hard_stop: hard_stop.clone(),
             }),
@@ -278,6 +283,11 @@ impl Transport for KafkaTransport {
         cancel: CancellationToken,
     ) -> Result<Deliveries> {
         self.check_open()?;
+        if let Some(member) = lock(&self.inner.members).get(&queue.name) {
+            if let Some(source) = member.hub.attach(cancel.clone()) {
+                return Ok(Deliveries::from_source(source));
+            }
+        }
         let exchange = lock(&self.inner.declared)
             .iter()
             .find(|d| d.queue == queue.name)
@@ -291,30 +301,40 @@ impl Transport for KafkaTransport {
         specs.extend(self.queue_topics(queue));
         self.inner.topics.ensure(&specs).await?;
         let plan = Plan::new(&self.inner.cfg, queue, &topic, options.prefetch);
-        let prefetch = plan.prefetch;
+        let member_cancel = CancellationToken::new();
         let shared = ConsumerShared::new(
             plan,
             self.inner.producer.clone(),
             self.inner.cfg.clone(),
-            cancel.clone(),
+            member_cancel.clone(),
             self.inner.hard_stop.clone(),
         );
-        let member = consumer::subscribe(&shared)?;
-        let (tx, rx) = tokio::sync::mpsc::channel(prefetch);
+        let hub = Hub::new(member_cancel.clone());
+        let Some(source) = hub.attach(cancel) else {
+            return Err(Error::Closed);
+        };
+        let group_member = consumer::subscribe(&shared)?;
         let runtime = tokio::runtime::Handle::current();
+        let thread_hub = hub.clone();
         let thread = std::thread::Builder::new()
             .name(format!("herald-kafka {}", queue.name))
             .spawn(move || {
                 let _entered = runtime.enter();
-                consumer::run(shared, member, tx)
+                consumer::run(shared, group_member, thread_hub)
             })
             .map_err(|e| {
                 Error::transport("kafka", format!("cannot start a consumer thread: {e}"))
             })?;
-        let mut consumers = lock(&self.inner.consumers);
-        consumers.retain(|c| !c.thread.is_finished());
-        consumers.push(ConsumerHandle { cancel, thread });
-        Ok(Deliveries::from(rx))
+        let member = Member {
+            hub,
+            cancel: member_cancel,
+            thread,
+        };
+        if let Some(old) = lock(&self.inner.members).insert(queue.name.clone(), member) {
+            // Stopping already (its last consumer left); it finishes on its own.
+            old.cancel.cancel();
+        }
+        Ok(Deliveries::from_source(source))
     }
 
     fn is_connected(&self) -> bool {
@@ -325,14 +345,14 @@ impl Transport for KafkaTransport {
         if self.inner.closed.swap(true, Ordering::SeqCst) {
             return Ok(());
         }
-        let consumers: Vec<ConsumerHandle> = std::mem::take(&mut *lock(&self.inner.consumers));
-        for c in &consumers {
-            c.cancel.cancel();
+        let members: Vec<Member> = lock(&self.inner.members).drain().map(|(_, m)| m).collect();
+        for m in &members {
+            m.cancel.cancel();
         }
         let producer = self.inner.producer.clone();
         blocking(move || {
-            for c in consumers {
-                let _ = c.thread.join();
+            for m in members {
+                let _ = m.thread.join();
             }
             producer.flush(Duration::from_secs(10));
             Ok(())

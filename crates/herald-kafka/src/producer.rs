@@ -24,6 +24,10 @@ pub(crate) struct Health {
 }
 
 impl ClientContext for Health {
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, message: &str) {
+        crate::admin::log(level, fac, message);
+    }
+
     fn stats(&self, statistics: Statistics) {
         let up = statistics.brokers.values().any(|b| b.state == "UP");
         self.down.store(!up, Ordering::Relaxed);
