@@ -22,6 +22,7 @@ pub fn process_cpu() -> Duration {
 /// readings are of the same process.
 #[derive(Debug, Clone, Copy)]
 pub struct BrokerClock {
+    comm: &'static str,
     pid: u32,
     ticks: u64,
     start: Duration,
@@ -31,6 +32,21 @@ impl BrokerClock {
     /// Start at the `beam.smp` process that has used the most CPU (the broker, not a
     /// short-lived `rabbitmqctl`, which is a `beam.smp` too); `None` when there is none.
     pub fn start() -> Option<Self> {
+        Self::start_named("beam.smp")
+    }
+
+    /// The clock of the broker a URL names when it runs here: `beam.smp` for `amqp://`,
+    /// `tansu` for `kafka://`; `None` for other schemes.
+    pub fn for_broker_url(url: &str) -> Option<Self> {
+        match url.split_once("://").map(|(s, _)| s) {
+            Some("amqp" | "amqps") => Self::start(),
+            Some("kafka") => Self::start_named("tansu"),
+            _ => None,
+        }
+    }
+
+    /// Start at the process named `comm` that has used the most CPU.
+    pub fn start_named(comm: &'static str) -> Option<Self> {
         let ticks = clock_ticks()?;
         let (pid, start) = std::fs::read_dir("/proc")
             .ok()?
@@ -38,17 +54,22 @@ impl BrokerClock {
             .filter_map(|entry| {
                 let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
                 let stat = std::fs::read_to_string(entry.path().join("stat")).ok()?;
-                Some((pid, stat_cpu(&stat, "beam.smp", ticks)?))
+                Some((pid, stat_cpu(&stat, comm, ticks)?))
             })
             .max_by_key(|(_, cpu)| *cpu)?;
-        Some(BrokerClock { pid, ticks, start })
+        Some(BrokerClock {
+            comm,
+            pid,
+            ticks,
+            start,
+        })
     }
 
     /// CPU time the broker has used since [`start`](Self::start); `None` once its process is
     /// gone.
     pub fn elapsed(&self) -> Option<Duration> {
         let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid)).ok()?;
-        stat_cpu(&stat, "beam.smp", self.ticks)?.checked_sub(self.start)
+        stat_cpu(&stat, self.comm, self.ticks)?.checked_sub(self.start)
     }
 
     /// Broker CPU per event since the start, in microseconds.

@@ -11,6 +11,7 @@
 pub mod cpu;
 pub mod rabbit_w1;
 pub mod raw_amqprs;
+pub mod raw_rdkafka;
 pub mod w1;
 
 use std::time::{Duration, Instant};
@@ -190,9 +191,12 @@ pub(crate) struct Meter {
 
 impl Meter {
     pub fn start() -> Self {
-        // The broker's clock first: finding its process reads /proc, which neither the wall
-        // time nor the client's CPU time should count.
-        let broker = cpu::BrokerClock::start();
+        Self::start_with(cpu::BrokerClock::start())
+    }
+    /// With the clock of another broker than RabbitMQ (or none).
+    pub fn start_with(broker: Option<cpu::BrokerClock>) -> Self {
+        // The broker's clock first (the caller found it): finding its process reads /proc,
+        // which neither the wall time nor the client's CPU time should count.
         Meter {
             cpu: cpu::process_cpu(),
             wall: Instant::now(),

@@ -16,7 +16,8 @@ pub type CliResult<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
 /// Herald: typed events on a broker, from the command line.
 ///
 /// Every command takes --broker (or HERALD_BROKER, or `broker` in herald.toml):
-/// sqlite://PATH (the default, .herald/herald.db), memory://, amqp://user:pass@host:5672/vhost.
+/// sqlite://PATH (the default, .herald/herald.db), memory://, amqp://user:pass@host:5672/vhost,
+/// kafka://host:9092[,host2:9092].
 #[derive(Parser)]
 #[command(name = "herald", version, about, long_about = None)]
 struct Cli {
@@ -86,6 +87,8 @@ pub fn broker_display(config: &Config) -> String {
 fn register_transports() {
     #[cfg(feature = "rabbitmq")]
     herald_rabbitmq::register();
+    #[cfg(feature = "kafka")]
+    herald_kafka::register();
 }
 
 async fn run(cli: Cli) -> CliResult<()> {

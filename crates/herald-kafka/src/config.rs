@@ -154,7 +154,8 @@ impl KafkaConfig {
             .set("client.id", format!("{} herald {role}", self.service))
             .set("log_level", "3");
         if let Ok(d) = std::env::var("HERALD_KAFKA_DEBUG") {
-            c.set("debug", d).set("log_level", "7");
+            c.set("debug", d)
+                .set_log_level(rdkafka::config::RDKafkaLogLevel::Debug);
         }
         c
     }

@@ -256,7 +256,10 @@ impl ConsumerContext for Callbacks {
             }
             shared.wait(Duration::from_millis(20));
         }
+        let waited = deadline.elapsed();
+        let started = Instant::now();
         commit(consumer, shared, CommitMode::Sync);
+        tracing::debug!(queue = %shared.plan.queue.name, partitions = tps.len(), ?waited, commit = ?started.elapsed(), "revoked");
         let mut state = lock(&shared.state);
         for tp in &tps {
             state.partitions.remove(tp);
@@ -334,7 +337,14 @@ pub(crate) fn run(shared: Arc<Shared>, consumer: BaseConsumer<Callbacks>, hub: A
     };
     let mut last_commit = Instant::now();
     let interval = shared.cfg.commit_interval;
+    let mut last_report = Instant::now();
+    let mut taken = 0u64;
     loop {
+        if last_report.elapsed() >= Duration::from_secs(5) {
+            let state = lock(&shared.state);
+            tracing::trace!(queue = %shared.plan.queue.name, outstanding = state.outstanding, partitions = state.partitions.len(), taken, "consumer");
+            last_report = Instant::now();
+        }
         if shared.stopping() {
             break;
         }
@@ -351,7 +361,10 @@ pub(crate) fn run(shared: Arc<Shared>, consumer: BaseConsumer<Callbacks>, hub: A
             d.min(Duration::from_millis(50))
         });
         match consumer.poll(timeout) {
-            Some(Ok(m)) => reader.take(&m),
+            Some(Ok(m)) => {
+                taken += 1;
+                reader.take(&m)
+            }
             Some(Err(e)) => {
                 tracing::debug!(queue = %shared.plan.queue.name, error = %e, "consumer error")
             }

@@ -11,7 +11,7 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use herald::{Bus, Config, QueueKind};
-use herald_bench::{raw_amqprs, w1};
+use herald_bench::{raw_amqprs, raw_rdkafka, w1};
 use tokio::io::{AsyncBufReadExt, BufReader};
 
 use crate::CliResult;
@@ -23,8 +23,9 @@ pub struct Args {
     #[arg(long, default_value_t = 50_000)]
     events: u64,
     /// RabbitMQ: also run raw amqprs on the same workload (one publishing channel; Herald uses
-    /// its pool, two by default) and print the ratio. With the broker on this host each run
-    /// also prints the broker's CPU per event
+    /// its pool, two by default) and print the ratio; Kafka: raw rdkafka (same acks, window,
+    /// partitions and commit interval). With the broker on this host each run also prints the
+    /// broker's CPU per event
     #[arg(long)]
     raw: bool,
     /// RabbitMQ: use quorum queues
@@ -52,6 +53,7 @@ fn transport_name(config: &Config) -> CliResult<&'static str> {
             "memory" => "memory",
             "sqlite" => "sqlite",
             "amqp" | "amqps" => "rabbitmq",
+            "kafka" => "kafka",
             other => return Err(format!("herald bench has no workload for {other}:// yet").into()),
         },
     )
@@ -74,8 +76,14 @@ pub async fn run(mut config: Config, args: Args) -> CliResult<()> {
         return consumer_role(config, args.events, kind).await;
     }
     let transport = transport_name(&config)?;
-    if (args.raw || args.quorum) && transport != "rabbitmq" {
-        return Err("--raw and --quorum apply to amqp:// brokers".into());
+    if (args.raw && !matches!(transport, "rabbitmq" | "kafka"))
+        || (args.quorum && transport != "rabbitmq")
+    {
+        return Err("--raw applies to amqp:// and kafka:// brokers, --quorum to amqp://".into());
+    }
+    if transport == "kafka" {
+        // Raw rdkafka connects to the same broker.
+        std::env::set_var("HERALD_BENCH_KAFKA_URL", &config.broker);
     }
     if transport == "rabbitmq" {
         // The raw client connects to the same broker.
@@ -132,6 +140,15 @@ async fn raw_run(transport: &str, args: &Args) -> CliResult<Option<f64>> {
             raw.end_to_end_eps, raw.cpu_us_per_event
         );
         Ok(Some(raw.end_to_end_eps))
+    } else if args.raw && transport == "kafka" {
+        let raw = raw_rdkafka::run(args.events).await?;
+        eprintln!(
+            "raw rdkafka: end to end {:.0}/s, {:.1} µs CPU per event{}",
+            raw.eps,
+            raw.cpu_us_per_event,
+            broker_figure(raw.broker_us_per_event)
+        );
+        Ok(Some(raw.eps))
     } else if args.raw {
         let raw = raw_amqprs::run(args.events, args.quorum, false).await?;
         eprintln!(
@@ -153,7 +170,7 @@ async fn herald_run(
     args: &Args,
     kind: QueueKind,
 ) -> CliResult<w1::W1Figures> {
-    let figures = if transport == "memory" || transport == "rabbitmq" {
+    let figures = if matches!(transport, "memory" | "rabbitmq" | "kafka") {
         // RabbitMQ: one process, as raw amqprs runs, so the ratio compares clients and not a
         // second runtime's threads competing for the cores (two processes measured 6% slower).
         w1::run_in_process(&config.broker, &config.exchange, args.events, kind)
