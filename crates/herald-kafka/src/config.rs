@@ -152,7 +152,16 @@ impl KafkaConfig {
         let mut c = ClientConfig::new();
         c.set("bootstrap.servers", self.brokers.join(","))
             .set("client.id", format!("{} herald {role}", self.service))
-            .set("log_level", "3");
+            .set("log_level", "3")
+            // Back within a second of a broker restart: librdkafka's default backs off up to
+            // 10 s, and a group member whose coordinator connection waits that long loses its
+            // session (and its partitions) to a restart of a few seconds.
+            .set("reconnect.backoff.ms", "100")
+            .set("reconnect.backoff.max.ms", "1000")
+            // librdkafka 2.12's re-bootstrap after all brokers were down left consumer groups
+            // waiting for a coordinator connection for minutes after a broker restart; the
+            // brokers it already knows come back by themselves.
+            .set("metadata.recovery.strategy", "none");
         if let Ok(d) = std::env::var("HERALD_KAFKA_DEBUG") {
             c.set("debug", d)
                 .set_log_level(rdkafka::config::RDKafkaLogLevel::Debug);
@@ -185,7 +194,10 @@ impl KafkaConfig {
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
             .set("auto.offset.reset", "earliest")
-            .set("session.timeout.ms", "10000")
+            // Long enough for a broker restart: Tansu answers a group's heartbeats only some
+            // seconds after it is back, and a member whose session ends loses its partitions
+            // and waits for a rebalance. A member that stops cleanly leaves at once.
+            .set("session.timeout.ms", "30000")
             .set("heartbeat.interval.ms", "500")
             .set("partition.assignment.strategy", "roundrobin")
             .set("fetch.wait.max.ms", "100");

@@ -118,7 +118,12 @@ impl OwnTansu {
             .env_remove("LISTENER_URL")
             .env_remove("ADVERTISED_LISTENER_URL")
             .args(["broker", "--storage-engine", "sqlite://tansu.db"])
-            .args(["--listener-url", &listener, "--advertised-listener-url", &listener])
+            .args([
+                "--listener-url",
+                &listener,
+                "--advertised-listener-url",
+                &listener,
+            ])
             .stdin(std::process::Stdio::null())
             .stdout(log.try_clone().expect("log file"))
             .stderr(log)
@@ -131,6 +136,13 @@ impl OwnTansu {
             });
         self.child = Some(child);
         wait_for_broker(&self.addr(), Duration::from_secs(30)).await;
+    }
+
+    /// The last `lines` lines of its log.
+    pub fn log_tail(&self, lines: usize) -> String {
+        let log = std::fs::read_to_string(self.dir.path().join("tansu.log")).unwrap_or_default();
+        let all: Vec<&str> = log.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
     }
 
     /// `kill -9` it, by pid, and reap it.
