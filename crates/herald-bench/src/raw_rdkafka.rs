@@ -63,7 +63,7 @@ pub async fn run(events: u64) -> BenchResult<W1Figures> {
         .set("session.timeout.ms", "10000")
         .set("heartbeat.interval.ms", "500")
         .set("partition.assignment.strategy", "roundrobin")
-        .set("fetch.wait.max.ms", "100")
+        .set("fetch.wait.max.ms", "500")
         .create()
         .map_err(|e| e.to_string())?;
     consumer.subscribe(&[&topic]).map_err(|e| e.to_string())?;

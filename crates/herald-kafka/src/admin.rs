@@ -137,17 +137,26 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// One queue's entry in the bindings topic.
+/// One queue's entry in the bindings topic. An entry with `removed` set forgets the queue
+/// (never a record without a value: Tansu 0.6.0 stalls a fetch at one).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub(crate) struct QueueEntry {
+pub struct QueueEntry {
+    /// The exchange the queue is bound to.
     pub exchange: String,
+    /// The queue.
     pub queue: String,
+    /// Its binding patterns.
     pub bindings: Vec<String>,
+    /// Its retry levels in milliseconds.
     pub retry_delays_ms: Vec<u64>,
+    /// The queue is gone.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub removed: bool,
 }
 
 impl QueueEntry {
-    fn key(&self) -> String {
+    /// `<exchange> <queue>`: the record key.
+    pub fn key(&self) -> String {
         format!("{} {}", self.exchange, self.queue)
     }
 }
@@ -184,9 +193,17 @@ impl Registry {
         entries.values().cloned().collect()
     }
 
-    /// Record queues in the bindings topic (and in this table at once).
+    /// Record queues in the bindings topic (and in this table at once); an entry already
+    /// recorded as it is is not written again (the topic would grow with every start).
     pub async fn record(&self, producer: &Producer, queues: &[QueueEntry]) -> Result<()> {
-        for q in queues {
+        let changed: Vec<&QueueEntry> = {
+            let entries = self.entries.read().unwrap_or_else(|e| e.into_inner());
+            queues
+                .iter()
+                .filter(|q| entries.get(&q.key()) != Some(*q))
+                .collect()
+        };
+        for q in changed {
             let value = serde_json::to_vec(q).map_err(|e| kafka_error("encoding bindings", e))?;
             let key = q.key();
             producer
@@ -199,7 +216,11 @@ impl Registry {
         }
         let mut entries = self.entries.write().unwrap_or_else(|e| e.into_inner());
         for q in queues {
-            entries.insert(q.key(), q.clone());
+            if q.removed {
+                entries.remove(&q.key());
+            } else {
+                entries.insert(q.key(), q.clone());
+            }
         }
         Ok(())
     }
@@ -259,6 +280,9 @@ impl Registry {
         let mut entries = self.entries.write().unwrap_or_else(|e| e.into_inner());
         for (key, entry) in read {
             match (key, entry) {
+                (_, Some(e)) if e.removed => {
+                    entries.remove(&e.key());
+                }
                 (_, Some(e)) => {
                     entries.insert(e.key(), e);
                 }

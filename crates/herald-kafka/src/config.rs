@@ -9,7 +9,7 @@ use rdkafka::ClientConfig;
 
 /// The topic that records every queue's bindings (compacted, one partition): publishers read
 /// it to tell an unroutable publish from a routed one.
-pub const BINDINGS_TOPIC: &str = "herald.bindings";
+pub const BINDINGS_TOPIC: &str = "herald.queues";
 
 /// Kafka topic names: at most 249 characters of `[a-zA-Z0-9._-]`.
 const MAX_TOPIC_LEN: usize = 249;
@@ -21,8 +21,7 @@ pub struct KafkaConfig {
     pub brokers: Vec<String>,
     /// Names the clients (`client.id`): `<service> herald`.
     pub service: String,
-    /// Partitions of the topics Herald creates (an exchange's topic and its queues' retry
-    /// topics). Instances of one service share a topic's partitions, so this bounds how many
+    /// Partitions of an exchange's topic. Instances of one service share a topic's partitions, so this bounds how many
     /// of them work at once. Default 4; `?partitions=N`.
     pub partitions: i32,
     /// Compression of produced batches: `none` (default), `gzip`, `lz4` or `zstd`
@@ -31,6 +30,10 @@ pub struct KafkaConfig {
     /// How long a publish waits through a broker outage before failing (librdkafka's
     /// `message.timeout.ms`). Default 120 s; `?outage_timeout_ms=`.
     pub outage_timeout: Duration,
+    /// Write every CloudEvents attribute as a header (`?cloudevents=full`), for consumers that
+    /// read only headers; by default the compact form leaves out what has its default value or
+    /// what the UUIDv7 id carries (`docs/wire-format.md`).
+    pub full_headers: bool,
     /// Delays of the retry topics when a queue declares none.
     pub default_retry_delays: Vec<Duration>,
     /// A consumer's offsets are committed this often (when they moved). Default 100 ms.
@@ -54,6 +57,7 @@ impl KafkaConfig {
             partitions: 4,
             compression: "none".into(),
             outage_timeout: Duration::from_secs(120),
+            full_headers: false,
             default_retry_delays: vec![
                 Duration::from_secs(1),
                 Duration::from_secs(10),
@@ -111,6 +115,13 @@ impl KafkaConfig {
                         })?
                 }
                 "compression" => cfg.compression = value.to_string(),
+                "cloudevents" => {
+                    cfg.full_headers = match value {
+                        "full" => true,
+                        "compact" => false,
+                        _ => return Err(bad(format!("cloudevents={value}: expected full or compact"))),
+                    }
+                }
                 "outage_timeout_ms" => {
                     cfg.outage_timeout = Duration::from_millis(value.parse().map_err(|_| {
                         bad(format!("outage_timeout_ms={value}: expected milliseconds"))
@@ -118,7 +129,7 @@ impl KafkaConfig {
                 }
                 other => {
                     return Err(bad(format!(
-                    "unknown option `{other}`; known: partitions, compression, outage_timeout_ms"
+                    "unknown option `{other}`; known: partitions, compression, cloudevents, outage_timeout_ms"
                 )))
                 }
             }
@@ -200,7 +211,7 @@ impl KafkaConfig {
             .set("session.timeout.ms", "30000")
             .set("heartbeat.interval.ms", "500")
             .set("partition.assignment.strategy", "roundrobin")
-            .set("fetch.wait.max.ms", "100");
+            .set("fetch.wait.max.ms", "500");
         c
     }
 

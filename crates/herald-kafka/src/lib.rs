@@ -15,7 +15,7 @@
 //!   (`<queue>.retry.<ms>ms`, read by the same group and held until due), so a failing message
 //!   never blocks its partition; a dead letter is a copy on `<queue>.dlq` with Herald's failure
 //!   headers. Replaying or purging one appends a marker (Kafka cannot delete one record).
-//! - **Bindings** are recorded in the compacted topic `herald.bindings`, so publishing an event
+//! - **Bindings** are recorded in the compacted topic `herald.queues`, so publishing an event
 //!   no queue binds is [`Error::Unroutable`], as on the other transports.
 //!
 //! Call [`register`] once so that `herald::transport::connect`, the bus builder and
@@ -47,7 +47,8 @@ use herald::transport::{
 };
 use tokio_util::sync::CancellationToken;
 
-use self::admin::{blocking, lock, start_at_end, QueueEntry, Registry, TopicSpec, Topics};
+pub use self::admin::QueueEntry;
+use self::admin::{blocking, lock, start_at_end, Registry, TopicSpec, Topics};
 pub use self::config::KafkaConfig;
 use self::config::{dead_letter_topic, exchange_topic, retry_topic, BINDINGS_TOPIC};
 use self::consumer::{Plan, Shared as ConsumerShared};
@@ -137,16 +138,14 @@ impl KafkaTransport {
         }
     }
 
-    /// The topics a queue reads and writes besides its exchange's: retry topics with the
-    /// exchange's partition count, the dead letters in one partition.
+    /// The topics a queue reads and writes besides its exchange's, one partition each: retries
+    /// are few, and every partition a group reads costs the broker a fetch even when idle.
     fn queue_topics(&self, queue: &QueueSpec) -> Vec<TopicSpec> {
-        let cfg = &self.inner.cfg;
-        let dlq = dead_letter_topic(&queue.name);
-        topic_names(cfg, queue)
+        topic_names(&self.inner.cfg, queue)
             .into_iter()
             .map(|name| TopicSpec {
-                partitions: if name == dlq { 1 } else { cfg.partitions },
                 name,
+                partitions: 1,
                 compact: false,
             })
             .collect()
@@ -227,6 +226,7 @@ impl Transport for KafkaTransport {
                     .iter()
                     .map(|d| d.as_millis() as u64)
                     .collect(),
+                removed: false,
             })
             .collect();
         self.inner
@@ -362,6 +362,28 @@ impl Transport for KafkaTransport {
 }
 
 impl KafkaTransport {
+    /// Forget queues: their entries in `herald.queues` are marked removed, so publishers stop
+    /// counting them as routes. Their topics and group offsets stay (Herald deletes no
+    /// topic). For tooling and tests that drop queues.
+    pub async fn forget_queues(&self, topology: &Topology) -> Result<()> {
+        self.check_open()?;
+        let entries: Vec<QueueEntry> = topology
+            .queues
+            .iter()
+            .map(|q| QueueEntry {
+                exchange: topology.exchange.clone(),
+                queue: q.name.clone(),
+                bindings: Vec::new(),
+                retry_delays_ms: Vec::new(),
+                removed: true,
+            })
+            .collect();
+        self.inner
+            .registry
+            .record(&self.inner.producer, &entries)
+            .await
+    }
+
     /// The exchange a queue was declared on, from the bindings topic.
     async fn exchange_of(&self, queue: &str) -> Result<String> {
         let find = |r: &Registry| {

@@ -46,6 +46,8 @@ pub(crate) struct Producer {
     inner: FutureProducer<Health>,
     down: Arc<AtomicBool>,
     outage_timeout: Duration,
+    /// Every CloudEvents attribute as a header (`?cloudevents=full`), not the compact form.
+    full_headers: bool,
 }
 
 impl Producer {
@@ -61,6 +63,7 @@ impl Producer {
             inner,
             down,
             outage_timeout: cfg.outage_timeout,
+            full_headers: cfg.full_headers,
         })
     }
 
@@ -100,11 +103,13 @@ impl Producer {
         not_before: Option<i64>,
     ) -> Result<()> {
         if let [one] = envelopes {
-            return settled(self.enqueue(record(topic, one, not_before)).await?).await;
+            let r = record(topic, one, not_before, self.full_headers);
+            return settled(self.enqueue(r).await?).await;
         }
         let mut pending = Vec::with_capacity(envelopes.len());
         for e in envelopes {
-            pending.push(self.enqueue(record(topic, e, not_before)).await?);
+            let r = record(topic, e, not_before, self.full_headers);
+            pending.push(self.enqueue(r).await?);
         }
         let mut first_error = None;
         for f in pending {
@@ -131,11 +136,12 @@ fn record<'a>(
     topic: &'a str,
     envelope: &'a Envelope,
     not_before: Option<i64>,
+    full_headers: bool,
 ) -> FutureRecord<'a, str, [u8]> {
     FutureRecord::to(topic)
         .key(wire::key(envelope))
         .payload(&envelope.body[..])
-        .headers(wire::headers(envelope, not_before))
+        .headers(wire::headers(envelope, not_before, full_headers))
 }
 
 async fn settled(f: DeliveryFuture) -> Result<()> {

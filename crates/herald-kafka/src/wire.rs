@@ -1,13 +1,15 @@
 //! The envelope as a Kafka record: CloudEvents' Kafka protocol binding in binary mode (the
 //! value is the event's JSON; attributes are `ce_*` headers and `content-type`), plus Herald's
-//! own headers. The record key is the envelope's subject (the aggregate id), so an aggregate's
+//! own headers, in the compact form by default (what has its default value or what the
+//! UUIDv7 id carries is left out; `?cloudevents=full` writes everything). The record key is the envelope's subject (the aggregate id), so an aggregate's
 //! events share a partition and keep their order; without a subject, the event id.
 
 use std::borrow::Cow;
 use std::time::Duration;
 
 use bytes::Bytes;
-use herald::envelope::{header, Envelope, ReceivedAttributes};
+use herald::envelope::{header, time_of_v7_id, Envelope, ReceivedAttributes};
+use herald::trace::TraceContext;
 use rdkafka::message::{BorrowedMessage, Header, Headers, OwnedHeaders};
 use rdkafka::Message;
 
@@ -57,26 +59,51 @@ pub fn key(envelope: &Envelope) -> &str {
     envelope.subject.as_deref().unwrap_or(&envelope.id)
 }
 
-/// The headers of a record carrying `envelope`, and `not_before` (Unix ms) on a retry topic.
-pub fn headers(envelope: &Envelope, not_before: Option<i64>) -> OwnedHeaders {
+/// Whether a header is worth writing in the compact form: an attribute with its default
+/// value (spec version 1.0, JSON, version and attempt 1), the time and the trace context a
+/// UUIDv7 id already carries, or a routing key equal to the type is left out; the reader
+/// restores them ([`read`]). The full form writes every attribute.
+fn compact_keeps(envelope: &Envelope, name: &'static str, value: &str) -> bool {
+    match name {
+        header::SPEC_VERSION => false,
+        header::CONTENT_TYPE => value != herald::envelope::JSON,
+        header::EVENT_VERSION | header::ATTEMPT => value != "1",
+        header::TIME => time_of_v7_id(&envelope.id) != Some(envelope.time),
+        header::TRACEPARENT => {
+            TraceContext::for_event_id(&envelope.id)
+                .map(|c| c.to_traceparent())
+                .as_deref()
+                != Some(value)
+        }
+        _ => true,
+    }
+}
+
+/// The headers of a record carrying `envelope`, and `not_before` (Unix ms) on a retry topic;
+/// every attribute with `full`, else the compact form.
+pub fn headers(envelope: &Envelope, not_before: Option<i64>, full: bool) -> OwnedHeaders {
     // `insert` takes the headers by value; the slot lends them to the visitor.
-    let mut slot = Some(OwnedHeaders::new_with_capacity(12 + envelope.headers.len()));
+    let mut slot = Some(OwnedHeaders::new_with_capacity(8 + envelope.headers.len()));
     envelope.for_each_wire_header(
         |_| true,
         |name, value| {
-            slot = slot.take().map(|h| {
-                h.insert(Header {
-                    key: kafka_name(name),
-                    value: Some(value.as_bytes()),
-                })
-            });
+            if full || compact_keeps(envelope, name, &value) {
+                slot = slot.take().map(|h| {
+                    h.insert(Header {
+                        key: kafka_name(name),
+                        value: Some(value.as_bytes()),
+                    })
+                });
+            }
         },
     );
     let mut h = slot.unwrap_or_default();
-    h = h.insert(Header {
-        key: ROUTING_KEY,
-        value: Some(envelope.routing_key.as_bytes()),
-    });
+    if full || envelope.routing_key != envelope.event_type {
+        h = h.insert(Header {
+            key: ROUTING_KEY,
+            value: Some(envelope.routing_key.as_bytes()),
+        });
+    }
     if let Some(ttl) = envelope.ttl {
         h = h.insert(Header {
             key: TTL_MS,
@@ -135,6 +162,15 @@ pub fn read(msg: &BorrowedMessage<'_>) -> Received {
     let routing_key = routing_key
         .or_else(|| attributes.event_type.clone())
         .unwrap_or_else(|| msg.topic().to_string());
+    // What the compact form leaves out, the UUIDv7 id carries.
+    if let Some(id) = attributes.id.as_deref() {
+        if attributes.time.is_none() {
+            attributes.time = time_of_v7_id(id);
+        }
+        if attributes.traceparent.is_none() {
+            attributes.traceparent = TraceContext::for_event_id(id).map(|c| c.to_traceparent());
+        }
+    }
     let body = Bytes::copy_from_slice(msg.payload().unwrap_or_default());
     let mut envelope = attributes.into_envelope(routing_key, body);
     envelope.ttl = ttl;
@@ -163,10 +199,23 @@ mod tests {
         assert_eq!(key(&e), e.id);
         e.subject = Some("order-1".into());
         assert_eq!(key(&e), "order-1");
-        let h = headers(&e, Some(5));
-        let names: Vec<&str> = h.iter().map(|h| h.key).collect();
-        for n in ["ce_id", "ce_type", "ce_subject", ROUTING_KEY, NOT_BEFORE] {
-            assert!(names.contains(&n), "{n} in {names:?}");
+        let names =
+            |h: OwnedHeaders| -> Vec<String> { h.iter().map(|h| h.key.to_string()).collect() };
+        let compact = names(headers(&e, Some(5), false));
+        assert_eq!(
+            compact,
+            ["ce_id", "ce_source", "ce_type", "ce_subject", NOT_BEFORE],
+            "defaults, the id's time and a routing key equal to the type are left out"
+        );
+        let full = names(headers(&e, None, true));
+        for n in [
+            "ce_specversion",
+            "ce_time",
+            "content-type",
+            "herald_attempt",
+            ROUTING_KEY,
+        ] {
+            assert!(full.contains(&n.to_string()), "{n} in {full:?}");
         }
     }
 }
