@@ -123,6 +123,45 @@ ensure_chromium() {
   fi
 }
 
+# Kafka tests and `herald bench/demo --broker kafka://127.0.0.1:9092` use Tansu, a Kafka-API
+# broker written in Rust (no JVM, no Docker here). Built once with cargo, outside the work tree
+# (about 13 minutes on 2 cores; the `libsql` feature is its SQLite storage engine), then started
+# from its own directory, where its database file lives.
+TANSU_VERSION=0.6.0
+TANSU_DIR=${HERALD_TANSU_DIR:-/var/lib/herald-tansu}
+ensure_tansu() {
+  local tansu="${CARGO_HOME:-$HOME/.cargo}/bin/tansu"
+  if ! "$tansu" --version 2>/dev/null | grep -q "$TANSU_VERSION"; then
+    echo "services: installing tansu $TANSU_VERSION (cargo install, about 13 minutes)" >&2
+    cargo install tansu --version "$TANSU_VERSION" --locked --features libsql --quiet
+  fi
+  if port_open 9092; then return 0; fi
+  echo "services: starting Tansu on 127.0.0.1:9092 ($TANSU_DIR)" >&2
+  mkdir -p "$TANSU_DIR"
+  # Always give the listener: the default binds every interface. The subshell closes every
+  # descriptor it inherited (a caller's pipe held open would keep its reader waiting forever).
+  (
+    cd "$TANSU_DIR" || exit 1
+    for fd in /proc/$BASHPID/fd/*; do
+      fd=${fd##*/}
+      if [ "$fd" -gt 2 ]; then eval "exec $fd>&-"; fi
+    done
+    exec setsid env -u STORAGE_ENGINE -u LISTENER_URL -u ADVERTISED_LISTENER_URL "$tansu" broker \
+      --storage-engine sqlite://tansu.db \
+      --listener-url tcp://127.0.0.1:9092 --advertised-listener-url tcp://127.0.0.1:9092 \
+      </dev/null >>"$TANSU_DIR/tansu.log" 2>&1
+  ) &
+  wait_for_port 9092 Tansu 30
+}
+
+# The Kafka interop test reads Herald's messages with confluent-kafka (librdkafka's Python client).
+ensure_python_confluent_kafka() {
+  if ! python3 -c 'import confluent_kafka' >/dev/null 2>&1; then
+    echo "services: installing confluent-kafka (Python Kafka client, for the interop test)" >&2
+    python3 -m pip install --quiet confluent-kafka
+  fi
+}
+
 # The amqps test makes its own CA and certificates with the openssl command.
 command -v openssl >/dev/null 2>&1 || apt_install openssl
 
@@ -132,3 +171,5 @@ ensure_redis
 ensure_python_pika
 ensure_nats
 ensure_chromium
+ensure_tansu
+ensure_python_confluent_kafka

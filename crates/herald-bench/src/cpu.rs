@@ -45,6 +45,11 @@ impl BrokerClock {
         Self::start_for("beam.smp")
     }
 
+    /// The clock of the broker a URL names when it runs here (see [`broker_process`]).
+    pub fn for_broker_url(url: &str) -> Option<Self> {
+        broker_process(url).and_then(Self::start_for)
+    }
+
     /// Start at the process named `comm` that has used the most CPU.
     pub fn start_for(comm: &'static str) -> Option<Self> {
         let ticks = clock_ticks()?;

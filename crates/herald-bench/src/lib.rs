@@ -14,6 +14,7 @@ pub mod rabbit_w1;
 pub mod raw_amqprs;
 pub mod raw_nats;
 pub mod saga;
+pub mod raw_rdkafka;
 pub mod w1;
 
 use std::time::{Duration, Instant};
@@ -197,9 +198,12 @@ impl Meter {
     }
     /// Measure with the clock of the local broker process named `comm`.
     pub fn start_for(comm: Option<&'static str>) -> Self {
-        // The broker's clock first: finding its process reads /proc, which neither the wall
-        // time nor the client's CPU time should count.
-        let broker = comm.and_then(cpu::BrokerClock::start_for);
+        Self::start_with(comm.and_then(cpu::BrokerClock::start_for))
+    }
+    /// Measure with a broker clock the caller found (or none).
+    pub fn start_with(broker: Option<cpu::BrokerClock>) -> Self {
+        // The broker's clock first (the caller found it): finding its process reads /proc,
+        // which neither the wall time nor the client's CPU time should count.
         Meter {
             cpu: cpu::process_cpu(),
             wall: Instant::now(),

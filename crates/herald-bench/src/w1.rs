@@ -149,7 +149,7 @@ pub async fn run_in_process(
     let publisher = bench_bus(broker, exchange, "bench-publisher").await?;
     // The broker's clock first: finding its process reads /proc, which the client's figures
     // should not count.
-    let broker_clock = crate::cpu::broker_process(broker).and_then(BrokerClock::start_for);
+    let broker_clock = BrokerClock::for_broker_url(broker);
     let cpu_before = process_cpu();
     let started = Instant::now();
     let notified = done.notified();

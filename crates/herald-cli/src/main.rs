@@ -18,7 +18,7 @@ pub type CliResult<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
 ///
 /// Every command takes --broker (or HERALD_BROKER, or `broker` in herald.toml):
 /// sqlite://PATH (the default, .herald/herald.db), memory://, amqp://user:pass@host:5672/vhost,
-/// nats://host:4222.
+/// nats://host:4222, kafka://host:9092[,host2:9092].
 #[derive(Parser)]
 #[command(name = "herald", version, about, long_about = None)]
 struct Cli {
@@ -109,6 +109,8 @@ fn register_transports() {
     herald_rabbitmq::register();
     #[cfg(feature = "nats")]
     herald_nats::register();
+    #[cfg(feature = "kafka")]
+    herald_kafka::register();
 }
 
 async fn run(cli: Cli) -> CliResult<()> {

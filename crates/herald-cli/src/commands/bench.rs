@@ -11,7 +11,7 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use herald::{Bus, Config, QueueKind};
-use herald_bench::{raw_amqprs, w1};
+use herald_bench::{raw_amqprs, raw_rdkafka, w1};
 use tokio::io::{AsyncBufReadExt, BufReader};
 
 use crate::CliResult;
@@ -23,8 +23,9 @@ pub struct Args {
     #[arg(long, default_value_t = 50_000)]
     events: u64,
     /// RabbitMQ: also run raw amqprs on the same workload (one publishing channel; Herald uses
-    /// its pool, two by default) and print the ratio. With the broker on this host each run
-    /// also prints the broker's CPU per event
+    /// its pool, two by default) and print the ratio; Kafka: raw rdkafka (same acks, window,
+    /// partitions and commit interval). With the broker on this host each run also prints the
+    /// broker's CPU per event
     #[arg(long)]
     raw: bool,
     /// RabbitMQ: use quorum queues
@@ -60,6 +61,7 @@ fn transport_name(config: &Config) -> CliResult<&'static str> {
             "sqlite" => "sqlite",
             "amqp" | "amqps" => "rabbitmq",
             "nats" | "tls" => "nats",
+            "kafka" => "kafka",
             other => return Err(format!("herald bench has no workload for {other}:// yet").into()),
         },
     )
@@ -105,8 +107,10 @@ pub async fn run(mut config: Config, args: Args) -> CliResult<()> {
     if args.quorum && transport != "rabbitmq" {
         return Err("--quorum applies to amqp:// brokers".into());
     }
-    if args.raw && !matches!(transport, "rabbitmq" | "nats") {
-        return Err("--raw compares with the raw client of amqp:// and nats:// brokers".into());
+    if args.raw && !matches!(transport, "rabbitmq" | "nats" | "kafka") {
+        return Err(
+            "--raw compares with the raw client of amqp://, nats:// and kafka:// brokers".into(),
+        );
     }
     if transport == "rabbitmq" {
         // The raw client connects to the same broker.
@@ -172,6 +176,15 @@ async fn raw_run(transport: &str, broker: &str, args: &Args) -> CliResult<Option
             broker_figure(raw.broker_us_per_event)
         );
         Ok(Some(raw.eps))
+    } else if args.raw && transport == "kafka" {
+        let raw = raw_rdkafka::run_on(broker, args.events).await?;
+        eprintln!(
+            "raw rdkafka: end to end {:.0}/s, {:.1} µs CPU per event{}",
+            raw.eps,
+            raw.cpu_us_per_event,
+            broker_figure(raw.broker_us_per_event)
+        );
+        Ok(Some(raw.eps))
     } else if args.raw {
         let raw = raw_amqprs::run(args.events, args.quorum, false).await?;
         eprintln!(
@@ -193,7 +206,7 @@ async fn herald_run(
     args: &Args,
     kind: QueueKind,
 ) -> CliResult<w1::W1Figures> {
-    let figures = if matches!(transport, "memory" | "rabbitmq" | "nats") {
+    let figures = if matches!(transport, "memory" | "rabbitmq" | "nats" | "kafka") {
         // Network brokers: one process, as the raw clients run, so the ratio compares clients and
         // not a second runtime's threads competing for the cores (two processes measured 6%
         // slower on RabbitMQ).
