@@ -1,8 +1,8 @@
 //! Workload W1 through the Herald bus, on any transport.
 //!
-//! In one process (`run_in_process`) for `memory://`; split into a consumer process and a
-//! publisher process (`run_consumer` / `run_publisher`) for brokers several processes share,
-//! with the CLI wiring the two together.
+//! In one process with [`run_in_process`] (`memory://` and the network brokers), or split over
+//! two processes for brokers several processes share (the embedded SQLite one): the CLI runs
+//! [`subscribe_counter`] in a consumer process and [`publish_all`] in the publisher.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
