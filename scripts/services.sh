@@ -162,6 +162,16 @@ ensure_python_confluent_kafka() {
   fi
 }
 
+# promtool checks and unit-tests the Prometheus alert rules in deploy/prometheus. Debian ships it
+# in the `prometheus` package; without recommends, so prometheus-node-exporter (port 9100) does
+# not come along. Where services start on install, the package starts a Prometheus on :9090.
+ensure_promtool() {
+  if ! command -v promtool >/dev/null 2>&1; then
+    echo "services: installing prometheus (for promtool)" >&2
+    apt_install --no-install-recommends prometheus
+  fi
+}
+
 # The amqps test makes its own CA and certificates with the openssl command.
 command -v openssl >/dev/null 2>&1 || apt_install openssl
 
@@ -173,3 +183,4 @@ ensure_nats
 ensure_chromium
 ensure_tansu
 ensure_python_confluent_kafka
+ensure_promtool

@@ -8,6 +8,8 @@
 //! Herald's [`RabbitTransport`](herald_rabbitmq::RabbitTransport); both return
 //! [`W1Figures`]. [`rabbit_w1::latency`] measures publish-to-handler latency at a fixed rate.
 
+#![warn(missing_docs)]
+
 pub mod append;
 pub mod cpu;
 pub mod rabbit_w1;

@@ -29,7 +29,9 @@ use tokio::sync::Notify;
 #[derive(Debug, Clone, Serialize, Deserialize, Event)]
 #[event(name = "bench.saga.started")]
 pub struct Started {
+    /// The saga instance this message starts.
     pub id: u64,
+    /// Padding, so the message is about the size of a real one.
     pub note: String,
 }
 
@@ -37,12 +39,17 @@ pub struct Started {
 #[derive(Debug, Clone, Serialize, Deserialize, Event)]
 #[event(name = "bench.saga.step")]
 pub struct Step {
+    /// The saga instance that sent it.
     pub id: u64,
 }
 
 event_set! {
+    /// The events the bench saga reacts to.
     #[derive(Debug, Clone)]
-    pub enum BenchEvent { Started(Started) }
+    pub enum BenchEvent {
+        /// A start message.
+        Started(Started)
+    }
 }
 
 /// The bench saga: one transition per instance, sending one command.

@@ -1,8 +1,8 @@
 //! Workload W1 through the Herald bus, on any transport.
 //!
-//! In one process (`run_in_process`) for `memory://`; split into a consumer process and a
-//! publisher process (`run_consumer` / `run_publisher`) for brokers several processes share,
-//! with the CLI wiring the two together.
+//! In one process with [`run_in_process`] (`memory://` and the network brokers), or split over
+//! two processes for brokers several processes share (the embedded SQLite one): the CLI runs
+//! [`subscribe_counter`] in a consumer process and [`publish_all`] in the publisher.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -18,13 +18,21 @@ use crate::cpu::{process_cpu, BrokerClock};
 /// The W1 event: about 200 bytes of JSON.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct OrderPlaced {
+    /// The event's number in the run, from 0: the consumer counts and times events by it.
     pub seq: u64,
+    /// A UUIDv7, so each body differs as real events do.
     pub order_id: String,
+    /// The customer, one of 997.
     pub customer_id: u64,
+    /// The order's total, in cents.
     pub amount_cents: u64,
+    /// The currency code (`EUR`).
     pub currency: String,
+    /// How many items were ordered (1 to 7).
     pub items: u32,
+    /// Where the order was placed (`web`).
     pub channel: String,
+    /// Free text, padding the body to about 200 bytes.
     pub note: String,
 }
 
@@ -67,9 +75,13 @@ pub const PUBLISH_WINDOW: usize = 256;
 /// Figures of one W1 run.
 #[derive(Debug, Clone, Copy)]
 pub struct W1Figures {
+    /// Events published and consumed.
     pub events: u64,
+    /// Events per second from the first publish until the last was durably accepted.
     pub publish_eps: f64,
+    /// Events per second from the first publish until the last was handled.
     pub end_to_end_eps: f64,
+    /// This process's CPU (user + system) per event, in microseconds.
     pub cpu_us_per_event: f64,
     /// The local broker's CPU per event, in microseconds, when it runs on this host.
     pub broker_us_per_event: Option<f64>,
@@ -209,10 +221,15 @@ pub async fn run_raw_in_process(events: u64) -> W1Figures {
 /// Publish-to-handler latency through the bus at a fixed rate.
 #[derive(Debug, Clone, Copy)]
 pub struct LatencyFigures {
+    /// Events published and handled.
     pub events: u64,
+    /// The fixed publishing rate, in events per second.
     pub rate: u64,
+    /// Median publish-to-handler latency, in milliseconds.
     pub p50_ms: f64,
+    /// 99th percentile publish-to-handler latency, in milliseconds.
     pub p99_ms: f64,
+    /// The slowest event's latency, in milliseconds.
     pub max_ms: f64,
 }
 

@@ -14,6 +14,8 @@
 //! The name and version are checked when the crate compiles: a name is dot-separated words
 //! with no wildcards, and versions start at 1.
 
+#![warn(missing_docs)]
+
 use proc_macro::TokenStream;
 use quote::quote;
 use syn::{parse_macro_input, DeriveInput, Expr, ExprArray, Lit, LitStr};

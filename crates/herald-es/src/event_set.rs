@@ -1,7 +1,7 @@
 //! An aggregate's (or a saga's) events as one Rust enum of Herald events.
 //!
 //! Each member is an ordinary `#[derive(herald::Event)]` struct with its own name and version;
-//! [`event_set!`](crate::event_set) declares the enum and implements [`EventSet`] for it:
+//! [`event_set!`](crate::event_set!) declares the enum and implements [`EventSet`] for it:
 //!
 //! ```
 //! use herald::Event;
@@ -32,7 +32,7 @@ use herald::{Envelope, EventDescriptor};
 
 use crate::error::Error;
 
-/// A closed set of Herald events, usually an enum made by [`event_set!`](crate::event_set).
+/// A closed set of Herald events, usually an enum made by [`event_set!`](crate::event_set!).
 pub trait EventSet: Sized + Send + Sync + 'static {
     /// Every member's contract (name, version, routing key).
     fn descriptors() -> Vec<EventDescriptor>;
@@ -48,7 +48,7 @@ pub trait EventSet: Sized + Send + Sync + 'static {
     fn name(&self) -> &'static str;
 }
 
-/// Used by [`event_set!`](crate::event_set); not part of the public API.
+/// Used by [`event_set!`](crate::event_set!); not part of the public API.
 #[doc(hidden)]
 pub mod __private {
     pub use herald::{Envelope, Event, EventDescriptor};
@@ -82,7 +82,7 @@ pub mod __private {
 
 /// Declare an enum of Herald events and implement [`EventSet`] (and `From` each member) for it.
 /// Each variant wraps exactly one `#[derive(herald::Event)]` type. See the
-/// [module docs](crate::event_set) for an example.
+/// [module docs](mod@crate::event_set) for an example.
 #[macro_export]
 macro_rules! event_set {
     (

@@ -1,7 +1,10 @@
 //! The Grafana dashboard and the Prometheus alert rules in `deploy/` may only name metrics the
 //! code records (so neither can rot when a metric is renamed), and the dashboard shows them all.
+//! The alert rules also pass Prometheus's own `promtool`: its syntax check, and the rule unit
+//! tests in `deploy/prometheus/alerts.test.yml`, which fire every alert on synthetic series.
 use std::collections::BTreeSet;
 use std::path::PathBuf;
+use std::process::Command;
 
 use herald::telemetry::{MetricKind, ALL};
 use serde_json::Value;
@@ -135,6 +138,46 @@ fn alert_rules_use_registered_metrics() {
         "HeraldConsumerStalled",
     ] {
         assert!(text.contains(&format!("alert: {alert}")), "{alert}");
+    }
+}
+
+/// `promtool` comes with Debian's `prometheus` package; `scripts/services.sh` installs it.
+fn promtool(args: &[&str]) {
+    let out = Command::new("promtool")
+        .args(args)
+        .current_dir(deploy("prometheus"))
+        .output()
+        .unwrap_or_else(|e| {
+            panic!("cannot run promtool ({e}): `bash scripts/services.sh` installs it (Debian package prometheus)")
+        });
+    assert!(
+        out.status.success(),
+        "promtool {}:\n{}{}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn alert_rules_pass_promtool_check_and_fire_in_its_unit_tests() {
+    promtool(&["check", "rules", "alerts.yml"]);
+    promtool(&["test", "rules", "alerts.test.yml"]);
+    // Every alert has a case in the unit tests, so a new alert cannot go untested.
+    let rules = std::fs::read_to_string(deploy("prometheus/alerts.yml")).unwrap();
+    let tests = std::fs::read_to_string(deploy("prometheus/alerts.test.yml")).unwrap();
+    let alerts: Vec<&str> = rules
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("- alert: "))
+        .collect();
+    assert_eq!(alerts.len(), 7, "{alerts:?}");
+    for alert in alerts {
+        assert!(
+            tests.contains(&format!(
+                "alertname: {alert}\n        exp_alerts:\n          - "
+            )),
+            "alerts.test.yml has no case where {alert} fires"
+        );
     }
 }
 

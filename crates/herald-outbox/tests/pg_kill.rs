@@ -1,62 +1,21 @@
-//! Kill the relay for real: a child process (this test binary re-executed with a role) relays a
-//! PostgreSQL outbox into a `sqlite://` broker and is `kill -9`ed twice, once exactly between
-//! publishing a batch and marking it sent, once at a random point. Restarted relays must publish
-//! every staged event at least once, in order per aggregate; the duplicates are counted.
+//! Kill the relay for real: a child process (`herald-outbox-relay-child`, built from
+//! `tests/support/relay_child.rs`) relays a PostgreSQL outbox into a `sqlite://` broker and is
+//! `kill -9`ed twice, once exactly between publishing a batch and marking it sent, once at a
+//! random point. Restarted relays must publish every staged event at least once, in order per
+//! aggregate; the duplicates are counted.
 
 mod common;
 
 use std::collections::{HashMap, HashSet};
 use std::process::{Child, Command};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
-use herald::{Bus, MessageOptions};
-use herald_outbox::postgres::{PgOutbox, PgStore};
-use herald_outbox::{Relay, RelayConfig, StagedEvent, Status};
-use tokio_util::sync::CancellationToken;
+use herald::MessageOptions;
+use herald_outbox::postgres::PgOutbox;
+use herald_outbox::{StagedEvent, Status};
 
-const ROLE: &str = "HERALD_OUTBOX_TEST_ROLE";
 const BATCH: usize = 100;
-
-/// Not a test of its own: the relay process of `relay_killed_at_any_point_loses_nothing`.
-#[tokio::test]
-async fn child_relay() {
-    if std::env::var(ROLE).as_deref() != Ok("relay") {
-        return;
-    }
-    let var = |k: &str| std::env::var(k).unwrap_or_default();
-    let schema = var("OB_SCHEMA");
-    let hang_at: usize = var("OB_HANG_AT").parse().unwrap_or(0);
-    let marker = var("OB_MARKER");
-    let outbox = PgOutbox::new("relay-svc").unwrap().schema(&schema).unwrap();
-    let bus = Bus::builder()
-        .service("relay-svc")
-        .broker(var("OB_BROKER"))
-        .build()
-        .await
-        .unwrap();
-    let store = Arc::new(PgStore::connect(PG, outbox).await.unwrap());
-    let batches = Arc::new(AtomicUsize::new(0));
-    let config = RelayConfig {
-        batch_size: BATCH,
-        lease: Duration::from_secs(1),
-        poll_interval: Duration::from_millis(100),
-        after_publish: Some(Arc::new(move |_| {
-            let n = batches.fetch_add(1, Ordering::SeqCst) + 1;
-            if n == hang_at {
-                // Published and confirmed, not yet marked sent: wait here to be killed.
-                std::fs::write(&marker, b"published").unwrap();
-                std::thread::sleep(Duration::from_secs(60));
-            }
-        })),
-        ..RelayConfig::default()
-    };
-    let relay = Relay::new(store, bus.publisher().clone(), config);
-    let cancel = CancellationToken::new();
-    let _ = tokio::time::timeout(Duration::from_secs(60), relay.run(cancel)).await;
-}
 
 struct Killable(Child);
 
@@ -74,11 +33,9 @@ impl Drop for Killable {
 }
 
 fn spawn_relay(schema: &str, broker: &str, hang_at: usize, marker: &str) -> Killable {
-    let exe = std::env::current_exe().unwrap();
-    let child = Command::new(exe)
-        .args(["--exact", "child_relay", "--nocapture", "--test-threads=1"])
-        .env(ROLE, "relay")
+    let child = Command::new(env!("CARGO_BIN_EXE_herald-outbox-relay-child"))
         .env("OB_SCHEMA", schema)
+        .env("OB_BATCH", BATCH.to_string())
         .env("OB_BROKER", broker)
         .env("OB_HANG_AT", hang_at.to_string())
         .env("OB_MARKER", marker)
@@ -103,9 +60,6 @@ async fn count(client: &tokio_postgres::Client, outbox: &PgOutbox, status: &str)
 
 #[tokio::test]
 async fn relay_killed_at_any_point_loses_nothing() {
-    if std::env::var(ROLE).is_ok() {
-        return;
-    }
     let schema = unique("ob_kill");
     let outbox = PgOutbox::new("relay-svc").unwrap().schema(&schema).unwrap();
     let mut client = pg().await;

@@ -20,6 +20,8 @@
 //! feature (rustls): the webpki roots by default, or
 //! `?cacertfile=/path/ca.pem`, and a client certificate with `certfile=` and `keyfile=`.
 
+#![warn(missing_docs)]
+
 mod config;
 mod connection;
 mod consumer;

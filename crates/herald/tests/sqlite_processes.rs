@@ -1,53 +1,20 @@
-//! The SQLite transport across real processes: the test binary re-executes itself with
-//! `HERALD_SQLITE_CHILD` naming a child role (see `child_entry`).
+//! The SQLite transport across real processes: the tests start `herald-sqlite-child`
+//! (`tests/support/sqlite_child.rs`) with `HERALD_SQLITE_CHILD` naming its role, and kill it.
+
+#[path = "support/sqlite_shared.rs"]
+mod shared;
+
 use std::collections::HashSet;
-use std::io::{BufRead, BufReader, Write};
-use std::path::{Path, PathBuf};
+use std::io::{BufRead, BufReader};
+use std::path::Path;
 use std::process::{Child, ChildStdout, Command, Stdio};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use herald::transport::sqlite::{SqliteOptions, SqliteTransport};
+use herald::transport::sqlite::SqliteTransport;
 use herald::transport::{ConsumeOptions, PublishOptions};
-use herald::{Envelope, QueueSpec, Topology, Transport};
+use herald::{Envelope, Topology, Transport};
+use shared::{msg, n_of, open, queue, DB, EXCHANGE, LEASE, ROLE};
 use tokio_util::sync::CancellationToken;
-
-const EXCHANGE: &str = "procs";
-const ROLE: &str = "HERALD_SQLITE_CHILD";
-const DB: &str = "HERALD_SQLITE_DB";
-const LEASE: Duration = Duration::from_millis(1000);
-
-fn queue() -> QueueSpec {
-    QueueSpec::new("procs.work", "work.#")
-}
-
-fn msg(n: u64) -> Envelope {
-    Envelope::new(
-        "work.item",
-        1,
-        "work.item",
-        "child",
-        Bytes::from(format!("{{\"n\":{n}}}")),
-    )
-}
-
-fn n_of(e: &Envelope) -> u64 {
-    serde_json::from_slice::<serde_json::Value>(&e.body)
-        .ok()
-        .and_then(|v| v["n"].as_u64())
-        .unwrap_or(u64::MAX)
-}
-
-async fn open(path: &Path) -> SqliteTransport {
-    let options = SqliteOptions {
-        lease: LEASE,
-        ..SqliteOptions::default()
-    };
-    SqliteTransport::open_with(path, options)
-        .await
-        .expect("open sqlite")
-}
 
 async fn declare(t: &SqliteTransport) {
     let mut topo = Topology::new(EXCHANGE);
@@ -55,84 +22,8 @@ async fn declare(t: &SqliteTransport) {
     t.apply_topology(&topo).await.expect("apply topology");
 }
 
-fn say(line: String) {
-    let mut out = std::io::stdout().lock();
-    let _ = writeln!(out, "{line}");
-    let _ = out.flush();
-}
-
-/// Not a test of its own: the entry point of the child processes the other tests start. Without
-/// `HERALD_SQLITE_CHILD` it does nothing.
-#[test]
-fn child_entry() {
-    let Ok(role) = std::env::var(ROLE) else {
-        return;
-    };
-    let path = PathBuf::from(std::env::var(DB).expect("HERALD_SQLITE_DB"));
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
-    rt.block_on(async move {
-        let t = open(&path).await;
-        match role.as_str() {
-            // Publish 500 messages in batches of 1..=7, then exit.
-            "publish" => {
-                let mut n = 0u64;
-                let mut size = 1;
-                while n < 500 {
-                    let batch: Vec<Envelope> = (n..(n + size).min(500)).map(msg).collect();
-                    n += batch.len() as u64;
-                    t.publish(EXCHANGE, &batch, PublishOptions::default())
-                        .await
-                        .expect("publish");
-                    size = size % 7 + 1;
-                }
-                t.close().await.expect("close");
-                say("FINISHED".into());
-            }
-            // Publish forever from 8 concurrent tasks, printing each number once publish returned.
-            "publish_forever" => {
-                let t = Arc::new(t);
-                let mut tasks = Vec::new();
-                for task in 0..8u64 {
-                    let t = t.clone();
-                    tasks.push(tokio::spawn(async move {
-                        for i in 0.. {
-                            let n = i * 8 + task;
-                            t.publish(EXCHANGE, &[msg(n)], PublishOptions::default())
-                                .await
-                                .expect("publish");
-                            say(format!("PUBLISHED {n}"));
-                        }
-                    }));
-                }
-                for task in tasks {
-                    let _ = task.await;
-                }
-            }
-            // Take everything and never settle; wait to be killed.
-            "consume_no_ack" => {
-                let cancel = CancellationToken::new();
-                let mut rx = t
-                    .consume(&queue(), ConsumeOptions { prefetch: 100 }, cancel)
-                    .await
-                    .expect("consume");
-                let mut held = Vec::new();
-                while let Some(d) = rx.recv().await {
-                    say(format!("GOT {}", n_of(&d.envelope)));
-                    held.push(d);
-                }
-            }
-            other => panic!("unknown child role {other}"),
-        }
-    });
-}
-
 fn spawn_child(role: &str, path: &Path) -> (Child, BufReader<ChildStdout>) {
-    let exe = std::env::current_exe().expect("test binary path");
-    let mut child = Command::new(exe)
-        .args(["child_entry", "--exact", "--nocapture", "--test-threads=1"])
+    let mut child = Command::new(env!("CARGO_BIN_EXE_herald-sqlite-child"))
         .env(ROLE, role)
         .env(DB, path)
         .stdout(Stdio::piped())
@@ -142,7 +33,7 @@ fn spawn_child(role: &str, path: &Path) -> (Child, BufReader<ChildStdout>) {
     (child, BufReader::new(stdout))
 }
 
-/// The value after `marker` on a line of child output (libtest may print on the same line).
+/// The value after `marker` on a line of child output.
 fn after<'a>(line: &'a str, marker: &str) -> Option<&'a str> {
     line.find(marker).map(|i| line[i + marker.len()..].trim())
 }

@@ -91,8 +91,10 @@ pub trait InboxStore: Send + Sync + 'static {
     }
 }
 
-/// The handler layer. See the module docs. Add it with
-/// `SubscribeOptions::layer(InboxLayer::new(store))`.
+/// The handler layer that runs a handler once per event id and consumer: it claims the id in
+/// its [`InboxStore`] before the handler, acknowledges a duplicate without calling it, and
+/// records the id as done after success (the steps and their guarantees are in the
+/// [module docs](self)). Add it with `SubscribeOptions::layer(InboxLayer::new(store))`.
 #[derive(Clone)]
 pub struct InboxLayer {
     store: Arc<dyn InboxStore>,
