@@ -15,8 +15,8 @@ pub mod cpu;
 pub mod rabbit_w1;
 pub mod raw_amqprs;
 pub mod raw_nats;
-pub mod saga;
 pub mod raw_rdkafka;
+pub mod saga;
 pub mod w1;
 
 use std::time::{Duration, Instant};

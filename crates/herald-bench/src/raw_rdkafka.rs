@@ -32,8 +32,7 @@ pub async fn run(events: u64) -> BenchResult<W1Figures> {
 
 /// Run W1 with `events` events on a fresh topic of the broker at `url`.
 pub async fn run_on(url: &str, events: u64) -> BenchResult<W1Figures> {
-    let cfg = herald_kafka::KafkaConfig::from_url(url, "bench raw")
-        .map_err(|e| e.to_string())?;
+    let cfg = herald_kafka::KafkaConfig::from_url(url, "bench raw").map_err(|e| e.to_string())?;
     let brokers = cfg.brokers.join(",");
     let topic = run_name("bench-raw");
     let admin: AdminClient<DefaultClientContext> = ClientConfig::new()

@@ -15,7 +15,7 @@ pub const BINDINGS_TOPIC: &str = "herald.queues";
 const MAX_TOPIC_LEN: usize = 249;
 
 /// What a [`KafkaTransport`](crate::KafkaTransport) connects to and how.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct KafkaConfig {
     /// `host:port` of the bootstrap brokers.
     pub brokers: Vec<String>,
@@ -41,6 +41,26 @@ pub struct KafkaConfig {
     /// How long a rebalance waits for the deliveries of revoked partitions to be settled
     /// before committing what was settled (the rest is delivered again to the next owner).
     pub revoke_grace: Duration,
+    /// SASL/PLAIN credentials (`kafka://user:password@host:port`), never part of the broker
+    /// list (which librdkafka logs).
+    pub sasl_plain: Option<(String, String)>,
+}
+
+impl std::fmt::Debug for KafkaConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KafkaConfig")
+            .field("brokers", &self.brokers)
+            .field("service", &self.service)
+            .field("partitions", &self.partitions)
+            .field("compression", &self.compression)
+            .field("outage_timeout", &self.outage_timeout)
+            .field("full_headers", &self.full_headers)
+            .field("default_retry_delays", &self.default_retry_delays)
+            .field("commit_interval", &self.commit_interval)
+            .field("revoke_grace", &self.revoke_grace)
+            .field("sasl_user", &self.sasl_plain.as_ref().map(|(u, _)| u))
+            .finish()
+    }
 }
 
 impl KafkaConfig {
@@ -66,6 +86,7 @@ impl KafkaConfig {
             ],
             commit_interval: Duration::from_millis(100),
             revoke_grace: Duration::from_secs(5),
+            sasl_plain: None,
         }
     }
 
@@ -76,35 +97,61 @@ impl KafkaConfig {
     /// assert_eq!(cfg.brokers, vec!["a:9092", "b:9092"]);
     /// assert_eq!(cfg.partitions, 8);
     /// assert!(herald_kafka::KafkaConfig::from_url("kafka://a:9092?compression=snappy", "svc").is_err());
+    /// let cfg = herald_kafka::KafkaConfig::from_url("kafka://alice:p%2Fw@a:9092", "svc").unwrap();
+    /// assert_eq!(cfg.brokers, vec!["a:9092"]);
+    /// assert!(!format!("{cfg:?}").contains("p/w"));
     /// ```
     pub fn from_url(url: &str, service: &str) -> Result<Self> {
         let bad = |reason: String| Error::InvalidUrl {
             url: redact_url(url),
             reason,
         };
-        let rest = url
-            .strip_prefix("kafka://")
-            .ok_or_else(|| bad("expected kafka://host:port[,host2:port]".into()))?;
-        let (hosts, query) = rest.split_once('?').unwrap_or((rest, ""));
-        let hosts = hosts.trim_end_matches('/');
-        let brokers: Vec<String> = hosts
-            .split(',')
-            .map(str::trim)
-            .filter(|h| !h.is_empty())
-            .map(|h| {
-                if h.contains(':') {
+        // Each URL of a list: `kafka://[user:password@]host[:port][,host2...][?options]`. The
+        // credentials run to the last `@` (a password may hold any character); they go to SASL,
+        // never into the broker list, which librdkafka prints in its logs.
+        let mut sasl_plain = None;
+        let mut brokers = Vec::new();
+        let mut queries = Vec::new();
+        for part in herald::transport::split_url_list(url) {
+            let rest = part
+                .strip_prefix("kafka://")
+                .ok_or_else(|| bad("expected kafka://host:port[,host2:port]".into()))?;
+            let hosts_start = match rest.rfind('@') {
+                Some(at) => {
+                    let (user, password) = rest[..at].split_once(':').unwrap_or((&rest[..at], ""));
+                    sasl_plain = Some((decode(user), decode(password)));
+                    at + 1
+                }
+                None => 0,
+            };
+            let (hosts, query) = rest[hosts_start..]
+                .split_once('?')
+                .unwrap_or((&rest[hosts_start..], ""));
+            queries.push(query);
+            for h in hosts.trim_end_matches('/').split(',').map(str::trim) {
+                if h.is_empty() {
+                    continue;
+                }
+                if h.contains(['/', ' ']) {
+                    return Err(bad(format!(
+                        "`{h}` is not host:port; expected kafka://host:port[,host2:port]"
+                    )));
+                }
+                brokers.push(if h.contains(':') {
                     h.to_string()
                 } else {
                     format!("{h}:9092")
-                }
-            })
-            .collect();
+                });
+            }
+        }
+        let query = queries.join("&");
         if brokers.is_empty() {
             return Err(bad(
                 "no broker given; expected kafka://host:port[,host2:port]".into(),
             ));
         }
         let mut cfg = KafkaConfig::new(brokers, service);
+        cfg.sasl_plain = sasl_plain;
         for pair in query.split('&').filter(|p| !p.is_empty()) {
             let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
             match key {
@@ -173,6 +220,12 @@ impl KafkaConfig {
             // waiting for a coordinator connection for minutes after a broker restart; the
             // brokers it already knows come back by themselves.
             .set("metadata.recovery.strategy", "none");
+        if let Some((user, password)) = &self.sasl_plain {
+            c.set("security.protocol", "SASL_PLAINTEXT")
+                .set("sasl.mechanism", "PLAIN")
+                .set("sasl.username", user)
+                .set("sasl.password", password);
+        }
         if let Ok(d) = std::env::var("HERALD_KAFKA_DEBUG") {
             c.set("debug", d)
                 .set_log_level(rdkafka::config::RDKafkaLogLevel::Debug);
@@ -336,4 +389,12 @@ mod tests {
             "svc.a.retry.300ms"
         );
     }
+}
+
+/// Percent-decode a URL's user or password.
+fn decode(s: &str) -> String {
+    url::form_urlencoded::parse(format!("x={}", s.replace('+', "%2B")).as_bytes())
+        .next()
+        .map(|(_, v)| v.into_owned())
+        .unwrap_or_default()
 }

@@ -9,7 +9,13 @@ use futures::FutureExt;
 
 use super::{BoxFuture, FailureKind, Handle, HandlerError, HandlerResult, Layer, Message};
 
-/// See the module docs.
+/// Makes a panicking handler a failed (retryable) attempt instead of a dead consumer task; part
+/// of [`Pipeline::standard`](crate::Pipeline::standard).
+///
+/// ```
+/// use herald::middleware::{CatchPanicLayer, DeadLetterLayer};
+/// let pipeline = herald::Pipeline::new().layer(DeadLetterLayer).layer(CatchPanicLayer);
+/// ```
 #[derive(Debug, Clone, Default)]
 pub struct CatchPanicLayer;
 

@@ -50,7 +50,18 @@ struct State {
     probing: bool,
 }
 
-/// See the module docs. Clones share one breaker.
+/// Pauses consumption while a dependency keeps failing: after
+/// [`CircuitBreakerConfig`]'s run of consecutive retryable failures the consumer takes nothing for
+/// a while, then lets one probe through and resumes when it succeeds. Clones share one breaker, so
+/// several subscriptions can stand behind one dependency.
+///
+/// ```
+/// use herald::middleware::{CircuitBreakerConfig, CircuitBreakerLayer};
+/// let breaker = CircuitBreakerLayer::new(CircuitBreakerConfig::default());
+/// // Outside the dead-letter layer: it sees every final outcome and pauses the subscription.
+/// let pipeline = herald::Pipeline::standard().wrap(breaker.clone());
+/// assert_eq!(breaker.state(), herald::middleware::CircuitState::Closed);
+/// ```
 #[derive(Debug, Clone)]
 pub struct CircuitBreakerLayer {
     config: CircuitBreakerConfig,

@@ -8,7 +8,16 @@ use tokio::sync::Semaphore;
 
 use super::{BoxFuture, FailureKind, Handle, HandlerError, HandlerResult, Layer, Message};
 
-/// See the module docs. Clones share the limit.
+/// At most `max` handler calls at once, across every subscription the layer (or a clone of it)
+/// is in: a limit shared by handlers that use one connection pool. Each subscription's own
+/// `concurrency` bounds it alone.
+///
+/// ```
+/// use herald::middleware::ConcurrencyLimitLayer;
+/// let pool = ConcurrencyLimitLayer::new(10);
+/// let a = herald::Pipeline::standard().wrap(pool.clone());
+/// let b = herald::Pipeline::standard().wrap(pool);
+/// ```
 #[derive(Debug, Clone)]
 pub struct ConcurrencyLimitLayer {
     permits: Arc<Semaphore>,

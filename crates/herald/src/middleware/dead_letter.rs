@@ -9,7 +9,14 @@ use std::sync::Arc;
 
 use super::{BoxFuture, Disposition, Handle, HandlerResult, Layer, Message};
 
-/// See the module docs.
+/// Sends a failure no layer inside it decided about to the queue's dead letters, with the
+/// attempt count in the reason (the transport records the error, its kind, the original queue
+/// and routing key and the failure times). The outermost layer of
+/// [`Pipeline::standard`](crate::Pipeline::standard): nothing unexpected is ever dropped.
+///
+/// ```
+/// let pipeline = herald::Pipeline::new().layer(herald::middleware::DeadLetterLayer);
+/// ```
 #[derive(Debug, Clone, Default)]
 pub struct DeadLetterLayer;
 

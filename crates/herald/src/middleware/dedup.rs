@@ -11,7 +11,10 @@ use std::time::{Duration, Instant};
 
 use super::{BoxFuture, Handle, HandlerResult, Layer, Message};
 
-/// See the module docs. Clones share one window.
+/// Skips a message whose event id this subscription already handled successfully, within a
+/// bounded window kept in memory: it absorbs the redeliveries of at-least-once delivery inside
+/// one process. For duplicates across processes and restarts use the durable inbox
+/// (`herald_outbox::inbox::InboxLayer`). Clones share one window.
 #[derive(Debug, Clone)]
 pub struct DedupLayer {
     seen: Arc<Mutex<Window>>,

@@ -9,7 +9,9 @@ use tokio::sync::Mutex;
 
 use super::{BoxFuture, Handle, HandlerResult, Layer, Message};
 
-/// See the module docs. Clones share one bucket.
+/// At most N handler calls per second (a token bucket with a burst of one second's worth), for
+/// handlers that call a rate-limited API; calls wait for a token, nothing is dropped or failed.
+/// Clones share one bucket.
 #[derive(Debug, Clone)]
 pub struct RateLimitLayer {
     bucket: Arc<Mutex<Bucket>>,

@@ -167,7 +167,19 @@ impl RetryPolicy {
     }
 }
 
-/// Applies a [`RetryPolicy`]. See the module docs.
+/// Applies a [`RetryPolicy`]: a few immediate re-calls in-process, then delayed redelivery
+/// through the transport with backoff and jitter until `max_attempts` deliveries have failed.
+/// Failures retrying cannot help (undecodable bodies, [`HandlerError::permanent`](crate::HandlerError))
+/// are left to the dead-letter layer at once. Part of
+/// [`Pipeline::standard`](crate::Pipeline::standard), usually set through
+/// [`Pipeline::retry`](crate::Pipeline::retry).
+///
+/// ```
+/// use std::time::Duration;
+/// use herald::middleware::{RetryLayer, RetryPolicy};
+/// let layer = RetryLayer::new(RetryPolicy::linear(4, Duration::from_secs(2)));
+/// let pipeline = herald::Pipeline::new().layer(herald::middleware::DeadLetterLayer).layer(layer);
+/// ```
 #[derive(Debug, Clone)]
 pub struct RetryLayer {
     policy: RetryPolicy,

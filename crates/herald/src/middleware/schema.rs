@@ -6,7 +6,9 @@ use std::sync::Arc;
 
 use super::{BoxFuture, Handle, HandlerResult, Layer, Message};
 
-/// See the module docs.
+/// Validates a body against the event's JSON Schema before it is decoded; one that fails goes to
+/// the dead letters with the violations (kind `schema`). Needs feature `schema` (a no-op without
+/// it). Usually switched on with `ConsumerOptions::validate_schema`.
 #[derive(Clone)]
 pub struct SchemaLayer {
     #[cfg(feature = "schema")]

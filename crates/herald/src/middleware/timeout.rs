@@ -8,7 +8,15 @@ use std::time::Duration;
 
 use super::{BoxFuture, FailureKind, Handle, HandlerError, HandlerResult, Layer, Message};
 
-/// See the module docs.
+/// Abandons a handler call that runs past `limit`; the attempt fails (retryably), so one stuck
+/// call cannot hold a consumer slot for ever. Part of
+/// [`Pipeline::standard`](crate::Pipeline::standard), usually set through
+/// [`Pipeline::timeout`](crate::Pipeline::timeout).
+///
+/// ```
+/// use std::time::Duration;
+/// let pipeline = herald::Pipeline::new().layer(herald::middleware::TimeoutLayer::new(Duration::from_secs(5)));
+/// ```
 #[derive(Debug, Clone)]
 pub struct TimeoutLayer {
     limit: Duration,
