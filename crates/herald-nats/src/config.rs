@@ -10,6 +10,7 @@
 //! | `replicas` | 1, or 3 with several URLs | stream replicas (R3 on a cluster) |
 //! | `outage_timeout` | `30s` | how long a publish or connect waits out an outage before failing |
 //! | `max_ack_pending` | `10000` | unsettled messages per queue across all its consumers |
+//! | `pull_expires` | `30s` | how long one pull request waits on the server before it is renewed (at least 1s) |
 //! | `cloudevents` | `compact` | `full`: every CloudEvents attribute as a header, for consumers that read only headers |
 //! | `cacertfile`, `certfile`, `keyfile` | | TLS: the CA to trust, and a client certificate |
 //!
@@ -42,6 +43,8 @@ pub struct NatsConfig {
     pub ack_wait: Duration,
     /// Stream replicas.
     pub replicas: usize,
+    /// How long one pull request waits on the server; an idle consumer renews it this often.
+    pub pull_expires: Duration,
     /// How long connecting and publishing wait out an outage.
     pub outage_timeout: Duration,
     /// Unsettled messages per queue, across its consumers.
@@ -64,6 +67,7 @@ impl std::fmt::Debug for NatsConfig {
             .field("service", &self.service)
             .field("ack_wait", &self.ack_wait)
             .field("replicas", &self.replicas)
+            .field("pull_expires", &self.pull_expires)
             .field("outage_timeout", &self.outage_timeout)
             .field("max_ack_pending", &self.max_ack_pending)
             .finish()
@@ -97,6 +101,7 @@ impl NatsConfig {
             service: service.to_string(),
             ack_wait: Duration::from_secs(30),
             replicas: 1,
+            pull_expires: Duration::from_secs(30),
             outage_timeout: Duration::from_secs(30),
             max_ack_pending: 10_000,
             duplicate_window: Duration::from_secs(120),
@@ -137,6 +142,8 @@ impl NatsConfig {
                 match k.as_ref() {
                     "ack_wait" => config.ack_wait = duration()?.max(Duration::from_millis(100)),
                     "outage_timeout" => config.outage_timeout = duration()?,
+                    // Below a second the server's idle heartbeats (every 2 s) would not fit.
+                    "pull_expires" => config.pull_expires = duration()?.max(Duration::from_secs(1)),
                     "replicas" => {
                         replicas = Some(v.parse::<usize>().ok().filter(|n| (1..=5).contains(n)).ok_or_else(
                             || invalid("replicas must be a whole number from 1 to 5".into()),
@@ -162,7 +169,7 @@ impl NatsConfig {
                     "keyfile" => key = Some(v.into_owned()),
                     other => {
                         return Err(invalid(format!(
-                            "unknown option `{other}`; NATS URLs take ack_wait, replicas, outage_timeout, max_ack_pending, cloudevents, cacertfile, certfile, keyfile"
+                            "unknown option `{other}`; NATS URLs take ack_wait, replicas, outage_timeout, max_ack_pending, pull_expires, cloudevents, cacertfile, certfile, keyfile"
                         )))
                     }
                 }

@@ -286,14 +286,16 @@ async fn open_both(task: &ConsumeTask) -> Option<(Puller, Puller)> {
                 &shared.client,
                 &stream,
                 &bindings_consumer(&task.spec.name),
-                shared.reconnects.clone(),
+                &shared.reconnects,
+                shared.cfg.pull_expires,
             )
             .await?;
             let d = Puller::open(
                 &shared.client,
                 &stream,
                 &direct_consumer(&task.spec.name),
-                shared.reconnects.clone(),
+                &shared.reconnects,
+                shared.cfg.pull_expires,
             )
             .await?;
             Ok::<_, Error>((b, d))
@@ -357,7 +359,10 @@ async fn run(task: ConsumeTask, settler: Arc<NatsSettler>, tx: mpsc::Sender<Deli
             };
             let message = match pulled {
                 Some(Pulled::Message(m)) => m,
-                Some(Pulled::Reset) => continue,
+                Some(Pulled::Reset) => {
+                    tracing::trace!(queue = %task.spec.name, "less on its way than asked for; asking again");
+                    continue;
+                }
                 Some(Pulled::Gone(why)) => {
                     tracing::warn!(queue = %task.spec.name, reason = %why, "consumer gone; declaring it again");
                     let _ = task.shared.redeclare(&task.exchange, &task.spec).await;

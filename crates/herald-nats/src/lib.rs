@@ -105,7 +105,7 @@ pub(crate) struct Shared {
     /// Cancelled when the transport closes or its last handle is dropped.
     pub(crate) shutdown: CancellationToken,
     /// How many times the client connected again: pull requests sent before are forgotten.
-    pub(crate) reconnects: Arc<std::sync::atomic::AtomicU64>,
+    pub(crate) reconnects: Arc<puller::Reconnects>,
     closed: AtomicBool,
 }
 
@@ -173,7 +173,7 @@ impl NatsTransport {
     /// [`Error::Unavailable`] when none does.
     pub async fn connect(cfg: NatsConfig) -> Result<Self> {
         let deadline = Instant::now() + cfg.outage_timeout;
-        let reconnects = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let reconnects = Arc::new(puller::Reconnects::new(0));
         let client = loop {
             let last = match options(&cfg, reconnects.clone())
                 .connect(cfg.servers.clone())
@@ -238,10 +238,7 @@ impl NatsTransport {
     }
 }
 
-fn options(
-    cfg: &NatsConfig,
-    reconnects: Arc<std::sync::atomic::AtomicU64>,
-) -> async_nats::ConnectOptions {
+fn options(cfg: &NatsConfig, reconnects: Arc<puller::Reconnects>) -> async_nats::ConnectOptions {
     let mut o = async_nats::ConnectOptions::new()
         .name(format!("{} herald", cfg.service))
         .max_reconnects(None)
@@ -255,7 +252,7 @@ fn options(
             async move {
                 match event {
                     async_nats::Event::Connected => {
-                        reconnects.fetch_add(1, Ordering::AcqRel);
+                        reconnects.send_modify(|n| *n += 1);
                         herald::telemetry::connection_state(KIND, "client", true);
                         herald::telemetry::reconnected(KIND, "client");
                         tracing::info!("connected to NATS");

@@ -11,17 +11,21 @@
 //! asked for and the consumer waiting for the request's expiry.)
 //!
 //! A server that stops answering (restarted, or the connection was lost) forgets the requests:
-//! a reconnect, or no message and no heartbeat for two heartbeat intervals while something is
-//! outstanding, resets the count so the caller asks again.
+//! a reconnect (at once: the puller is woken by it), or no message and no heartbeat for two
+//! heartbeat intervals while something is outstanding, resets the count so the caller asks
+//! again. Waiting out a request's expiry instead left a consumer idle for many seconds after
+//! every failover.
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream::consumer::pull::BatchConfig;
 use async_nats::{Client, StatusCode, Subject, Subscriber};
 use futures::StreamExt;
 use herald::error::{Error, Result};
+use tokio::sync::watch;
+
+/// Counts the client's (re)connections; every puller is woken when it moves.
+pub(crate) type Reconnects = watch::Sender<u64>;
 
 const PENDING_MESSAGES: &str = "Nats-Pending-Messages";
 
@@ -29,7 +33,8 @@ const PENDING_MESSAGES: &str = "Nats-Pending-Messages";
 pub(crate) enum Pulled {
     /// A message of the consumer's.
     Message(async_nats::Message),
-    /// The server forgot what was asked (silence, or a reconnect): ask again.
+    /// Less is on its way than was asked for (a request expired or ended, the server went
+    /// silent, the client reconnected): ask again.
     Reset,
     /// The consumer is gone (deleted, or its stream was): declare it again.
     Gone(String),
@@ -44,8 +49,7 @@ pub(crate) struct Puller {
     outstanding: usize,
     heartbeat: Duration,
     expires: Duration,
-    reconnects: Arc<AtomicU64>,
-    seen_reconnects: u64,
+    reconnects: watch::Receiver<u64>,
 }
 
 impl Puller {
@@ -54,24 +58,24 @@ impl Puller {
         client: &Client,
         stream: &str,
         consumer: &str,
-        reconnects: Arc<AtomicU64>,
+        reconnects: &Reconnects,
+        expires: Duration,
     ) -> Result<Self> {
         let inbox = client.new_inbox();
         let sub = client
             .subscribe(inbox.clone())
             .await
             .map_err(|e| Error::transport("nats", format!("subscribing to an inbox: {e}")))?;
-        let seen_reconnects = reconnects.load(Ordering::Acquire);
         Ok(Puller {
             client: client.clone(),
             subject: format!("$JS.API.CONSUMER.MSG.NEXT.{stream}.{consumer}"),
             inbox: Subject::from(inbox),
             sub,
             outstanding: 0,
-            heartbeat: Duration::from_secs(5),
-            expires: Duration::from_secs(30),
-            reconnects,
-            seen_reconnects,
+            // The server wants heartbeats well inside a request's life.
+            heartbeat: (expires / 2).min(Duration::from_secs(2)),
+            expires,
+            reconnects: reconnects.subscribe(),
         })
     }
 
@@ -104,24 +108,26 @@ impl Puller {
     /// The next message, or what the caller must do instead. `None` once the subscription ended.
     pub(crate) async fn next(&mut self) -> Option<Pulled> {
         loop {
-            let now = self.reconnects.load(Ordering::Acquire);
-            if now != self.seen_reconnects {
-                self.seen_reconnects = now;
+            if self.reconnects.has_changed().unwrap_or(false) {
+                self.reconnects.borrow_and_update();
                 if self.outstanding > 0 {
                     self.outstanding = 0;
                     return Some(Pulled::Reset);
                 }
             }
-            let message = if self.outstanding > 0 {
-                match tokio::time::timeout(self.heartbeat * 2, self.sub.next()).await {
-                    Ok(m) => m?,
-                    Err(_) => {
-                        self.outstanding = 0;
-                        return Some(Pulled::Reset);
-                    }
+            let silence = self.heartbeat * 2;
+            let watching = self.outstanding > 0;
+            let message = tokio::select! {
+                // The sender lives as long as the transport that owns this puller.
+                changed = self.reconnects.changed() => {
+                    changed.ok()?;
+                    continue;
                 }
-            } else {
-                self.sub.next().await?
+                m = self.sub.next() => m?,
+                _ = tokio::time::sleep(silence), if watching => {
+                    self.outstanding = 0;
+                    return Some(Pulled::Reset);
+                }
             };
             match message.status {
                 None | Some(StatusCode::OK) => {
@@ -145,6 +151,10 @@ impl Puller {
                         .and_then(|v| v.as_str().parse::<usize>().ok())
                         .unwrap_or(self.outstanding);
                     self.outstanding = self.outstanding.saturating_sub(owed);
+                    // The caller asks again for what will not come. (Waiting on instead left
+                    // a consumer whose request expired, or was ended by a leader change,
+                    // asking for nothing, and idle for good.)
+                    return Some(Pulled::Reset);
                 }
                 Some(StatusCode::NO_RESPONDERS) => {
                     self.outstanding = 0;
