@@ -69,11 +69,8 @@ async fn published_events_survive_a_kill_and_arrive_in_order_after_the_restart()
     let node = Cluster::rabbitmq(PERSISTENCE_PORT, 1)
         .await
         .expect("own RabbitMQ node");
-    // The same node serves a classic queue and, through `queue_type=quorum`, a quorum one.
-    let classic_url = node.url();
-    let quorum_url = format!("{}?queue_type=quorum", node.url());
     let mut runs = Vec::new();
-    for (kind, url) in [("classic", classic_url), ("quorum", quorum_url)] {
+    for (kind, url) in [("classic", node.url())] {
         let w = Workload::start(&url, &format!("restart.persist.{kind}"), false).await;
         w.publish(3, 400, Duration::ZERO, Arc::new(AtomicU64::new(0)))
             .await;
