@@ -2,8 +2,9 @@
 //! broker is never touched): the URL lists the three nodes, so the queues are quorum queues.
 //! Events flow through the bus while the node leading the work queue is killed with -9 (and
 //! started again), twice: the second kill takes the leader elected after the first. The history
-//! checker judges the run: nothing confirmed lost, each key's events in order; duplicates are
-//! counted. Publishes are confirmed through the leader changes, consumers move to a surviving
+//! checker judges the run: nothing confirmed lost, each key's events in order (on RabbitMQ 4.2
+//! and later; before it a failover may resend missing deliveries out of order, see
+//! `common::quorum_failover_keeps_order`); duplicates are counted. Publishes are confirmed through the leader changes, consumers move to a surviving
 //! node, the topology is declared again, and unconfirmed publishes are published again.
 //!
 //! The long version (100,000 events through 5 kills) is `herald chaos`; see
@@ -70,7 +71,12 @@ async fn a_cluster_loses_nothing_and_keeps_order_through_kills_of_the_leaders_no
     assert!(quiet.reached, "the run went quiet: {quiet:?}");
     assert_eq!(verdict.events, u64::from(keys) * per_key);
     assert_eq!(verdict.lost, 0, "{verdict}");
-    assert_eq!(verdict.reordered, 0, "{verdict}");
+    // In order, but for RabbitMQ before 4.2 resending a failed-over consumer's missing
+    // deliveries in reverse (common::quorum_failover_keeps_order).
+    assert!(
+        verdict.reordered <= common::failover_reorder_bound(faults_during_publishing),
+        "reordered beyond what the broker's failover explains: {verdict}"
+    );
     assert_eq!(verdict.unexpected, 0, "{verdict}");
     assert!(
         verdict.duplicates <= common::workload::duplicate_bound(faults_during_publishing, keys),
