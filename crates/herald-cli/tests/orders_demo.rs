@@ -46,8 +46,11 @@ fn workers(dir: &Path) -> Process {
             "--role",
             "workers",
             "--no-serve",
+            // Well past the time the workers are down (killed, restarted, their backlog taken up):
+            // a payment answered while no saga ran is not overdue. With 1.5 s a loaded machine
+            // timed out orders whose payment was waiting in the queue.
             "--payment-timeout-ms",
-            "1500",
+            "8000",
         ],
     )
     .stdout(Stdio::piped())
