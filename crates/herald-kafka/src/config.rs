@@ -361,6 +361,14 @@ pub(crate) fn dead_letter_topic(queue: &str) -> String {
     format!("{}.dlq", queue_stem(queue))
 }
 
+/// Percent-decode a URL's user or password.
+fn decode(s: &str) -> String {
+    url::form_urlencoded::parse(format!("x={}", s.replace('+', "%2B")).as_bytes())
+        .next()
+        .map(|(_, v)| v.into_owned())
+        .unwrap_or_default()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -389,12 +397,4 @@ mod tests {
             "svc.a.retry.300ms"
         );
     }
-}
-
-/// Percent-decode a URL's user or password.
-fn decode(s: &str) -> String {
-    url::form_urlencoded::parse(format!("x={}", s.replace('+', "%2B")).as_bytes())
-        .next()
-        .map(|(_, v)| v.into_owned())
-        .unwrap_or_default()
 }
