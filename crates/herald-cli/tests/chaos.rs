@@ -29,14 +29,10 @@ fn field(fields: &std::collections::HashMap<String, String>, key: &str) -> u64 {
         .unwrap_or_else(|_| panic!("{key}={} is not a count", fields[key]))
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn chaos_on_a_cluster_with_random_node_kills_loses_nothing() {
-    let cluster = Cluster::rabbitmq(CLUSTER_PORT, 3)
-        .await
-        .expect("own 3-node cluster");
+/// `herald chaos` with 4,000 events over 8 keys at 250/s, `fault` run twice (6 s apart, the
+/// first after 3 s); its RESULT fields once the checker judged the run.
+async fn chaos(url: String, fault: String) -> std::collections::HashMap<String, String> {
     let dir = tempfile::tempdir().unwrap();
-    let fault = cluster.shell_command("kill-random");
-    let url = cluster.url();
     let out = tokio::task::spawn_blocking(move || {
         herald(
             dir.path(),
@@ -65,13 +61,22 @@ async fn chaos_on_a_cluster_with_random_node_kills_loses_nothing() {
     .await
     .unwrap();
     eprintln!("{}", String::from_utf8_lossy(&out.stderr));
-    let fields = result(&out);
     println!("{}", String::from_utf8_lossy(&out.stdout).trim());
+    let fields = result(&out);
     assert_eq!(field(&fields, "events"), 4000);
     assert_eq!(field(&fields, "lost"), 0);
     assert_eq!(field(&fields, "reordered"), 0);
     assert_eq!(field(&fields, "faults"), 2);
     assert_eq!(fields["quiescent"], "yes");
+    fields
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chaos_on_a_cluster_with_random_node_kills_loses_nothing() {
+    let cluster = Cluster::rabbitmq(CLUSTER_PORT, 3)
+        .await
+        .expect("own 3-node cluster");
+    let fields = chaos(cluster.url(), cluster.shell_command("kill-random")).await;
     for key in [
         "duplicates",
         "failover_p99_ms",
@@ -87,48 +92,12 @@ async fn chaos_on_a_nats_cluster_with_random_node_kills_loses_nothing() {
     let cluster = Cluster::nats(NATS_CLUSTER_PORT, 3)
         .await
         .expect("own 3-node NATS cluster");
-    let dir = tempfile::tempdir().unwrap();
-    let fault = cluster.shell_command("kill-random");
     // Order through failures on NATS needs one unsettled message per queue: with a wider
     // window, a message lost on its way when a connection breaks comes back only after
     // ack_wait, behind later ones (docs/nats.md). A short ack_wait keeps that wait short.
     let url = format!("{}?max_ack_pending=1&ack_wait=5s", cluster.url());
     assert!(url.starts_with("nats://"), "{url}");
-    let out = tokio::task::spawn_blocking(move || {
-        herald(
-            dir.path(),
-            &[
-                "chaos",
-                "--broker",
-                &url,
-                "--events",
-                "4000",
-                "--rate",
-                "250",
-                "--keys",
-                "8",
-                "--fault-cmd",
-                &fault,
-                "--every",
-                "6s",
-                "--first-fault-after",
-                "3s",
-                "--faults",
-                "2",
-                "--quiet",
-            ],
-        )
-    })
-    .await
-    .unwrap();
-    eprintln!("{}", String::from_utf8_lossy(&out.stderr));
-    let fields = result(&out);
-    println!("{}", String::from_utf8_lossy(&out.stdout).trim());
-    assert_eq!(field(&fields, "events"), 4000);
-    assert_eq!(field(&fields, "lost"), 0);
-    assert_eq!(field(&fields, "reordered"), 0);
-    assert_eq!(field(&fields, "faults"), 2);
-    assert_eq!(fields["quiescent"], "yes");
+    chaos(url, cluster.shell_command("kill-random")).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -134,8 +134,9 @@ impl Keyring {
         Ok(self)
     }
 
-    /// Parse `ID=HEX[,ID=HEX...]` (the first is the current key), the form of the
-    /// `HERALD_ENCRYPTION_KEYS` environment variable.
+    /// Parse `ID=HEX[,ID=HEX...]` (the first is the current key): a form to keep the keys in,
+    /// such as an environment variable or a secret the application reads (Herald reads none
+    /// itself).
     ///
     /// ```
     /// let keys = format!("k2={},k1={}", "22".repeat(32), "11".repeat(32));

@@ -14,7 +14,8 @@
 //! use std::sync::Arc;
 //! use herald_crypto::{EncryptingTransport, Keyring};
 //!
-//! // HERALD_ENCRYPTION_KEYS="2026-12=<64 hex digits>,2026-06=<64 hex digits>"
+//! // The keys as the application keeps them (an environment variable, a secret store):
+//! // "2026-12=<64 hex digits>,2026-06=<64 hex digits>", the current key first.
 //! let keys = Keyring::parse(&format!("2026-12={},2026-06={}", "ab".repeat(32), "cd".repeat(32)))?;
 //! let inner = herald::transport::connect("memory://crypto-lib-doc", "billing").await?;
 //! let transport = Arc::new(EncryptingTransport::new(inner, keys));
