@@ -142,7 +142,8 @@ impl NatsConfig {
                 match k.as_ref() {
                     "ack_wait" => config.ack_wait = duration()?.max(Duration::from_millis(100)),
                     "outage_timeout" => config.outage_timeout = duration()?,
-                    // Below a second the server's idle heartbeats (every 2 s) would not fit.
+                    // The idle heartbeats run at half of it (at most every 2 s): below a second
+                    // they would flood an idle consumer.
                     "pull_expires" => config.pull_expires = duration()?.max(Duration::from_secs(1)),
                     "replicas" => {
                         replicas = Some(v.parse::<usize>().ok().filter(|n| (1..=5).contains(n)).ok_or_else(
