@@ -8,9 +8,8 @@
 //! appended in batches, then a projection (an upsert per event, checkpoint in the same
 //! transaction) applies them from the first; events per second of that catch-up.
 //!
-//! `notify` switches the outbox's `NOTIFY` trigger: on (the default), PostgreSQL serializes the
-//! commits of the transitions (each staged a row, each notified), which caps them at one commit
-//! per WAL flush; off, concurrent transitions share flushes (relays then poll).
+//! `notify` switches the outbox's `NOTIFY` trigger: on (the default; one transaction at a time
+//! notifies, so concurrent transitions still share WAL flushes) or off (relays poll).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;

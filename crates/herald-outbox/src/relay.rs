@@ -17,6 +17,11 @@ use crate::error::Result;
 use crate::row::ClaimedEvent;
 use crate::store::{OutboxStore, Retention};
 
+/// How long after its last busy round a relay keeps looking for late stagers.
+const LINGER: Duration = Duration::from_millis(500);
+/// How often it looks in that time.
+const LINGER_POLL: Duration = Duration::from_millis(20);
+
 /// Exponential backoff for failed rows: `base * 2^(attempts-1)`, capped at `max`, ±20% jitter.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct RetryBackoff {
@@ -195,13 +200,17 @@ impl<S: OutboxStore> Relay<S> {
         self.metrics.clone()
     }
 
-    /// Run until `cancel` fires: rounds back to back while they find work, then waits for a
-    /// NOTIFY or the poll interval. Database and broker errors are logged and retried; the relay
+    /// Run until `cancel` fires: rounds back to back while they find work, then looks again
+    /// every few milliseconds for a short while, then waits for a NOTIFY or the poll interval. Database and broker errors are logged and retried; the relay
     /// never gives up on its own.
     pub async fn run(&self, cancel: CancellationToken) {
         let mut last_prune: Option<Instant> = None;
         let mut error_backoff = Duration::from_millis(100);
         let mut status_gauges = crate::telemetry::StatusSampler::default();
+        // When the last round that found work ended: for a short while after it the relay looks
+        // again every few milliseconds, because a stager that committed just after the one that
+        // woke it sends no NOTIFY of its own (one notifier at a time: see migration 0003).
+        let mut last_work: Option<Instant> = None;
         loop {
             if cancel.is_cancelled() {
                 return;
@@ -216,11 +225,14 @@ impl<S: OutboxStore> Relay<S> {
             let wait = match self.run_once().await {
                 Ok(round) if round.claimed > 0 => {
                     error_backoff = Duration::from_millis(100);
+                    last_work = Some(Instant::now());
                     continue;
                 }
                 Ok(_) => {
                     error_backoff = Duration::from_millis(100);
-                    None
+                    last_work
+                        .filter(|t| t.elapsed() < LINGER)
+                        .map(|_| LINGER_POLL.min(self.config.poll_interval))
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, retry_in = ?error_backoff, "outbox relay round failed");

@@ -16,7 +16,7 @@ async fn setup(name: &str) -> (String, PgOutbox, tokio_postgres::Client) {
     let schema = unique(name);
     let outbox = PgOutbox::new("test-svc").unwrap().schema(&schema).unwrap();
     let mut client = pg().await;
-    assert_eq!(outbox.migrate(&mut client).await.unwrap(), 2);
+    assert_eq!(outbox.migrate(&mut client).await.unwrap(), 3);
     assert_eq!(
         outbox.migrate(&mut client).await.unwrap(),
         0,
@@ -268,7 +268,8 @@ async fn notify_wakes_an_idle_relay_before_its_poll() {
     }
     // Without the hint, the relay only finds rows when it polls (here: not within 1.5 s).
     outbox.set_notify(&client, false).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(200)).await; // let the last wake-up settle
+    // Let the last wake-up settle and the relay's short look-again after a busy round pass.
+    tokio::time::sleep(Duration::from_millis(900)).await;
     let (e, o) = ev("n", 3);
     outbox.stage_with(&client, &e, &o).await.unwrap();
     tokio::time::sleep(Duration::from_millis(1500)).await;
@@ -279,6 +280,104 @@ async fn notify_wakes_an_idle_relay_before_its_poll() {
     eventually(Duration::from_secs(5), "both rows after a NOTIFY", || {
         seen.lock().unwrap().len() == 5
     })
+    .await;
+    cancel.cancel();
+    task.await.unwrap();
+    bus.shutdown().await.unwrap();
+    drop_schema(&schema).await;
+}
+
+/// Only one staging transaction at a time sends a NOTIFY (so concurrent stagers can share WAL
+/// flushes); those that send none are still published at once, not at the relay's next poll.
+#[tokio::test]
+async fn concurrent_stagers_are_published_without_waiting_for_the_poll() {
+    let (schema, outbox, _client) = setup("ob_stagers").await;
+    let (bus, seen) = recording_bus(&format!("memory://{schema}"), "c", "test.#").await;
+    let store = Arc::new(PgStore::connect(PG, outbox.clone()).await.unwrap());
+    let config = RelayConfig {
+        poll_interval: Duration::from_secs(60),
+        ..RelayConfig::default()
+    };
+    let relay = Relay::new(store, bus.publisher().clone(), config);
+    let cancel = CancellationToken::new();
+    let c = cancel.clone();
+    let task = tokio::spawn(async move { relay.run(c).await });
+    tokio::time::sleep(Duration::from_millis(500)).await; // idle, LISTENing
+    let writers = 8u64;
+    let each = 25u64;
+    for round in 0..3u64 {
+        let mut tasks = Vec::new();
+        for w in 0..writers {
+            let outbox = outbox.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut client = pg().await;
+                for n in 0..each {
+                    let tx = client.transaction().await.unwrap();
+                    let (e, o) = ev(&format!("w{w}"), round * 1000 + n);
+                    outbox.stage_with(&tx, &e, &o).await.unwrap();
+                    tx.commit().await.unwrap();
+                }
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+        let want = ((round + 1) * writers * each) as usize;
+        // Far sooner than the 60 s poll.
+        eventually(
+            Duration::from_secs(10),
+            "every staged row published",
+            || seen.lock().unwrap().len() >= want,
+        )
+        .await;
+        // Idle past the relay's look-again window before the next burst.
+        tokio::time::sleep(Duration::from_millis(800)).await;
+    }
+    let ids: std::collections::HashSet<String> =
+        seen.lock().unwrap().iter().map(|s| s.0.clone()).collect();
+    assert_eq!(ids.len(), (3 * writers * each) as usize, "distinct events");
+    cancel.cancel();
+    task.await.unwrap();
+    bus.shutdown().await.unwrap();
+    drop_schema(&schema).await;
+}
+
+/// The race the relay's short look-again is for: a stager that sent no NOTIFY (another
+/// transaction held the notifier's lock) commits just after the relay, woken by that other one,
+/// found the table empty.
+#[tokio::test]
+async fn a_stager_committing_after_the_notifier_is_published_before_the_poll() {
+    let (schema, outbox, _client) = setup("ob_late").await;
+    let (bus, seen) = recording_bus(&format!("memory://{schema}"), "c", "test.#").await;
+    let store = Arc::new(PgStore::connect(PG, outbox.clone()).await.unwrap());
+    let config = RelayConfig {
+        poll_interval: Duration::from_secs(60),
+        ..RelayConfig::default()
+    };
+    let relay = Relay::new(store, bus.publisher().clone(), config);
+    let cancel = CancellationToken::new();
+    let c = cancel.clone();
+    let task = tokio::spawn(async move { relay.run(c).await });
+    tokio::time::sleep(Duration::from_millis(500)).await; // idle, LISTENing
+    let (mut first, mut second) = (pg().await, pg().await);
+    let notifier = first.transaction().await.unwrap();
+    let (e, o) = ev("late", 1);
+    outbox.stage_with(&notifier, &e, &o).await.unwrap();
+    let silent = second.transaction().await.unwrap();
+    let (e, o) = ev("late", 2);
+    outbox.stage_with(&silent, &e, &o).await.unwrap();
+    notifier.commit().await.unwrap();
+    eventually(Duration::from_secs(5), "the notifier's row", || {
+        seen.lock().unwrap().len() == 1
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    silent.commit().await.unwrap();
+    eventually(
+        Duration::from_secs(5),
+        "the silent stager's row, long before the 60 s poll",
+        || seen.lock().unwrap().len() == 2,
+    )
     .await;
     cancel.cancel();
     task.await.unwrap();

@@ -56,10 +56,9 @@ pub struct PgEventStoreBuilder {
 }
 
 impl PgEventStoreBuilder {
-    /// Turn the outbox's `NOTIFY` wake-up hint on or off (on after the first migration). Off,
-    /// concurrent appends and saga transitions commit together (group commit): PostgreSQL
-    /// serializes the commits of transactions that notified; relays then find new rows by
-    /// polling. See [`PgOutbox::set_notify`].
+    /// Turn the outbox's `NOTIFY` wake-up hint on or off (on after the first migration; one
+    /// transaction at a time notifies, so concurrent appends and saga transitions still share
+    /// WAL flushes). Off, relays find new rows by polling. See [`PgOutbox::set_notify`].
     pub fn outbox_notify(mut self, enabled: bool) -> Self {
         self.notify = Some(enabled);
         self

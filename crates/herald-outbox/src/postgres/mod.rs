@@ -120,10 +120,12 @@ impl PgOutbox {
 
     /// Turn the `NOTIFY` wake-up hint on (the default after [`migrate`](Self::migrate)) or off.
     ///
-    /// The trade-off: PostgreSQL serializes the commits of transactions that issued a `NOTIFY`
-    /// (a database-wide lock held through commit), so with many concurrent writers staging
-    /// events the hint costs write throughput (about half, measured here with 8 writers), while
-    /// without it relays find new rows only when they poll (latency of about half
+    /// PostgreSQL serializes the commits of transactions that issued a `NOTIFY` (a
+    /// database-wide lock held through commit), so the trigger notifies from one staging
+    /// transaction at a time (the one holding a transaction-scoped advisory lock; the others
+    /// skip it) and concurrent stagers still share WAL flushes; a relay looks again for a short
+    /// while after a busy round for stagers that committed after the notifier. Off, relays find
+    /// new rows only when they poll (latency of about half
     /// [`RelayConfig::poll_interval`](crate::RelayConfig::poll_interval)). Polling remains the
     /// source of truth either way.
     pub async fn set_notify<C: GenericClient + Sync>(

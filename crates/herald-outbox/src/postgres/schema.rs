@@ -12,6 +12,10 @@ pub(crate) const OUTBOX: &[(&str, &str)] = &[
         "0002_outbox_hot_claims",
         include_str!("migrations/0002_outbox_hot_claims.sql"),
     ),
+    (
+        "0003_outbox_one_notifier",
+        include_str!("migrations/0003_outbox_one_notifier.sql"),
+    ),
 ];
 
 /// The inbox table's migrations.
