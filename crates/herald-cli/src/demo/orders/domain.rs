@@ -68,6 +68,21 @@ pub struct PaymentDeclined {
     pub reason: String,
 }
 
+/// A captured payment was given back: the order was called off before its answer arrived.
+#[derive(Debug, Clone, Serialize, Deserialize, Event)]
+#[event(name = "payment.refunded", publisher = "payment-service")]
+pub struct PaymentRefunded {
+    pub order_id: String,
+    pub amount_cents: u64,
+}
+
+/// A payment was called off before the gateway answered; a later answer takes no money.
+#[derive(Debug, Clone, Serialize, Deserialize, Event)]
+#[event(name = "payment.voided", publisher = "payment-service")]
+pub struct PaymentVoided {
+    pub order_id: String,
+}
+
 /// The parcel left the warehouse.
 #[derive(Debug, Clone, Serialize, Deserialize, Event)]
 #[event(name = "shipment.dispatched", publisher = "shipping-service", consumers = ["order-fulfilment"])]
@@ -100,6 +115,14 @@ pub struct ReleaseInventory {
 pub struct ChargePayment {
     pub order_id: String,
     pub amount_cents: u64,
+}
+
+/// Call a payment off (compensation): refund it if it was captured, void it if the gateway has
+/// not answered yet.
+#[derive(Debug, Clone, Serialize, Deserialize, Event)]
+#[event(name = "payment.void", publisher = "order-fulfilment", consumers = ["payment-service"])]
+pub struct VoidPayment {
+    pub order_id: String,
 }
 
 /// Ship the order.
@@ -245,13 +268,29 @@ event_set! {
     pub enum PaymentEvent {
         Captured(PaymentCaptured),
         Declined(PaymentDeclined),
+        Refunded(PaymentRefunded),
+        Voided(PaymentVoided),
     }
 }
 
-/// One order's payment: decided once.
+/// One order's payment: decided once (captured, declined or voided); a capture can be refunded.
 #[derive(Debug, Default, Serialize, Deserialize)]
 pub struct Payment {
-    pub decided: bool,
+    pub captured_cents: Option<u64>,
+    pub declined: bool,
+    pub voided: bool,
+    pub refunded: bool,
+}
+
+impl Payment {
+    /// Whether the customer's money is kept: captured and not given back.
+    pub fn charged(&self) -> bool {
+        self.captured_cents.is_some() && !self.refunded
+    }
+
+    fn decided(&self) -> bool {
+        self.captured_cents.is_some() || self.declined || self.voided
+    }
 }
 
 /// The gateway's answer to a charge.
@@ -260,32 +299,56 @@ pub enum GatewayAnswer {
     Declined,
 }
 
+/// What a payment can be asked.
+pub enum PaymentCommand {
+    /// Record the gateway's answer to a charge (ignored once the payment is decided).
+    Charge(ChargePayment, GatewayAnswer),
+    /// Call the payment off.
+    Void(VoidPayment),
+}
+
 impl Aggregate for Payment {
     const KIND: &'static str = "payment";
     type Event = PaymentEvent;
-    type Command = (ChargePayment, GatewayAnswer);
+    type Command = PaymentCommand;
     type Error = Refused;
 
-    fn apply(&mut self, _: &PaymentEvent) {
-        self.decided = true;
+    fn apply(&mut self, event: &PaymentEvent) {
+        match event {
+            PaymentEvent::Captured(e) => self.captured_cents = Some(e.amount_cents),
+            PaymentEvent::Declined(_) => self.declined = true,
+            PaymentEvent::Refunded(_) => self.refunded = true,
+            PaymentEvent::Voided(_) => self.voided = true,
+        }
     }
 
-    fn handle(&self, (c, answer): &Self::Command) -> Result<Vec<PaymentEvent>, Refused> {
-        if self.decided {
-            return Ok(vec![]);
-        }
-        Ok(vec![match answer {
-            GatewayAnswer::Captured => PaymentCaptured {
+    fn handle(&self, command: &PaymentCommand) -> Result<Vec<PaymentEvent>, Refused> {
+        Ok(match command {
+            // A redelivered charge, or an answer after the payment was voided: no money moves.
+            PaymentCommand::Charge(..) if self.decided() => vec![],
+            PaymentCommand::Charge(c, GatewayAnswer::Captured) => vec![PaymentCaptured {
                 order_id: c.order_id.clone(),
                 amount_cents: c.amount_cents,
             }
-            .into(),
-            GatewayAnswer::Declined => PaymentDeclined {
+            .into()],
+            PaymentCommand::Charge(c, GatewayAnswer::Declined) => vec![PaymentDeclined {
                 order_id: c.order_id.clone(),
                 reason: "card declined".into(),
             }
-            .into(),
-        }])
+            .into()],
+            PaymentCommand::Void(v) => match self.captured_cents {
+                Some(cents) if !self.refunded => vec![PaymentRefunded {
+                    order_id: v.order_id.clone(),
+                    amount_cents: cents,
+                }
+                .into()],
+                None if !self.decided() => vec![PaymentVoided {
+                    order_id: v.order_id.clone(),
+                }
+                .into()],
+                _ => vec![],
+            },
+        })
     }
 }
 
@@ -343,8 +406,13 @@ pub fn set_payment_timeout(timeout: Duration) {
     PAYMENT_TIMEOUT_MS.store(timeout.as_millis() as u64, Ordering::Relaxed);
 }
 
-/// One order's fulfilment: reserve stock, charge, ship, complete; a declined or late payment
-/// releases the stock and cancels the order.
+/// How long the saga waits for a payment.
+pub fn payment_timeout() -> Duration {
+    Duration::from_millis(PAYMENT_TIMEOUT_MS.load(Ordering::Relaxed))
+}
+
+/// One order's fulfilment: reserve stock, charge, ship, complete; a declined payment releases
+/// the stock and cancels the order; an overdue one is also voided (refunded if it comes late).
 #[derive(Debug, Default, Serialize, Deserialize)]
 pub struct Fulfilment {
     pub order_id: String,
@@ -400,11 +468,7 @@ impl Saga for Fulfilment {
                     order_id: id,
                     amount_cents: self.amount_cents,
                 });
-                fx.schedule(
-                    "payment",
-                    Duration::from_millis(PAYMENT_TIMEOUT_MS.load(Ordering::Relaxed)),
-                    PaymentOverdue,
-                );
+                fx.schedule("payment", payment_timeout(), PaymentOverdue);
             }
             ("awaiting_payment", FulfilmentEvent::Captured(_)) => {
                 self.step = "shipping".into();
@@ -424,8 +488,8 @@ impl Saga for Fulfilment {
                 fx.send(&CompleteOrder { order_id: id });
                 fx.complete();
             }
-            // A redelivered or late message (a payment answering after the timeout) changes
-            // nothing here.
+            // A redelivered message changes nothing; a payment answering after the timeout
+            // finds the instance finished (the void sent then refunds or voids it).
             _ => {}
         }
     }
@@ -435,6 +499,11 @@ impl Saga for Fulfilment {
             return;
         }
         self.step = "timed_out".into();
+        // The gateway may still answer: the void turns a late capture into a refund, or makes
+        // the payment refuse an answer that has not come yet.
+        fx.send(&VoidPayment {
+            order_id: self.order_id.clone(),
+        });
         fx.send(&CancelOrder {
             order_id: self.order_id.clone(),
             reason: "payment_timeout".into(),
@@ -444,5 +513,71 @@ impl Saga for Fulfilment {
 
     fn state_name(&self) -> String {
         self.step.clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn charge() -> ChargePayment {
+        ChargePayment {
+            order_id: "o-1".into(),
+            amount_cents: 500,
+        }
+    }
+
+    fn void() -> PaymentCommand {
+        PaymentCommand::Void(VoidPayment {
+            order_id: "o-1".into(),
+        })
+    }
+
+    fn run(payment: &mut Payment, command: PaymentCommand) -> Vec<PaymentEvent> {
+        let events = payment.handle(&command).unwrap();
+        for e in &events {
+            payment.apply(e);
+        }
+        events
+    }
+
+    #[test]
+    fn a_void_after_a_capture_refunds_it_once() {
+        let mut p = Payment::default();
+        run(
+            &mut p,
+            PaymentCommand::Charge(charge(), GatewayAnswer::Captured),
+        );
+        assert!(p.charged());
+        let refund = run(&mut p, void());
+        assert!(matches!(&refund[..], [PaymentEvent::Refunded(r)] if r.amount_cents == 500));
+        assert!(!p.charged());
+        assert!(run(&mut p, void()).is_empty(), "a redelivered void");
+    }
+
+    #[test]
+    fn an_answer_after_a_void_takes_no_money() {
+        let mut p = Payment::default();
+        assert!(matches!(
+            &run(&mut p, void())[..],
+            [PaymentEvent::Voided(_)]
+        ));
+        assert!(run(
+            &mut p,
+            PaymentCommand::Charge(charge(), GatewayAnswer::Captured)
+        )
+        .is_empty());
+        assert!(!p.charged());
+    }
+
+    #[test]
+    fn a_void_of_a_declined_payment_changes_nothing() {
+        let mut p = Payment::default();
+        run(
+            &mut p,
+            PaymentCommand::Charge(charge(), GatewayAnswer::Declined),
+        );
+        assert!(run(&mut p, void()).is_empty());
+        assert!(!p.charged());
     }
 }

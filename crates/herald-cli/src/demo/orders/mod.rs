@@ -2,10 +2,11 @@
 //!
 //! Order placed → inventory reserved → payment captured → shipment dispatched → order completed.
 //! A declined payment is compensated (the reservation released, the order cancelled); a payment
-//! that never answers times out (same compensation). Every step is an aggregate's event in the
-//! store, published through the outbox; the fulfilment saga sends the next command; a projection
-//! keeps orders by status. The run ends with a check of every order against the store:
-//! `RESULT orders=.. completed=.. compensated=.. timed_out=.. stuck=.. lost=.. duplicates_applied=..`.
+//! that never answers, or answers too late, times out (same compensation, and the payment voided
+//! or refunded). Every step is an aggregate's event in the store, published through the outbox;
+//! the fulfilment saga sends the next command; a projection keeps orders by status. The run ends
+//! with a check of every order against the store:
+//! `RESULT orders=.. completed=.. compensated=.. timed_out=.. stuck=.. lost=.. duplicates_applied=.. refunded=..`.
 //!
 //! `--role workers` runs the saga, its timeouts, the projection and a relay alone (the process
 //! the fault test kills); `--role driver` the services, the orders and the check.
@@ -23,8 +24,8 @@ use herald::Config;
 use herald_es::saga::{InstanceQuery, Saga, SagaStatus};
 use herald_es::{Database, Metadata, Repository};
 
-use self::domain::{Fulfilment, GatewayAnswer, Order, OrderCommand, OrderPlaced};
-use self::services::gateway;
+use self::domain::{Fulfilment, GatewayAnswer, Order, OrderCommand, OrderPlaced, Payment};
+use self::services::{gateway, Gateway};
 use crate::CliResult;
 
 /// The default store of the embedded demo.
@@ -42,6 +43,7 @@ pub struct OrdersArgs {
     #[arg(long)]
     pub database: Option<String>,
     /// orders: how long the saga waits for the payment service before cancelling the order
+    /// (the simulated gateway's late answers come half of it later: give both roles the same)
     #[arg(long, default_value_t = 2000)]
     pub payment_timeout_ms: u64,
     /// orders: run one part only: `workers` (saga, timeouts, projection, relay) or `driver`
@@ -72,20 +74,23 @@ pub struct Report {
     pub stuck: u64,
     pub lost: u64,
     pub duplicates_applied: u64,
+    /// Payments captured after their order was called off, and given back.
+    pub refunded: u64,
 }
 
 impl Report {
     /// The line scripts read (keep the keys).
     pub fn result_line(&self) -> String {
         format!(
-            "RESULT orders={} completed={} compensated={} timed_out={} stuck={} lost={} duplicates_applied={}",
+            "RESULT orders={} completed={} compensated={} timed_out={} stuck={} lost={} duplicates_applied={} refunded={}",
             self.orders,
             self.completed,
             self.compensated,
             self.timed_out,
             self.stuck,
             self.lost,
-            self.duplicates_applied
+            self.duplicates_applied,
+            self.refunded
         )
     }
 }
@@ -265,9 +270,9 @@ fn terminal(status: &str) -> Option<&'static str> {
 /// What the order's number says must happen to it.
 fn expected(order_id: &str) -> &'static str {
     match gateway(order_id) {
-        Some(GatewayAnswer::Captured) => "completed",
-        Some(GatewayAnswer::Declined) => "compensated",
-        None => "timed_out",
+        Gateway::Answers(GatewayAnswer::Captured) => "completed",
+        Gateway::Answers(GatewayAnswer::Declined) => "compensated",
+        Gateway::Silent | Gateway::CapturesLate => "timed_out",
     }
 }
 
@@ -334,6 +339,17 @@ async fn check(db: &Database, run: &str, placed: u64) -> CliResult<Report> {
             }
             continue;
         }
+        // The money: kept for a completed order, never for a cancelled one (a void or refund
+        // may still be on its way: give it a few seconds).
+        let (charged, refunded) = payment(&store, &id, want == "completed").await?;
+        if charged != (want == "completed") {
+            report.lost += 1;
+            if report.lost <= 5 {
+                eprintln!("order {id}: {want}, but its payment is charged={charged}");
+            }
+            continue;
+        }
+        report.refunded += u64::from(refunded);
         match want {
             "completed" => report.completed += 1,
             "compensated" => report.compensated += 1,
@@ -341,6 +357,25 @@ async fn check(db: &Database, run: &str, placed: u64) -> CliResult<Report> {
         }
     }
     Ok(report)
+}
+
+/// Whether order `id`'s payment keeps the customer's money, and whether it was refunded; read
+/// again for up to 10 s while it disagrees with `want_charged`.
+async fn payment(
+    store: &Arc<dyn herald_es::EventStore>,
+    id: &str,
+    want_charged: bool,
+) -> CliResult<(bool, bool)> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let payments = Repository::<Payment>::new(store.clone());
+    loop {
+        let payment = payments.load(id).await?.state;
+        let charged = payment.charged();
+        if charged == want_charged || Instant::now() >= deadline {
+            return Ok((charged, payment.refunded));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 fn stop_on_ctrl_c() -> Arc<AtomicBool> {

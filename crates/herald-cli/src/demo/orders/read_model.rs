@@ -10,7 +10,9 @@ use herald_es::{BoxError, Database, RecordedEvent};
 /// The projection's name (its checkpoint's key; `herald projections rebuild orders_by_status`).
 pub const NAME: &str = "orders_by_status";
 
-/// The order a demo event is about, and the status it moves the order to (none: unchanged).
+/// The order a demo event is about, and the status it moves the order to (none: unchanged). A
+/// finished order keeps its status: a payment answering after the order was cancelled is refunded,
+/// and does not make the order look paid.
 fn change(e: &RecordedEvent) -> Option<(String, Option<String>)> {
     let body = e.envelope.body_value();
     let order_id = body.get("order_id")?.as_str()?.to_string();
@@ -25,7 +27,7 @@ fn change(e: &RecordedEvent) -> Option<(String, Option<String>)> {
             "cancelled:{}",
             body.get("reason").and_then(|r| r.as_str()).unwrap_or("")
         )),
-        "inventory.released" => None,
+        "inventory.released" | "payment.refunded" | "payment.voided" => None,
         _ => return None,
     };
     Some((order_id, status))
@@ -56,7 +58,9 @@ impl OrdersByStatus {
     fn upsert(&self, p: [&str; 2]) -> String {
         format!(
             "INSERT INTO {t} AS o (order_id, status, events_applied) VALUES ({a}, coalesce({b}, 'unknown'), 1)
-             ON CONFLICT (order_id) DO UPDATE SET status = coalesce({b}, o.status),
+             ON CONFLICT (order_id) DO UPDATE SET status = CASE
+                     WHEN o.status = 'completed' OR o.status LIKE 'cancelled:%' THEN o.status
+                     ELSE coalesce({b}, o.status) END,
                  events_applied = o.events_applied + 1",
             t = self.table,
             a = p[0],

@@ -65,13 +65,26 @@ async fn run<A: Aggregate>(
     Ok(())
 }
 
-/// Whether the payment gateway answers an order, and how: a stable choice from the order's
-/// number, so redeliveries get the same answer and the final check knows what to expect.
-pub fn gateway(order_id: &str) -> Option<GatewayAnswer> {
+/// How the payment gateway treats an order.
+pub enum Gateway {
+    /// It answers at once.
+    Answers(GatewayAnswer),
+    /// It captures the payment, but only after the saga stopped waiting (half the payment
+    /// timeout later): the void the saga sent by then keeps the money from being taken, or
+    /// gives it back.
+    CapturesLate,
+    /// It never answers.
+    Silent,
+}
+
+/// How the payment gateway treats an order: a stable choice from the order's number, so
+/// redeliveries get the same answer and the final check knows what to expect.
+pub fn gateway(order_id: &str) -> Gateway {
     match order_number(order_id) % 20 {
-        3 | 13 => Some(GatewayAnswer::Declined),
-        7 => None,
-        _ => Some(GatewayAnswer::Captured),
+        3 | 13 => Gateway::Answers(GatewayAnswer::Declined),
+        7 => Gateway::Silent,
+        17 => Gateway::CapturesLate,
+        _ => Gateway::Answers(GatewayAnswer::Captured),
     }
 }
 
@@ -144,16 +157,38 @@ pub async fn start_services(config: &Config, db: &Database) -> CliResult<Vec<Bus
     )?;
 
     let payment_bus = bus(config, "payment-service").await?;
+    let repo = payments.clone();
     payment_bus.subscribe_with(
         move |c: ChargePayment, ctx: Context| {
-            let repo = payments.clone();
+            let repo = repo.clone();
             async move {
-                match gateway(&c.order_id) {
-                    // The gateway never answers: the saga's timeout deals with it.
-                    None => Ok(()),
-                    Some(answer) => run(&repo, &c.order_id.clone(), (c, answer), &ctx).await,
+                let id = c.order_id.clone();
+                match gateway(&id) {
+                    Gateway::Answers(answer) => {
+                        run(&repo, &id, PaymentCommand::Charge(c, answer), &ctx).await
+                    }
+                    // The saga's timeout deals with it.
+                    Gateway::Silent => Ok(()),
+                    Gateway::CapturesLate => {
+                        let meta = Metadata::caused_by(&ctx);
+                        tokio::spawn(async move {
+                            tokio::time::sleep(payment_timeout() * 3 / 2).await;
+                            let command = PaymentCommand::Charge(c, GatewayAnswer::Captured);
+                            if let Err(e) = repo.handle(&id, &command, &meta).await {
+                                tracing::warn!(order = %id, error = %e, "the late capture failed");
+                            }
+                        });
+                        Ok(())
+                    }
                 }
             }
+        },
+        options(),
+    )?;
+    payment_bus.subscribe_with(
+        move |c: VoidPayment, ctx: Context| {
+            let repo = payments.clone();
+            async move { run(&repo, &c.order_id.clone(), PaymentCommand::Void(c), &ctx).await }
         },
         options(),
     )?;
