@@ -135,7 +135,10 @@ ensure_tansu() {
     echo "services: installing tansu $TANSU_VERSION (cargo install, about 13 minutes)" >&2
     cargo install tansu --version "$TANSU_VERSION" --locked --features libsql --quiet
   fi
-  if port_open 9092; then return 0; fi
+  if port_open 9092; then
+    [ -f "$TANSU_DIR/tansu.db" ] && tansu_index_headers "$TANSU_DIR/tansu.db"
+    return 0
+  fi
   echo "services: starting Tansu on 127.0.0.1:9092 ($TANSU_DIR)" >&2
   mkdir -p "$TANSU_DIR"
   # Always give the listener: the default binds every interface. The subshell closes every
@@ -152,6 +155,28 @@ ensure_tansu() {
       </dev/null >>"$TANSU_DIR/tansu.log" 2>&1
   ) &
   wait_for_port 9092 Tansu 30
+  tansu_index_headers "$TANSU_DIR/tansu.db"
+}
+
+# Tansu 0.6.0's SQLite schema has no index on `header`: fetching a record looks its headers up
+# by (topition, offset_id), scanning every header ever stored, so a broker slows down with each
+# record that carries headers (Herald's carry the CloudEvents attributes). The index is added
+# once the broker created its tables; it changes nothing else.
+tansu_index_headers() {
+  python3 - "$1" <<'PY'
+import sqlite3, sys, time
+deadline = time.time() + 30
+while True:
+    try:
+        c = sqlite3.connect(sys.argv[1], timeout=10)
+        c.execute("CREATE INDEX IF NOT EXISTS herald_header_record ON header (topition, offset_id)")
+        c.commit()
+        break
+    except sqlite3.OperationalError as e:
+        if time.time() > deadline:
+            sys.exit(f"services: cannot index Tansu's headers: {e}")
+        time.sleep(0.2)
+PY
 }
 
 # The Kafka interop test reads Herald's messages with confluent-kafka (librdkafka's Python client).

@@ -40,7 +40,8 @@ mod verdict;
 pub use history::{Fault, Handled, History, Published};
 pub use publish::publish_until_confirmed;
 pub use quiescence::{
-    transport_activity, wait_for_quiescence, Activity, Quiescence, QuiescenceOptions,
+    queue_activity, transport_activity, wait_for_quiescence, Activity, Quiescence,
+    QuiescenceOptions,
 };
 pub use recorder::{ordering_key, Recorder};
 pub use timeline::{percentile, FaultReport};

@@ -38,12 +38,32 @@ impl Activity {
 /// counts the queues it declared). A transport without queue statistics counts as idle, so the
 /// history alone decides.
 pub async fn transport_activity(transports: &[&dyn Transport]) -> herald::Result<Activity> {
+    activity(transports, None).await
+}
+
+/// The activity of the queues named `queues` only: a transport's statistics may list queues
+/// other runs left behind (a Kafka handle lists every queue registered on the broker), whose
+/// backlog is not this run's.
+pub async fn queue_activity(
+    transports: &[&dyn Transport],
+    queues: &[String],
+) -> herald::Result<Activity> {
+    activity(transports, Some(queues)).await
+}
+
+async fn activity(
+    transports: &[&dyn Transport],
+    only: Option<&[String]>,
+) -> herald::Result<Activity> {
     let mut total = Activity::default();
     for t in transports {
         let Some(stats) = t.queue_statistics() else {
             continue;
         };
         for q in stats.queue_stats().await? {
+            if only.is_some_and(|names| !names.contains(&q.queue)) {
+                continue;
+            }
             total.add(Activity {
                 ready: q.ready.unwrap_or(0),
                 in_flight: q.in_flight.unwrap_or(0),
@@ -198,5 +218,25 @@ mod tests {
         let q = wait_for_quiescence(&h, options(), || async { Err(herald::Error::Closed) }).await;
         assert!(!q.reached);
         assert!(q.waited >= Duration::from_secs(30));
+    }
+
+    /// A queue another run left behind, with a backlog, does not keep this run from being idle.
+    #[tokio::test]
+    async fn queue_activity_counts_only_the_named_queues() {
+        use herald::topology::QueueSpec;
+        use herald::transport::{memory::MemoryTransport, PublishOptions};
+        let t = MemoryTransport::new();
+        let mut topology = herald::Topology::new("ex");
+        topology.add_queue(QueueSpec::new("mine", "mine.#"));
+        topology.add_queue(QueueSpec::new("left-behind", "#"));
+        t.apply_topology(&topology).await.unwrap();
+        let e = herald::Envelope::new("other.event", 1, "other.event", "test", "{}".into());
+        t.publish("ex", &[e], PublishOptions::default())
+            .await
+            .unwrap();
+        let all = transport_activity(&[&t]).await.unwrap();
+        assert_eq!(all.ready, 1, "{all:?}");
+        let mine = queue_activity(&[&t], &["mine".to_string()]).await.unwrap();
+        assert!(mine.is_idle(), "{mine:?}");
     }
 }

@@ -17,8 +17,8 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use herald::{Bus, Config, Envelope, SubscribeOptions};
 use herald_check::{
-    publish_until_confirmed, transport_activity, wait_for_quiescence, FaultReport, History,
-    Quiescence, QuiescenceOptions, Verdict,
+    publish_until_confirmed, queue_activity, wait_for_quiescence, FaultReport, History, Quiescence,
+    QuiescenceOptions, Verdict,
 };
 
 use crate::CliResult;
@@ -151,9 +151,15 @@ pub async fn run(mut config: Config, options: ChaosOptions) -> CliResult<ChaosRe
     }
 
     let transport = consumer.transport().clone();
+    // This run's queues only: the broker may hold others, left by earlier runs.
+    let queues: Vec<String> = consumer
+        .topologies()
+        .into_iter()
+        .flat_map(|t| t.queues.into_iter().map(|q| q.name))
+        .collect();
     let quiescence = wait_for_quiescence(&history, options.quiescence, || {
-        let t = transport.clone();
-        async move { transport_activity(&[&*t]).await }
+        let (t, queues) = (transport.clone(), &queues);
+        async move { queue_activity(&[&*t], queues).await }
     })
     .await;
     if let Some(p) = progress {

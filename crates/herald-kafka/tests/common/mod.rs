@@ -75,6 +75,10 @@ impl OwnTansu {
             child: None,
         };
         t.restart().await;
+        let db = t.dir.path().to_path_buf();
+        tokio::task::spawn_blocking(move || index_headers(&db))
+            .await
+            .expect("indexing Tansu's headers");
         t
     }
 
@@ -101,6 +105,7 @@ impl OwnTansu {
             );
             std::thread::sleep(Duration::from_millis(50));
         }
+        index_headers(t.dir.path());
         t
     }
 
@@ -145,6 +150,27 @@ impl OwnTansu {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
             let _ = c.wait();
+        }
+    }
+}
+
+/// Give Tansu's SQLite `header` table the index its schema lacks (0.6.0 looks a record's headers
+/// up by `(topition, offset_id)` with none, scanning every header stored for every record it
+/// fetches); `scripts/services.sh` does the same for the shared broker. Waits (up to 30 s) for
+/// the broker to create its tables.
+fn index_headers(dir: &std::path::Path) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let done = rusqlite::Connection::open(dir.join("tansu.db")).and_then(|c| {
+            c.busy_timeout(Duration::from_secs(10))?;
+            c.execute_batch(
+                "CREATE INDEX IF NOT EXISTS herald_header_record ON header (topition, offset_id)",
+            )
+        });
+        match done {
+            Ok(()) => return,
+            Err(e) if Instant::now() > deadline => panic!("cannot index Tansu's headers: {e}"),
+            Err(_) => std::thread::sleep(Duration::from_millis(100)),
         }
     }
 }
