@@ -25,6 +25,26 @@ async fn setup(name: &str) -> (String, PgOutbox, tokio_postgres::Client) {
     (schema, outbox, client)
 }
 
+/// A relay on `outbox` publishing through `bus` that polls only every 60 s, so that what it
+/// finds sooner a NOTIFY or its look-again after a busy round found; idle and LISTENing when
+/// this returns. Cancel the token and await the task to stop it.
+async fn idle_relay(
+    outbox: &PgOutbox,
+    bus: &herald::Bus,
+) -> (CancellationToken, tokio::task::JoinHandle<()>) {
+    let store = Arc::new(PgStore::connect(PG, outbox.clone()).await.unwrap());
+    let config = RelayConfig {
+        poll_interval: Duration::from_secs(60),
+        ..RelayConfig::default()
+    };
+    let relay = Relay::new(store, bus.publisher().clone(), config);
+    let cancel = CancellationToken::new();
+    let c = cancel.clone();
+    let task = tokio::spawn(async move { relay.run(c).await });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    (cancel, task)
+}
+
 fn ev(agg: &str, n: u64) -> (Numbered, MessageOptions) {
     (
         Numbered { agg: agg.into(), n },
@@ -248,16 +268,7 @@ async fn a_failed_row_is_retried_with_backoff_and_holds_back_its_aggregate() {
 async fn notify_wakes_an_idle_relay_before_its_poll() {
     let (schema, outbox, client) = setup("ob_notify").await;
     let (bus, seen) = recording_bus(&format!("memory://{schema}"), "c", "test.#").await;
-    let store = Arc::new(PgStore::connect(PG, outbox.clone()).await.unwrap());
-    let config = RelayConfig {
-        poll_interval: Duration::from_secs(60),
-        ..RelayConfig::default()
-    };
-    let relay = Relay::new(store, bus.publisher().clone(), config);
-    let cancel = CancellationToken::new();
-    let c = cancel.clone();
-    let task = tokio::spawn(async move { relay.run(c).await });
-    tokio::time::sleep(Duration::from_millis(500)).await; // idle, LISTENing
+    let (cancel, task) = idle_relay(&outbox, &bus).await;
     for n in 0..3 {
         let (e, o) = ev("n", n);
         outbox.stage_with(&client, &e, &o).await.unwrap();
@@ -293,16 +304,7 @@ async fn notify_wakes_an_idle_relay_before_its_poll() {
 async fn concurrent_stagers_are_published_without_waiting_for_the_poll() {
     let (schema, outbox, _client) = setup("ob_stagers").await;
     let (bus, seen) = recording_bus(&format!("memory://{schema}"), "c", "test.#").await;
-    let store = Arc::new(PgStore::connect(PG, outbox.clone()).await.unwrap());
-    let config = RelayConfig {
-        poll_interval: Duration::from_secs(60),
-        ..RelayConfig::default()
-    };
-    let relay = Relay::new(store, bus.publisher().clone(), config);
-    let cancel = CancellationToken::new();
-    let c = cancel.clone();
-    let task = tokio::spawn(async move { relay.run(c).await });
-    tokio::time::sleep(Duration::from_millis(500)).await; // idle, LISTENing
+    let (cancel, task) = idle_relay(&outbox, &bus).await;
     let writers = 8u64;
     let each = 25u64;
     for round in 0..3u64 {
@@ -349,16 +351,7 @@ async fn concurrent_stagers_are_published_without_waiting_for_the_poll() {
 async fn a_stager_committing_after_the_notifier_is_published_before_the_poll() {
     let (schema, outbox, _client) = setup("ob_late").await;
     let (bus, seen) = recording_bus(&format!("memory://{schema}"), "c", "test.#").await;
-    let store = Arc::new(PgStore::connect(PG, outbox.clone()).await.unwrap());
-    let config = RelayConfig {
-        poll_interval: Duration::from_secs(60),
-        ..RelayConfig::default()
-    };
-    let relay = Relay::new(store, bus.publisher().clone(), config);
-    let cancel = CancellationToken::new();
-    let c = cancel.clone();
-    let task = tokio::spawn(async move { relay.run(c).await });
-    tokio::time::sleep(Duration::from_millis(500)).await; // idle, LISTENing
+    let (cancel, task) = idle_relay(&outbox, &bus).await;
     let (mut first, mut second) = (pg().await, pg().await);
     let notifier = first.transaction().await.unwrap();
     let (e, o) = ev("late", 1);
