@@ -121,6 +121,39 @@ async fn transitions_stage_their_commands_with_the_state_and_redeliveries_do_not
     }
 }
 
+/// A second start message (another id, so not a duplicate) for an instance that exists moves
+/// that instance: the runner's first guess that a start event makes a new instance falls back
+/// to loading it.
+#[tokio::test]
+async fn a_start_event_for_an_existing_instance_moves_that_instance() {
+    let dir = tempfile::tempdir().unwrap();
+    let (dbs, _g) = both("es_saga_start", &dir).await;
+    for db in dbs {
+        let kind = db.kind();
+        let r = runner(&db);
+        let start = || {
+            envelope(&BookingRequested {
+                booking_id: "b9".into(),
+                deadline_ms: 60_000,
+            })
+        };
+        assert_eq!(r.handle(&start()).await.unwrap(), Handled::Transitioned);
+        assert_eq!(instance(&db, "b9").await.version, 1, "{kind}");
+        assert_eq!(r.handle(&start()).await.unwrap(), Handled::Transitioned);
+        let i = instance(&db, "b9").await;
+        assert_eq!(
+            (i.state_name.as_str(), i.version),
+            ("reserving", 2),
+            "{kind}"
+        );
+        assert_eq!(
+            staged(&db, "b9").await,
+            vec!["seat.reserve", "seat.reserve"],
+            "{kind}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn staged_commands_carry_the_flows_correlation_and_causation() {
     let dir = tempfile::tempdir().unwrap();

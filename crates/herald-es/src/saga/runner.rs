@@ -97,8 +97,18 @@ impl<S: Saga> SagaRunner<S> {
         let Some(instance_id) = S::correlate(&event) else {
             return Ok(Handled::Ignored);
         };
+        // An event that starts instances most often starts a new one: the first attempt then
+        // writes the new instance without loading it first (one statement instead of two). If
+        // the instance exists, that write changes nothing and reports a conflict, and the next
+        // attempt loads it.
+        let mut assume_new = S::starts(&event);
         for _ in 0..self.attempts {
-            let loaded = self.store.load_instance(S::NAME, &instance_id).await?;
+            let loaded = if assume_new {
+                None
+            } else {
+                self.store.load_instance(S::NAME, &instance_id).await?
+            };
+            let guessed = std::mem::take(&mut assume_new);
             let (mut state, version, status, correlation, compensations) = match loaded {
                 Some(i) => (
                     decode_state::<S>(&i.state, &instance_id)?,
@@ -144,6 +154,8 @@ impl<S: Saga> SagaRunner<S> {
                     count(S::NAME, CommitOutcome::Duplicate);
                     return Ok(Handled::Duplicate);
                 }
+                // A wrong guess that the instance was new is not a race with another writer.
+                CommitOutcome::Conflict if guessed => {}
                 CommitOutcome::Conflict => count(S::NAME, CommitOutcome::Conflict),
             }
         }
