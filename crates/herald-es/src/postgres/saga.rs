@@ -16,34 +16,86 @@ use crate::saga::{
 /// before, a timeout still there), the instance compared-and-set, and only when that wrote a row
 /// are the trigger recorded, the timeouts written and dropped and the messages staged. A
 /// duplicate or a lost race writes nothing at all.
+///
+/// The statement holds only the parts a transition uses (PostgreSQL sets up every part of a
+/// statement on each execution, used or not): one variant per combination, each prepared once
+/// per connection. Every variant takes the same 21 parameters; those of the parts it leaves out
+/// are typed in its last line.
 pub(super) struct SagaSql {
-    commit_new: String,
-    commit_next: String,
+    /// By [`Parts::index`].
+    variants: Vec<String>,
 }
 
-const COMMIT_TAIL: &str = "
+/// Which parts a transition's statement needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Parts {
+    /// Write a new instance (else update an existing one at its version).
+    pub new: bool,
+    /// A message triggered it: record its id.
+    pub message: bool,
+    /// A timeout triggered it: delete that timeout.
+    pub fired: bool,
+    /// Drop pending timeouts (all, or by key).
+    pub cancel: bool,
+    /// Schedule timeouts.
+    pub schedule: bool,
+    /// Stage messages in the outbox.
+    pub stage: bool,
+}
+
+impl Parts {
+    fn index(self) -> usize {
+        [
+            self.new,
+            self.message,
+            self.fired,
+            self.cancel,
+            self.schedule,
+            self.stage,
+        ]
+        .iter()
+        .enumerate()
+        .map(|(i, on)| usize::from(*on) << i)
+        .sum()
+    }
+
+    fn all() -> impl Iterator<Item = Parts> {
+        (0..64usize).map(|i| Parts {
+            new: i & 1 != 0,
+            message: i & 2 != 0,
+            fired: i & 4 != 0,
+            cancel: i & 8 != 0,
+            schedule: i & 16 != 0,
+            stage: i & 32 != 0,
+        })
+    }
+}
+
+const HANDLED: &str = "
 ), h AS (
     INSERT INTO {s}.es_saga_handled (saga, message_id, instance_id)
-    SELECT $1, $9, $2 FROM saved WHERE $9::text IS NOT NULL
+    SELECT $1, $9, $2 FROM saved WHERE $9::text IS NOT NULL";
+const FIRED: &str = "
 ), fired AS (
     DELETE FROM {s}.es_saga_timeouts
-    WHERE id = $10 AND EXISTS (SELECT 1 FROM saved) AND NOT (key = ANY($13::text[]))
+    WHERE id = $10 AND EXISTS (SELECT 1 FROM saved) AND NOT (key = ANY($13::text[]))";
+const CANCELLED: &str = "
 ), cancelled AS (
     DELETE FROM {s}.es_saga_timeouts
     WHERE saga = $1 AND instance_id = $2 AND id <> $10 AND ($11 OR key = ANY($12::text[]))
-      AND EXISTS (SELECT 1 FROM saved)
+      AND EXISTS (SELECT 1 FROM saved)";
+const SCHEDULED: &str = "
 ), scheduled AS (
     INSERT INTO {s}.es_saga_timeouts (saga, instance_id, key, due_at, payload)
     SELECT $1, $2, u.k, u.d, u.p FROM saved, unnest($13::text[], $14::timestamptz[], $15::text[]) AS u(k, d, p)
-    ON CONFLICT (saga, instance_id, key) DO UPDATE SET due_at = EXCLUDED.due_at, payload = EXCLUDED.payload
+    ON CONFLICT (saga, instance_id, key) DO UPDATE SET due_at = EXCLUDED.due_at, payload = EXCLUDED.payload";
+const STAGED: &str = "
 ), staged AS (
     INSERT INTO {outbox} (event_id, aggregate, routing_key, event_type, headers, body)
     SELECT u.i, u.a, u.k, u.t, u.h::jsonb, u.b
     FROM saved, unnest($16::text[], $17::text[], $18::text[], $19::text[], $20::text[], $21::text[])
          WITH ORDINALITY AS u(i, a, k, t, h, b, n)
-    ORDER BY u.n
-)
-SELECT (SELECT count(*) FROM saved)::bigint, (SELECT ok FROM fresh)";
+    ORDER BY u.n";
 
 impl SagaSql {
     pub(super) fn new(schema: &str, outbox: &str) -> Self {
@@ -53,26 +105,77 @@ impl SagaSql {
                    AND ($10::bigint = 0 OR EXISTS (SELECT 1 FROM {schema}.es_saga_timeouts WHERE id = $10)) AS ok
             ), saved AS ("
         );
-        let tail = COMMIT_TAIL
-            .replace("{s}", schema)
-            .replace("{outbox}", outbox);
-        SagaSql {
-            commit_new: format!(
-                "{head}
+        let commit_new = format!(
+            "{head}
                 INSERT INTO {schema}.es_sagas (saga, instance_id, correlation_id, state, state_name, status, compensations, version)
                 SELECT $1, $2, $3, $4, $5, $6, $7, 1 WHERE (SELECT ok FROM fresh) AND $8::bigint = 0
                 ON CONFLICT DO NOTHING
-                RETURNING 1{tail}"
-            ),
-            commit_next: format!(
-                "{head}
+                RETURNING 1"
+        );
+        let commit_next = format!(
+            "{head}
                 UPDATE {schema}.es_sagas SET state = $4, state_name = $5, status = $6, compensations = $7,
                     version = version + 1, updated_at = now()
                 WHERE saga = $1 AND instance_id = $2 AND version = $8 AND (SELECT ok FROM fresh)
                   AND $3::text IS NOT NULL
-                RETURNING 1{tail}"
-            ),
-        }
+                RETURNING 1"
+        );
+        let variants = Parts::all()
+            .map(|p| {
+                let mut sql = if p.new {
+                    commit_new.clone()
+                } else {
+                    commit_next.clone()
+                };
+                // The parameters of the parts left out, typed so the statement prepares.
+                let mut unused: Vec<&str> = Vec::new();
+                for (on, part, params) in [
+                    (p.message, HANDLED, &[][..]),
+                    (p.fired, FIRED, &[][..]),
+                    (p.cancel, CANCELLED, &["$11::bool", "$12::text[]"][..]),
+                    (
+                        p.schedule,
+                        SCHEDULED,
+                        &["$13::text[]", "$14::timestamptz[]", "$15::text[]"][..],
+                    ),
+                    (
+                        p.stage,
+                        STAGED,
+                        &[
+                            "$16::text[]",
+                            "$17::text[]",
+                            "$18::text[]",
+                            "$19::text[]",
+                            "$20::text[]",
+                            "$21::text[]",
+                        ][..],
+                    ),
+                ] {
+                    if on {
+                        sql.push_str(&part.replace("{s}", schema).replace("{outbox}", outbox));
+                    } else {
+                        unused.extend(params);
+                    }
+                }
+                // $13 is read by `fired` too.
+                if p.fired && !p.schedule {
+                    unused.retain(|u| !u.starts_with("$13"));
+                }
+                sql.push_str(
+                    "\n)\nSELECT (SELECT count(*) FROM saved)::bigint, (SELECT ok FROM fresh)",
+                );
+                if !unused.is_empty() {
+                    sql.push_str(&format!(", ({}) IS NULL", unused.join(", ")));
+                }
+                sql
+            })
+            .collect();
+        SagaSql { variants }
+    }
+
+    /// The statement for a transition with these parts.
+    pub(super) fn commit(&self, parts: Parts) -> &str {
+        &self.variants[parts.index()]
     }
 }
 
@@ -113,15 +216,18 @@ impl SagaStore for PgEventStore {
     }
 
     async fn commit_transition(&self, c: &SagaCommit) -> Result<CommitOutcome> {
-        let sql = if c.expected_version == 0 {
-            &self.saga_sql.commit_new
-        } else {
-            &self.saga_sql.commit_next
-        };
         let (message_id, timeout_id): (Option<&str>, i64) = match &c.trigger {
             Trigger::Message(id) => (Some(id.as_str()), 0),
             Trigger::Timeout(id) => (None, *id),
         };
+        let sql = self.saga_sql.commit(Parts {
+            new: c.expected_version == 0,
+            message: message_id.is_some(),
+            fired: timeout_id != 0,
+            cancel: c.cancel_all || !c.cancel.is_empty(),
+            schedule: !c.schedule.is_empty(),
+            stage: !c.outbox.is_empty(),
+        });
         let status = c.status.as_str();
         let expected = i64_of(c.expected_version);
         let schedule_keys: Vec<&str> = c.schedule.iter().map(|t| t.key.as_str()).collect();
@@ -266,5 +372,36 @@ impl SagaStore for PgEventStore {
             }
         }
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::postgres::connect_client;
+
+    /// Every combination of parts is a statement PostgreSQL accepts (the tests' local server).
+    #[tokio::test]
+    async fn every_variant_prepares() {
+        let pg = "host=127.0.0.1 port=5432 user=postgres dbname=test";
+        let schema = format!(
+            "es_saga_sql_{}",
+            &uuid::Uuid::new_v4().simple().to_string()[..8]
+        );
+        let store = PgEventStore::builder(pg)
+            .schema(&schema)
+            .connect()
+            .await
+            .unwrap();
+        let c = connect_client(pg).await.unwrap();
+        for parts in Parts::all() {
+            let sql = store.saga_sql.commit(parts);
+            if let Err(e) = c.prepare(sql).await {
+                panic!("{parts:?}: {e}\n{sql}");
+            }
+        }
+        c.batch_execute(&format!("DROP SCHEMA {schema} CASCADE"))
+            .await
+            .unwrap();
     }
 }
