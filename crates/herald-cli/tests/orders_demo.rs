@@ -195,6 +195,49 @@ fn orders_survive_a_killed_saga_and_projection_process() {
     assert_eq!(read_model(dir.path()), before);
 }
 
+/// A 1 ms payment timeout: most payments answer after the saga's deadline, and whether the
+/// timeout or the answer comes first depends on when the timeout poller runs. Each order ends
+/// completed, compensated or timed out, none keeps money unless it completed (the check counts
+/// such an order as lost), nothing is lost or stuck.
+#[test]
+fn late_payments_are_voided_or_refunded() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = herald(
+        dir.path(),
+        &[
+            "demo",
+            "--system",
+            "orders",
+            "--events",
+            "100",
+            "--rate",
+            "0",
+            "--no-serve",
+            "--payment-timeout-ms",
+            "1",
+        ],
+    )
+    .output()
+    .expect("run the demo");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let result = stdout
+        .lines()
+        .find(|l| l.starts_with("RESULT "))
+        .unwrap_or_else(|| panic!("no RESULT line: {}", String::from_utf8_lossy(&out.stderr)));
+    assert!(out.status.success(), "{result}");
+    for key in ["lost", "stuck", "duplicates_applied"] {
+        assert_eq!(field(result, key), 0, "{key}: {result}");
+    }
+    let (completed, compensated, timed_out) = (
+        field(result, "completed"),
+        field(result, "compensated"),
+        field(result, "timed_out"),
+    );
+    assert_eq!(completed + compensated + timed_out, 100, "{result}");
+    // Order 7 of every 20 is never answered.
+    assert!(timed_out >= 5, "{result}");
+}
+
 /// The read model's rows, and that each row applied as many events as its order has.
 fn read_model(dir: &Path) -> Vec<(String, String, i64)> {
     let c = rusqlite::Connection::open(dir.join(".herald/orders.db")).unwrap();
