@@ -201,8 +201,8 @@ impl<S: OutboxStore> Relay<S> {
     }
 
     /// Run until `cancel` fires: rounds back to back while they find work, then looks again
-    /// every few milliseconds for a short while, then waits for a NOTIFY or the poll interval. Database and broker errors are logged and retried; the relay
-    /// never gives up on its own.
+    /// every few milliseconds for a short while, then waits for a NOTIFY or the poll interval.
+    /// Database and broker errors are logged and retried; the relay never gives up on its own.
     pub async fn run(&self, cancel: CancellationToken) {
         let mut last_prune: Option<Instant> = None;
         let mut error_backoff = Duration::from_millis(100);
