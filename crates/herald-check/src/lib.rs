@@ -40,7 +40,7 @@ mod verdict;
 pub use history::{Fault, Handled, History, Published};
 pub use publish::publish_until_confirmed;
 pub use quiescence::{
-    queue_activity, transport_activity, wait_for_quiescence, Activity, Quiescence,
+    queue_activity, queue_names, transport_activity, wait_for_quiescence, Activity, Quiescence,
     QuiescenceOptions,
 };
 pub use recorder::{ordering_key, Recorder};

@@ -41,9 +41,18 @@ pub async fn transport_activity(transports: &[&dyn Transport]) -> herald::Result
     activity(transports, None).await
 }
 
-/// The activity of the queues named `queues` only: a transport's statistics may list queues
-/// other runs left behind (a Kafka handle lists every queue registered on the broker), whose
-/// backlog is not this run's.
+/// The names of every queue `bus` declares, on all its exchanges: what [`queue_activity`]
+/// should look at for a run on that bus.
+pub fn queue_names(bus: &herald::Bus) -> Vec<String> {
+    bus.topologies()
+        .into_iter()
+        .flat_map(|t| t.queues.into_iter().map(|q| q.name))
+        .collect()
+}
+
+/// The activity of the queues named `queues` only (see [`queue_names`]): a transport's
+/// statistics may list queues other runs left behind (a Kafka handle lists every queue
+/// registered on the broker), whose backlog is not this run's.
 pub async fn queue_activity(
     transports: &[&dyn Transport],
     queues: &[String],

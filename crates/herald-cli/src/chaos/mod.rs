@@ -17,8 +17,8 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use herald::{Bus, Config, Envelope, SubscribeOptions};
 use herald_check::{
-    publish_until_confirmed, queue_activity, wait_for_quiescence, FaultReport, History, Quiescence,
-    QuiescenceOptions, Verdict,
+    publish_until_confirmed, queue_activity, queue_names, wait_for_quiescence, FaultReport,
+    History, Quiescence, QuiescenceOptions, Verdict,
 };
 
 use crate::CliResult;
@@ -152,11 +152,7 @@ pub async fn run(mut config: Config, options: ChaosOptions) -> CliResult<ChaosRe
 
     let transport = consumer.transport().clone();
     // This run's queues only: the broker may hold others, left by earlier runs.
-    let queues: Vec<String> = consumer
-        .topologies()
-        .into_iter()
-        .flat_map(|t| t.queues.into_iter().map(|q| q.name))
-        .collect();
+    let queues = queue_names(&consumer);
     let quiescence = wait_for_quiescence(&history, options.quiescence, || {
         let (t, queues) = (transport.clone(), &queues);
         async move { queue_activity(&[&*t], queues).await }

@@ -21,7 +21,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use herald::{Bus, Config, Topology};
-use herald_check::{queue_activity, wait_for_quiescence, History, QuiescenceOptions};
+use herald_check::{queue_activity, queue_names, wait_for_quiescence, History, QuiescenceOptions};
 
 pub use self::catalog::catalog;
 pub use self::report::Report;
@@ -142,11 +142,7 @@ pub async fn run(config: Config, options: DemoOptions) -> CliResult<Report> {
 async fn wait_until_quiet(history: &History, consumers: &[Bus]) -> bool {
     let last_read = std::sync::Mutex::new(None::<Instant>);
     // This run's queues only: the broker may hold others (a `herald tail` left behind).
-    let queues: Vec<String> = consumers
-        .iter()
-        .flat_map(|b| b.topologies())
-        .flat_map(|t| t.queues.into_iter().map(|q| q.name))
-        .collect();
+    let queues: Vec<String> = consumers.iter().flat_map(queue_names).collect();
     let options = QuiescenceOptions {
         // Retries in the demo wait up to 0.8 s; a settle longer than that cannot mistake a
         // retry in flight for the end.

@@ -157,10 +157,6 @@ impl SagaSql {
                         unused.extend(params);
                     }
                 }
-                // $13 is read by `fired` too.
-                if p.fired && !p.schedule {
-                    unused.retain(|u| !u.starts_with("$13"));
-                }
                 sql.push_str(
                     "\n)\nSELECT (SELECT count(*) FROM saved)::bigint, (SELECT ok FROM fresh)",
                 );
