@@ -107,8 +107,9 @@ pub trait Settle: Send + Sync + 'static {
 /// One message handed to a consumer. It must be settled exactly once; one dropped unsettled is
 /// redelivered by the transport (lease expiry, channel close).
 pub struct Delivery {
-    /// The message.
-    pub envelope: Envelope,
+    /// The message. Shared: a transport that must keep it until it is settled (to put it back
+    /// if its consumer goes away) holds another reference instead of a copy.
+    pub envelope: Arc<Envelope>,
     /// True when the transport knows it delivered this message before (a crashed consumer's
     /// lease expired, a channel closed before the ack).
     pub redelivered: bool,
@@ -132,6 +133,16 @@ impl std::fmt::Debug for Delivery {
 impl Delivery {
     /// Wrap a message for a consumer. `tag` is what `settler` needs to find it again.
     pub fn new(envelope: Envelope, redelivered: bool, tag: u64, settler: Arc<dyn Settle>) -> Self {
+        Self::shared(Arc::new(envelope), redelivered, tag, settler)
+    }
+
+    /// [`new`](Self::new) with a message the transport keeps a reference to as well.
+    pub fn shared(
+        envelope: Arc<Envelope>,
+        redelivered: bool,
+        tag: u64,
+        settler: Arc<dyn Settle>,
+    ) -> Self {
         Delivery {
             envelope,
             redelivered,
@@ -161,11 +172,11 @@ impl Delivery {
     /// Split into the envelope and a handle that settles it later.
     pub fn into_parts(self) -> (Envelope, Settler) {
         let (envelope, settler, _) = self.into_traced_parts();
-        (envelope, settler)
+        (Arc::unwrap_or_clone(envelope), settler)
     }
 
     /// [`into_parts`](Self::into_parts), with the trace context when the transport gave it.
-    pub(crate) fn into_traced_parts(self) -> (Envelope, Settler, Option<TraceContext>) {
+    pub(crate) fn into_traced_parts(self) -> (Arc<Envelope>, Settler, Option<TraceContext>) {
         (
             self.envelope,
             Settler {

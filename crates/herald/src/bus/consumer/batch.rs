@@ -133,13 +133,7 @@ async fn run_batch(batch: Vec<Delivery>, shared: Arc<Shared>) {
         return;
     };
     let started = std::time::Instant::now();
-    let parts: Vec<_> = batch
-        .into_iter()
-        .map(|d| {
-            let (envelope, settler, trace) = d.into_traced_parts();
-            (Arc::new(envelope), settler, trace)
-        })
-        .collect();
+    let parts: Vec<_> = batch.into_iter().map(|d| d.into_traced_parts()).collect();
     // Bodies over the limit are refused on their own; the handler gets the rest.
     let mut verdicts: Vec<Option<HandlerResult>> = parts
         .iter()

@@ -27,13 +27,7 @@ type Call = Pin<Box<dyn Future<Output = Option<u64>> + Send>>;
 /// about 1 KiB takes glibc's slow allocation path on every message.
 fn call(delivery: Delivery, shared: &Arc<Shared>, key: Option<u64>) -> Call {
     let (envelope, settler, trace) = delivery.into_traced_parts();
-    Box::pin(process(
-        Arc::new(envelope),
-        settler,
-        trace,
-        shared.clone(),
-        key,
-    ))
+    Box::pin(process(envelope, settler, trace, shared.clone(), key))
 }
 
 /// The calls in flight and, with an order key, the deliveries waiting behind them.

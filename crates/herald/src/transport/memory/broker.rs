@@ -6,7 +6,7 @@
 use std::cmp::Ordering;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::hash::{BuildHasherDefault, Hasher};
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, Ordering as AtomicOrdering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::Waker;
 use std::time::Instant;
@@ -87,7 +87,9 @@ pub(super) struct QueueState {
     pub spec: QueueSpec,
     pub ready: Ready,
     pub delayed: u64,
-    pub in_flight: u64,
+    /// Taken and not yet settled. An atomic its consumers' settlers share, so that an ack
+    /// (the common settlement) never takes the broker's lock the publishers contend for.
+    pub in_flight: Arc<AtomicU64>,
     pub dead: VecDeque<Envelope>,
     pub consumers: u64,
     /// Consumers waiting for a message; all are woken when one arrives.
@@ -104,7 +106,7 @@ impl QueueState {
             },
             spec: spec.clone(),
             delayed: 0,
-            in_flight: 0,
+            in_flight: Arc::default(),
             dead: VecDeque::new(),
             consumers: 0,
             waiting: Vec::new(),
@@ -182,6 +184,13 @@ impl Ready {
             Ready::Priority(h) => h.pop().map(|p| p.stored),
         }
     }
+}
+
+/// Take `n` off an in-flight count, never below zero.
+pub(super) fn settled_in_flight(count: &AtomicU64, n: u64) {
+    let _ = count.fetch_update(AtomicOrdering::Relaxed, AtomicOrdering::Relaxed, |c| {
+        Some(c.saturating_sub(n))
+    });
 }
 
 pub(super) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -290,7 +299,7 @@ impl State {
                     self.dead_letter(queue, stored.envelope, &failure);
                 }
                 _ => {
-                    q.in_flight += 1;
+                    q.in_flight.fetch_add(1, AtomicOrdering::Relaxed);
                     return Some(stored);
                 }
             }

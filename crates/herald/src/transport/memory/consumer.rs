@@ -8,7 +8,7 @@
 use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering as AtomicOrdering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering as AtomicOrdering};
 use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -17,7 +17,7 @@ use async_trait::async_trait;
 use futures::task::AtomicWaker;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
-use super::broker::{lock, Broker, FxMap};
+use super::broker::{lock, settled_in_flight, Broker, FxMap};
 use super::Connection;
 use crate::envelope::Envelope;
 use crate::error::{Error, Result};
@@ -26,13 +26,15 @@ use crate::transport::{Delivery, DeliverySource, Outcome, Settle};
 /// How many messages a consumer takes under one lock at most.
 const TAKE_BATCH: usize = 64;
 
-/// Settles one consumer's deliveries, and keeps a copy of each until it is settled so that it
-/// can go back to the queue if it never is.
+/// Settles one consumer's deliveries, and keeps a reference to each until it is settled so that
+/// it can go back to the queue if it never is.
 pub(super) struct MemorySettler {
     pub broker: Arc<Broker>,
     pub queue: Arc<str>,
     pub auto_delete: bool,
-    in_flight: Mutex<FxMap<u64, Envelope>>,
+    /// The queue's count of messages taken and not settled (shared with the broker's state).
+    queue_in_flight: Arc<AtomicU64>,
+    in_flight: Mutex<FxMap<u64, Arc<Envelope>>>,
     /// Deliveries handed out and not yet settled (the prefetch window's use).
     unsettled: AtomicUsize,
     /// The consumer, when it waits for room in its prefetch window.
@@ -40,11 +42,17 @@ pub(super) struct MemorySettler {
 }
 
 impl MemorySettler {
-    pub fn new(broker: Arc<Broker>, queue: Arc<str>, auto_delete: bool) -> Self {
+    pub fn new(
+        broker: Arc<Broker>,
+        queue: Arc<str>,
+        auto_delete: bool,
+        queue_in_flight: Arc<AtomicU64>,
+    ) -> Self {
         MemorySettler {
             broker,
             queue,
             auto_delete,
+            queue_in_flight,
             in_flight: Mutex::default(),
             unsettled: AtomicUsize::new(0),
             room: AtomicWaker::new(),
@@ -84,15 +92,13 @@ impl MemorySettler {
 
     /// Everything taken and not settled goes back to the queue, marked redelivered.
     pub fn requeue_unsettled(&self) {
-        let unsettled: Vec<Envelope> = lock(&self.in_flight).drain().map(|(_, e)| e).collect();
+        let unsettled: Vec<Arc<Envelope>> = lock(&self.in_flight).drain().map(|(_, e)| e).collect();
         self.unsettled
             .fetch_sub(unsettled.len(), AtomicOrdering::AcqRel);
+        settled_in_flight(&self.queue_in_flight, unsettled.len() as u64);
         let mut state = lock(&self.broker.state);
-        if let Some(q) = state.queues.get_mut(&self.queue) {
-            q.in_flight = q.in_flight.saturating_sub(unsettled.len() as u64);
-        }
         for e in unsettled {
-            state.enqueue(&self.queue, e, true);
+            state.enqueue(&self.queue, Arc::unwrap_or_clone(e), true);
         }
     }
 }
@@ -106,24 +112,23 @@ impl Settle for MemorySettler {
                 format!("delivery {tag} was already settled"),
             ));
         }
-        let mut state = lock(&self.broker.state);
-        if let Some(q) = state.queues.get_mut(&self.queue) {
-            q.in_flight = q.in_flight.saturating_sub(1);
-        }
         match outcome {
-            Outcome::Ack => {}
+            Outcome::Ack => settled_in_flight(&self.queue_in_flight, 1),
             Outcome::DeadLetter(failure) => {
-                state.dead_letter(&self.queue, envelope.clone(), &failure)
+                // Under the lock, so statistics never show it neither in flight nor dead.
+                let mut state = lock(&self.broker.state);
+                state.dead_letter(&self.queue, envelope.clone(), &failure);
+                settled_in_flight(&self.queue_in_flight, 1);
             }
             Outcome::Retry { delay, failure } => {
                 let mut next = envelope.clone();
                 failure.record(&mut next);
                 next.attempt += 1;
-                drop(state);
+                settled_in_flight(&self.queue_in_flight, 1);
                 self.schedule(next, delay, true);
             }
             Outcome::Release { delay } => {
-                drop(state);
+                settled_in_flight(&self.queue_in_flight, 1);
                 self.schedule(envelope.clone(), delay, true);
             }
         }
@@ -196,11 +201,12 @@ impl MemoryConsumer {
                 break;
             };
             let tag = s.broker.next_tag.fetch_add(1, AtomicOrdering::Relaxed);
-            in_flight.insert(tag, stored.envelope.clone());
+            let envelope = Arc::new(stored.envelope);
+            in_flight.insert(tag, envelope.clone());
             s.unsettled.fetch_add(1, AtomicOrdering::AcqRel);
             self.buffer.push_back((
                 tag,
-                Delivery::new(stored.envelope, stored.redelivered, tag, s.clone()),
+                Delivery::shared(envelope, stored.redelivered, tag, s.clone()),
             ));
         }
         if self.buffer.is_empty() {
@@ -219,11 +225,9 @@ impl MemoryConsumer {
         }
         for (tag, d) in std::mem::take(&mut self.buffer) {
             if self.settler.finish(tag) {
+                settled_in_flight(&self.settler.queue_in_flight, 1);
                 let mut state = lock(&self.settler.broker.state);
-                if let Some(q) = state.queues.get_mut(&self.settler.queue) {
-                    q.in_flight = q.in_flight.saturating_sub(1);
-                }
-                state.enqueue(&self.settler.queue, d.envelope, true);
+                state.enqueue(&self.settler.queue, Arc::unwrap_or_clone(d.envelope), true);
             }
         }
         let mut state = lock(&self.settler.broker.state);
@@ -276,5 +280,81 @@ impl DeliverySource for MemoryConsumer {
 impl Drop for MemoryConsumer {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+
+    use super::super::MemoryTransport;
+    use crate::topology::{QueueSpec, Topology};
+    use crate::transport::{
+        ConsumeOptions, Failure, Outcome, PublishOptions, QueueStatistics, Transport,
+    };
+    use crate::Envelope;
+    use tokio_util::sync::CancellationToken;
+
+    async fn in_flight_and_dead(t: &MemoryTransport) -> (u64, u64) {
+        let stats = t.queue_stats().await.expect("stats");
+        let q = stats.iter().find(|s| s.queue == "q").expect("queue q");
+        (
+            q.in_flight.unwrap_or(u64::MAX),
+            q.dead_letters.unwrap_or(u64::MAX),
+        )
+    }
+
+    /// The in-flight count follows takes and settlements of every kind, and a delivery's
+    /// envelope is the one the queue keeps for a requeue (shared, not copied).
+    #[tokio::test]
+    async fn in_flight_counts_follow_settlements() {
+        let t = MemoryTransport::new();
+        let spec = QueueSpec::new("q", "a.#");
+        let mut topology = Topology::new("x");
+        topology.queues.push(spec.clone());
+        t.apply_topology(&topology).await.expect("topology");
+        let batch: Vec<Envelope> = (0..3)
+            .map(|_| Envelope::new("a.b", 1, "a.b", "svc", Bytes::from_static(b"{}")))
+            .collect();
+        t.publish_owned("x", batch, PublishOptions::default())
+            .await
+            .expect("publish");
+        let mut rx = t
+            .consume(
+                &spec,
+                ConsumeOptions { prefetch: 10 },
+                CancellationToken::new(),
+            )
+            .await
+            .expect("consume");
+        let mut taken = Vec::new();
+        for _ in 0..3 {
+            taken.push(rx.recv().await.expect("a delivery"));
+        }
+        assert_eq!(in_flight_and_dead(&t).await, (3, 0));
+        assert!(
+            std::sync::Arc::strong_count(&taken[0].envelope) >= 2,
+            "the queue keeps a reference until it is settled"
+        );
+        let mut taken = taken.into_iter();
+        let first = taken.next().expect("first");
+        first.ack().await.expect("ack");
+        assert_eq!(in_flight_and_dead(&t).await, (2, 0));
+        let second = taken.next().expect("second");
+        let failure = Failure::now(&second.envelope, "q", "handler", "boom");
+        second
+            .settle(Outcome::DeadLetter(failure))
+            .await
+            .expect("dead letter");
+        assert_eq!(in_flight_and_dead(&t).await, (1, 1));
+        drop(rx);
+        let third = taken.next().expect("third");
+        third
+            .settle(Outcome::Release {
+                delay: std::time::Duration::ZERO,
+            })
+            .await
+            .expect("release");
+        assert_eq!(in_flight_and_dead(&t).await, (0, 1));
     }
 }

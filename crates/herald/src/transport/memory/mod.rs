@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering as AtomicOrdering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 
 use async_trait::async_trait;
+use smallvec::SmallVec;
 use tokio_util::sync::CancellationToken;
 
 use crate::envelope::Envelope;
@@ -181,7 +182,7 @@ impl Transport for MemoryTransport {
         cancel: CancellationToken,
     ) -> Result<Deliveries> {
         self.closed_check()?;
-        let name = {
+        let (name, in_flight) = {
             let mut state = lock(&self.broker.state);
             let Some(name) = state
                 .queues
@@ -196,15 +197,20 @@ impl Transport for MemoryTransport {
                     ),
                 ));
             };
-            if let Some(q) = state.queues.get_mut(&name) {
-                q.consumers += 1;
-            }
-            name
+            let in_flight = match state.queues.get_mut(&name) {
+                Some(q) => {
+                    q.consumers += 1;
+                    q.in_flight.clone()
+                }
+                None => Arc::default(),
+            };
+            (name, in_flight)
         };
         let settler = Arc::new(MemorySettler::new(
             self.broker.clone(),
             name,
             queue.auto_delete,
+            in_flight,
         ));
         lock(&self.conn.consumers).push(Arc::downgrade(&settler));
         Ok(Deliveries::from_source(MemoryConsumer::new(
@@ -228,8 +234,8 @@ fn route_all(
     exchange: &str,
     batch: &[Envelope],
     options: PublishOptions,
-) -> Result<Vec<broker::Targets>> {
-    let mut routed = Vec::with_capacity(batch.len());
+) -> Result<SmallVec<[broker::Targets; 1]>> {
+    let mut routed = SmallVec::with_capacity(batch.len());
     for envelope in batch {
         let targets = state.route(exchange, &envelope.routing_key);
         if targets.is_empty() && options.require_route {
@@ -314,7 +320,7 @@ impl QueueStatistics for MemoryTransport {
             .map(|(name, q)| QueueStats {
                 queue: name.to_string(),
                 ready: Some(q.ready.len() as u64),
-                in_flight: Some(q.in_flight),
+                in_flight: Some(q.in_flight.load(AtomicOrdering::Relaxed)),
                 delayed: Some(q.delayed),
                 dead_letters: Some(q.dead.len() as u64),
                 consumers: Some(q.consumers),
