@@ -272,7 +272,7 @@ pub(crate) fn decode_reply<Resp: serde::de::DeserializeOwned>(reply: &Envelope) 
     if let Some(error) = reply.headers.get(header::REPLY_ERROR) {
         return Err(Error::RequestFailed(format!("the responder said: {error}")));
     }
-    serde_json::from_slice(&reply.body).map_err(|e| {
+    crate::handler::decode_json(&reply.body).map_err(|e| {
         Error::RequestFailed(format!(
             "the reply is not a {}: {e}",
             std::any::type_name::<Resp>()
