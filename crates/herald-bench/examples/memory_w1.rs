@@ -7,6 +7,11 @@
 use herald::QueueKind;
 use herald_bench::w1;
 
+/// jemalloc, as in the `herald` binary: bus and raw baseline alike run on it.
+#[cfg(not(target_env = "msvc"))]
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 #[tokio::main(flavor = "multi_thread")]
 async fn main() -> Result<(), String> {
     let args: Vec<String> = std::env::args().collect();

@@ -23,6 +23,11 @@ fn median(mut v: Vec<W1Figures>) -> W1Figures {
     }
 }
 
+/// jemalloc, as in the `herald` binary: bus and raw baseline alike run on it.
+#[cfg(not(target_env = "msvc"))]
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> Result<(), String> {
     let args: Vec<String> = std::env::args().collect();
