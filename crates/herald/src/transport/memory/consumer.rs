@@ -243,12 +243,19 @@ impl MemoryConsumer {
 
 impl DeliverySource for MemoryConsumer {
     fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Option<Delivery>> {
-        if self.done || self.cancel.is_cancelled() || !self.connected() {
+        // A closed connection has put back what this consumer buffered: none of it goes out.
+        if self.done || !self.connected() {
             self.stop();
             return Poll::Ready(None);
         }
+        // The cancellation token (a lock) is asked once per take, not once per message: what
+        // the last take buffered is still handed out, as a broker's prefetched messages are.
         if let Some((_, d)) = self.buffer.pop_front() {
             return Poll::Ready(Some(d));
+        }
+        if self.cancel.is_cancelled() {
+            self.stop();
+            return Poll::Ready(None);
         }
         let room = |c: &Self| {
             c.prefetch

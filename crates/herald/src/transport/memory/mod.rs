@@ -147,8 +147,8 @@ impl Transport for MemoryTransport {
         let mut state = lock(&self.broker.state);
         let routed = route_all(&mut state, exchange, batch, options)?;
         for (envelope, targets) in batch.iter().zip(routed) {
-            for t in targets {
-                state.enqueue(&t, envelope.clone(), false);
+            for t in targets.iter() {
+                state.enqueue(t, envelope.clone(), false);
             }
         }
         Ok(())
@@ -244,7 +244,7 @@ fn route_all(
                 routing_key: envelope.routing_key.clone(),
             });
         }
-        for t in &targets {
+        for t in targets.iter() {
             if let Some(q) = state.queues.get(t) {
                 if let Some(max) = q.spec.max_length {
                     if q.ready.len() as u64 >= max {
