@@ -3,7 +3,8 @@
 //! versions of the runs docs/high-availability.md describes.
 //!
 //! - `herald chaos` on a 3-node RabbitMQ cluster with `scripts/cluster.sh kill-random` as the
-//!   fault command: the checker's RESULT says nothing lost and nothing reordered.
+//!   fault command: the checker's RESULT says nothing lost and nothing reordered (on RabbitMQ
+//!   before 4.2, no more than its leader failover bug can cause).
 //! - the same on a 3-node NATS cluster with JetStream (R3 streams, the default when the URL lists
 //!   several servers).
 //! - `herald demo` with its single node killed -9 and restarted mid-run (the case the demo's
@@ -30,8 +31,13 @@ fn field(fields: &std::collections::HashMap<String, String>, key: &str) -> u64 {
 }
 
 /// `herald chaos` with 4,000 events over 8 keys at 250/s, `fault` run twice (6 s apart, the
-/// first after 3 s); its RESULT fields once the checker judged the run.
-async fn chaos(url: String, fault: String) -> std::collections::HashMap<String, String> {
+/// first after 3 s); its RESULT fields once the checker judged the run, which found at most
+/// `max_reordered` events out of order.
+async fn chaos(
+    url: String,
+    fault: String,
+    max_reordered: u64,
+) -> std::collections::HashMap<String, String> {
     let dir = tempfile::tempdir().unwrap();
     let out = tokio::task::spawn_blocking(move || {
         herald(
@@ -65,7 +71,11 @@ async fn chaos(url: String, fault: String) -> std::collections::HashMap<String, 
     let fields = result(&out);
     assert_eq!(field(&fields, "events"), 4000);
     assert_eq!(field(&fields, "lost"), 0);
-    assert_eq!(field(&fields, "reordered"), 0);
+    assert!(
+        field(&fields, "reordered") <= max_reordered,
+        "reordered={} beyond {max_reordered}",
+        fields["reordered"]
+    );
     assert_eq!(field(&fields, "faults"), 2);
     assert_eq!(fields["quiescent"], "yes");
     fields
@@ -76,7 +86,12 @@ async fn chaos_on_a_cluster_with_random_node_kills_loses_nothing() {
     let cluster = Cluster::rabbitmq(CLUSTER_PORT, 3)
         .await
         .expect("own 3-node cluster");
-    let fields = chaos(cluster.url(), cluster.shell_command("kill-random")).await;
+    // RabbitMQ before 4.2 resends a quorum queue's in-flight messages in reverse after a leader
+    // change (docs/high-availability.md): a kill that hits the leader may reorder up to the
+    // consumer's window; from 4.2 the bound is 0.
+    let bound =
+        herald_testkit::rabbitmq_failover_reorder_bound(2, herald::Config::default().prefetch);
+    let fields = chaos(cluster.url(), cluster.shell_command("kill-random"), bound).await;
     for key in [
         "duplicates",
         "failover_p99_ms",
@@ -97,7 +112,7 @@ async fn chaos_on_a_nats_cluster_with_random_node_kills_loses_nothing() {
     // ack_wait, behind later ones (docs/nats.md). A short ack_wait keeps that wait short.
     let url = format!("{}?max_ack_pending=1&ack_wait=5s", cluster.url());
     assert!(url.starts_with("nats://"), "{url}");
-    chaos(url, cluster.shell_command("kill-random")).await;
+    chaos(url, cluster.shell_command("kill-random"), 0).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

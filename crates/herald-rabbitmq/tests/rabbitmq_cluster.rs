@@ -4,7 +4,7 @@
 //! started again), twice: the second kill takes the leader elected after the first. The history
 //! checker judges the run: nothing confirmed lost, each key's events in order (on RabbitMQ 4.2
 //! and later; before it a failover may resend missing deliveries out of order, see
-//! `common::quorum_failover_keeps_order`); duplicates are counted. Publishes are confirmed through the leader changes, consumers move to a surviving
+//! `herald_testkit::rabbitmq_failover_keeps_order`); duplicates are counted. Publishes are confirmed through the leader changes, consumers move to a surviving
 //! node, the topology is declared again, and unconfirmed publishes are published again.
 //!
 //! The long version (100,000 events through 5 kills) is `herald chaos`; see
@@ -72,7 +72,7 @@ async fn a_cluster_loses_nothing_and_keeps_order_through_kills_of_the_leaders_no
     assert_eq!(verdict.events, u64::from(keys) * per_key);
     assert_eq!(verdict.lost, 0, "{verdict}");
     // In order, but for RabbitMQ before 4.2 resending a failed-over consumer's missing
-    // deliveries in reverse (common::quorum_failover_keeps_order).
+    // deliveries in reverse (herald_testkit::rabbitmq_failover_keeps_order).
     assert!(
         verdict.reordered <= common::failover_reorder_bound(faults_during_publishing),
         "reordered beyond what the broker's failover explains: {verdict}"

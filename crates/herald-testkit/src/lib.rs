@@ -254,6 +254,36 @@ impl Cluster {
     }
 }
 
+/// Whether the installed RabbitMQ (`rabbitmqctl version`, the same release as the nodes the
+/// fault tests start) hands a quorum queue's missing deliveries back in order after a leader
+/// change. Before 4.2 the new leader resent the messages a consumer had not received in reverse
+/// (rabbitmq-server#14386, fixed by #16008 in 4.2.x), so events lost in flight during a leader
+/// failover could be handled after later ones of their key.
+pub fn rabbitmq_failover_keeps_order() -> bool {
+    let out = std::process::Command::new("rabbitmqctl")
+        .arg("version")
+        .output()
+        .ok()
+        .filter(|o| o.status.success());
+    let version = out
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default();
+    let mut parts = version.split('.').map(|p| p.parse::<u32>().unwrap_or(0));
+    let (major, minor) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+    (major, minor) >= (4, 2)
+}
+
+/// The reorderings `faults` RabbitMQ leader failovers may cause, for a consumer with `prefetch`
+/// unsettled messages: none where [`rabbitmq_failover_keeps_order`], else at most its window
+/// per fault.
+pub fn rabbitmq_failover_reorder_bound(faults: usize, prefetch: usize) -> u64 {
+    if rabbitmq_failover_keeps_order() {
+        0
+    } else {
+        (faults * prefetch) as u64
+    }
+}
+
 impl Drop for Cluster {
     fn drop(&mut self) {
         // Synchronous: drop runs outside async code too (a panicking test). Bounded by the

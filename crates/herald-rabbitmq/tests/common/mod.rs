@@ -72,31 +72,9 @@ pub async fn delete_queue_set(exchange: &str, queue: &herald::QueueSpec) {
     let _ = conn.close().await;
 }
 
-/// Whether the installed RabbitMQ (`rabbitmqctl version`, the same release as the nodes the
-/// fault tests start) hands a quorum queue's missing deliveries back in order after a leader
-/// change. Before 4.2 the new leader resent the messages a consumer had not received in reverse
-/// (rabbitmq-server#14386, fixed by #16008 in 4.2.x), so events lost in flight during a leader
-/// failover could be handled after later ones of their key.
-pub fn quorum_failover_keeps_order() -> bool {
-    let out = std::process::Command::new("rabbitmqctl")
-        .arg("version")
-        .output()
-        .ok()
-        .filter(|o| o.status.success());
-    let version = out
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-        .unwrap_or_default();
-    let mut parts = version.split('.').map(|p| p.parse::<u32>().unwrap_or(0));
-    let (major, minor) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
-    (major, minor) >= (4, 2)
-}
-
-/// The reorderings a leader failover may cause on a broker where
-/// [`quorum_failover_keeps_order`] is false: at most the consumer's prefetch window per fault.
+/// The reorderings a leader failover may cause (see
+/// [`herald_testkit::rabbitmq_failover_keeps_order`]): at most the consumer's prefetch window
+/// per fault on a broker before 4.2.
 pub fn failover_reorder_bound(faults: usize) -> u64 {
-    if quorum_failover_keeps_order() {
-        0
-    } else {
-        faults as u64 * herald::Config::default().prefetch as u64
-    }
+    herald_testkit::rabbitmq_failover_reorder_bound(faults, herald::Config::default().prefetch)
 }
