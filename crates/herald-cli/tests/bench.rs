@@ -93,3 +93,39 @@ fn raw_on_a_broker_without_a_raw_client_is_refused() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("amqp://"), "{stderr}");
 }
+
+/// On NATS the raw baseline can send `Nats-Msg-Id` too (the server's de-duplication, which
+/// Herald's publishes ask for); the RESULT line says which baseline it was.
+#[test]
+fn nats_run_against_raw_with_msg_ids_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let r = result(&herald(
+        dir.path(),
+        &[
+            "bench",
+            "--broker",
+            "nats://127.0.0.1:4222",
+            "--events",
+            "2000",
+            "--raw",
+            "--raw-msg-id",
+        ],
+    ));
+    assert_eq!(r["transport"], "nats");
+    assert_eq!(r["baseline"], "raw-msg-id");
+    let ratio = positive(&r, "ratio");
+    let (herald_eps, raw_eps) = (positive(&r, "herald_eps"), positive(&r, "raw_eps"));
+    assert!((ratio - herald_eps / raw_eps).abs() < 0.01, "{r:?}");
+}
+
+#[test]
+fn raw_msg_id_off_nats_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = herald(
+        dir.path(),
+        &["bench", "--broker", "memory://", "--raw", "--raw-msg-id"],
+    );
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("nats://"), "{stderr}");
+}

@@ -28,6 +28,10 @@ pub struct Args {
     /// broker's CPU per event
     #[arg(long)]
     raw: bool,
+    /// NATS, with --raw: the raw baseline sends `Nats-Msg-Id` too, so the server's
+    /// de-duplication (which every Herald publish asks for) costs both sides alike
+    #[arg(long, requires = "raw")]
+    raw_msg_id: bool,
     /// RabbitMQ: use quorum queues
     #[arg(long)]
     quorum: bool,
@@ -107,6 +111,9 @@ pub async fn run(mut config: Config, args: Args) -> CliResult<()> {
     if args.quorum && transport != "rabbitmq" {
         return Err("--quorum applies to amqp:// brokers".into());
     }
+    if args.raw_msg_id && transport != "nats" {
+        return Err("--raw-msg-id applies to nats:// brokers".into());
+    }
     if args.raw && !matches!(transport, "rabbitmq" | "nats" | "kafka") {
         return Err(
             "--raw compares with the raw client of amqp://, nats:// and kafka:// brokers".into(),
@@ -146,6 +153,9 @@ pub async fn run(mut config: Config, args: Args) -> CliResult<()> {
         rounds.push(figures.end_to_end_eps, raw, figures.cpu_us_per_event);
     }
     let mut line = rounds.result_line("w1", transport, args.events);
+    if args.raw_msg_id {
+        line.push_str(" baseline=raw-msg-id");
+    }
     if transport == "rabbitmq" {
         line.push_str(if declares_quorum(&config, args.quorum) {
             " queue=quorum"
@@ -168,9 +178,19 @@ async fn raw_run(transport: &str, broker: &str, args: &Args) -> CliResult<Option
         );
         Ok(Some(raw.end_to_end_eps))
     } else if args.raw && transport == "nats" {
-        let raw = herald_bench::raw_nats::run(broker, args.events).await?;
+        let wire = if args.raw_msg_id {
+            herald_bench::raw_nats::RawWire::MsgId
+        } else {
+            herald_bench::raw_nats::RawWire::Plain
+        };
+        let raw = herald_bench::raw_nats::run_with(broker, args.events, wire).await?;
         eprintln!(
-            "raw async-nats: end to end {:.0}/s, {:.1} µs CPU per event{}",
+            "raw async-nats{}: end to end {:.0}/s, {:.1} µs CPU per event{}",
+            if args.raw_msg_id {
+                " with Nats-Msg-Id"
+            } else {
+                ""
+            },
             raw.eps,
             raw.cpu_us_per_event,
             broker_figure(raw.broker_us_per_event)
