@@ -472,15 +472,15 @@ async fn take(
 /// `$JS.ACK.<stream>.<consumer>.<delivered>.<stream seq>.<consumer seq>.<time>.<pending>`, with a
 /// domain and an account hash after `ACK` and a random token at the end on newer servers.
 fn ack_info(reply: &str) -> (u64, u64) {
-    let tokens: Vec<&str> = reply.split('.').collect();
+    // Read from the end without collecting the tokens: this runs for every message.
+    let tokens = reply.bytes().filter(|&b| b == b'.').count() + 1;
     let from_end = |n: usize| {
-        tokens
-            .len()
-            .checked_sub(n)
-            .and_then(|i| tokens.get(i))
+        reply
+            .rsplit('.')
+            .nth(n.checked_sub(1)?)
             .and_then(|t| t.parse::<u64>().ok())
     };
-    let (sequence, delivered) = if tokens.len() >= 12 {
+    let (sequence, delivered) = if tokens >= 12 {
         (from_end(5), from_end(6))
     } else {
         (from_end(4), from_end(5))
@@ -503,5 +503,7 @@ mod tests {
             (99, 2)
         );
         assert_eq!(ack_info("garbage"), (0, 1));
+        assert_eq!(ack_info("a.b.c"), (0, 1), "too few tokens");
+        assert_eq!(ack_info(""), (0, 1));
     }
 }
