@@ -17,6 +17,14 @@ fn positive(fields: &HashMap<String, String>, key: &str) -> f64 {
     v
 }
 
+/// The RESULT's ratio is Herald's rate over the raw client's, both measured.
+fn assert_ratio_of_the_rates(r: &HashMap<String, String>) {
+    let herald_eps = positive(r, "herald_eps");
+    let raw_eps = positive(r, "raw_eps");
+    let ratio = positive(r, "ratio");
+    assert!((ratio - herald_eps / raw_eps).abs() < 0.01, "{r:?}");
+}
+
 #[test]
 fn memory_run_prints_its_figures_and_the_in_process_floor() {
     let dir = tempfile::tempdir().unwrap();
@@ -57,10 +65,7 @@ fn rabbitmq_run_with_the_raw_baseline_prints_the_ratio() {
     ));
     assert_eq!(r["transport"], "rabbitmq");
     assert_eq!(r["queue"], "classic");
-    let herald_eps = positive(&r, "herald_eps");
-    let raw_eps = positive(&r, "raw_eps");
-    let ratio = positive(&r, "ratio");
-    assert!((ratio - herald_eps / raw_eps).abs() < 0.01, "{r:?}");
+    assert_ratio_of_the_rates(&r);
 }
 
 #[test]
@@ -113,9 +118,7 @@ fn nats_run_against_raw_with_msg_ids_says_so() {
     ));
     assert_eq!(r["transport"], "nats");
     assert_eq!(r["baseline"], "raw-msg-id");
-    let ratio = positive(&r, "ratio");
-    let (herald_eps, raw_eps) = (positive(&r, "herald_eps"), positive(&r, "raw_eps"));
-    assert!((ratio - herald_eps / raw_eps).abs() < 0.01, "{r:?}");
+    assert_ratio_of_the_rates(&r);
 }
 
 #[test]

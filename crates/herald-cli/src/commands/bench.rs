@@ -178,19 +178,15 @@ async fn raw_run(transport: &str, broker: &str, args: &Args) -> CliResult<Option
         );
         Ok(Some(raw.end_to_end_eps))
     } else if args.raw && transport == "nats" {
-        let wire = if args.raw_msg_id {
-            herald_bench::raw_nats::RawWire::MsgId
+        use herald_bench::raw_nats::{run_with, RawWire};
+        let (wire, with) = if args.raw_msg_id {
+            (RawWire::MsgId, " with Nats-Msg-Id")
         } else {
-            herald_bench::raw_nats::RawWire::Plain
+            (RawWire::Plain, "")
         };
-        let raw = herald_bench::raw_nats::run_with(broker, args.events, wire).await?;
+        let raw = run_with(broker, args.events, wire).await?;
         eprintln!(
-            "raw async-nats{}: end to end {:.0}/s, {:.1} µs CPU per event{}",
-            if args.raw_msg_id {
-                " with Nats-Msg-Id"
-            } else {
-                ""
-            },
+            "raw async-nats{with}: end to end {:.0}/s, {:.1} µs CPU per event{}",
             raw.eps,
             raw.cpu_us_per_event,
             broker_figure(raw.broker_us_per_event)
