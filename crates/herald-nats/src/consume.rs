@@ -15,6 +15,7 @@
 //! third of `ack_wait`.
 
 use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
@@ -58,12 +59,35 @@ impl Drop for InFlight {
     }
 }
 
+/// Hashes delivery tags. They are a counter, so one multiplication spreads them over the table
+/// well enough, where SipHash (the default) costs more than the rest of the lookup.
+#[derive(Default)]
+struct TagHasher(u64);
+
+impl Hasher for TagHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0.rotate_left(8) ^ u64::from(b)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+}
+
+type ByTag = HashMap<u64, InFlight, BuildHasherDefault<TagHasher>>;
+
 /// Settles one consumer's deliveries.
 pub(crate) struct NatsSettler {
     shared: Arc<Shared>,
     stream: String,
     queue: String,
-    in_flight: Mutex<HashMap<u64, InFlight>>,
+    in_flight: Mutex<ByTag>,
     next_tag: AtomicU64,
     freed: Arc<Notify>,
 }
@@ -100,12 +124,12 @@ impl NatsSettler {
             headers,
             body: envelope.body.clone(),
         };
-        store_all(
+        Box::pin(store_all(
             &self.shared.js,
             vec![out],
             self.shared.cfg.outage_timeout,
             |_| crate::publish::NoStream::Retry,
-        )
+        ))
         .await
     }
 
@@ -227,7 +251,7 @@ pub(crate) fn start(task: ConsumeTask) -> (Arc<NatsSettler>, mpsc::Receiver<Deli
         shared: task.shared.clone(),
         stream,
         queue: task.spec.name.clone(),
-        in_flight: Mutex::new(HashMap::new()),
+        in_flight: Mutex::new(ByTag::default()),
         next_tag: AtomicU64::new(1),
         freed: Arc::new(Notify::new()),
     });
@@ -465,20 +489,37 @@ async fn take(
     );
     // Redelivered: JetStream delivered this stored message before (a consumer died, a release).
     let redelivered = delivered > 1;
-    Some(Delivery::new(envelope, redelivered, tag, settler.clone()))
+    Some(Delivery::new(envelope, redelivered, tag, settler.clone()).with_trace(extras.trace))
 }
 
 /// The stream sequence and delivery count in a JetStream ack subject:
 /// `$JS.ACK.<stream>.<consumer>.<delivered>.<stream seq>.<consumer seq>.<time>.<pending>`, with a
 /// domain and an account hash after `ACK` and a random token at the end on newer servers.
 fn ack_info(reply: &str) -> (u64, u64) {
-    // Read from the end without collecting the tokens: this runs for every message.
-    let tokens = reply.bytes().filter(|&b| b == b'.').count() + 1;
-    let from_end = |n: usize| {
-        reply
-            .rsplit('.')
-            .nth(n.checked_sub(1)?)
-            .and_then(|t| t.parse::<u64>().ok())
+    // One pass over the bytes (this runs for every message), keeping the last seven tokens
+    // in a ring: token k is at `k % 7`. That covers both forms.
+    let bytes = reply.as_bytes();
+    let mut ring: [&[u8]; 7] = [&[]; 7];
+    let mut tokens = 0usize;
+    let mut start = 0usize;
+    for (i, &b) in bytes.iter().enumerate() {
+        if b == b'.' {
+            ring[tokens % 7] = &bytes[start..i];
+            tokens += 1;
+            start = i + 1;
+        }
+    }
+    ring[tokens % 7] = &bytes[start..];
+    tokens += 1;
+    // The n-th token from the end, 1 being the last.
+    let from_end = |n: usize| -> Option<u64> {
+        if n == 0 || n > 7 || n > tokens {
+            return None;
+        }
+        std::str::from_utf8(ring[(tokens - n) % 7])
+            .ok()?
+            .parse::<u64>()
+            .ok()
     };
     let (sequence, delivered) = if tokens >= 12 {
         (from_end(5), from_end(6))

@@ -342,6 +342,13 @@ impl Transport for NatsTransport {
     ) -> Result<()> {
         self.shared.check_open()?;
         let limit = self.shared.max_payload.saturating_sub(4096).max(1);
+        let outgoing = |e: &Envelope| -> Result<Outgoing> {
+            Ok(Outgoing {
+                subject: names::event_subject(exchange, &e.routing_key),
+                headers: wire::headers(e, &e.id, self.shared.cfg.cloudevents_headers)?,
+                body: e.body.clone(),
+            })
+        };
         let mut out = Vec::with_capacity(batch.len());
         for e in batch {
             names::check_tokens("routing key", &e.routing_key)?;
@@ -367,16 +374,23 @@ impl Transport for NatsTransport {
                     routing_key: e.routing_key.clone(),
                 });
             }
-            out.push(Outgoing {
-                subject: names::event_subject(exchange, &e.routing_key),
-                headers: wire::headers(e, &e.id, self.shared.cfg.cloudevents_headers)?,
-                body: e.body.clone(),
-            });
+            out.push(outgoing(e)?);
+        }
+        // One event stored at the first try (the common case) gives its message away rather
+        // than keeping a copy for another try; only a failed try builds it again.
+        if let [e] = batch {
+            if let Some(one) = out.pop() {
+                if Box::pin(publish::store_once(&self.shared.js, one)).await {
+                    return Ok(());
+                }
+                out.push(outgoing(e)?);
+            }
         }
         let known = lock(&self.shared.declared)
             .iter()
             .any(|t| t.exchange == exchange);
-        publish::store_all(&self.shared.js, out, self.shared.cfg.outage_timeout, |m| {
+        // Boxed, as the rest of the slow path: the future of every publish stays small.
+        let all = publish::store_all(&self.shared.js, out, self.shared.cfg.outage_timeout, |m| {
             if known {
                 // Declared here, so the stream exists: it is moving (a restart, an election).
                 publish::NoStream::Retry
@@ -388,8 +402,8 @@ impl Transport for NatsTransport {
             } else {
                 publish::NoStream::Drop
             }
-        })
-        .await
+        });
+        Box::pin(all).await
     }
 
     async fn consume(

@@ -78,7 +78,17 @@ pub(crate) fn stream_subjects(exchange: &str, stream: &str) -> Vec<String> {
 
 /// The subject an event with `routing_key` is published on.
 pub(crate) fn event_subject(exchange: &str, routing_key: &str) -> String {
-    format!("{}.{routing_key}", exchange_token(exchange))
+    // Built in place (this runs for every publish): the exchange token, a dot, the key.
+    let mut subject = String::with_capacity(exchange.len() + 1 + routing_key.len());
+    for (i, word) in exchange.split('.').enumerate() {
+        if i > 0 {
+            subject.push('~');
+        }
+        subject.push_str(word);
+    }
+    subject.push('.');
+    subject.push_str(routing_key);
+    subject
 }
 
 /// The subject that reaches only `queue`'s consumer.
@@ -122,10 +132,21 @@ pub(crate) fn check_exchange(exchange: &str) -> Result<()> {
 /// Check a name that becomes subject tokens (an exchange, a routing key, a queue): non-empty
 /// words without spaces or NATS wildcards.
 pub(crate) fn check_tokens(what: &str, name: &str) -> Result<()> {
-    let bad = name.is_empty()
-        || name
-            .split('.')
-            .any(|w| w.is_empty() || w.contains(['*', '>', ' ', '\t', '\r', '\n']));
+    // One pass over the bytes (this runs for every publish): no empty word (a leading,
+    // trailing or doubled dot, or no word at all) and none of the characters a subject cannot
+    // carry.
+    let mut previous = b'.';
+    let mut bad = false;
+    for &b in name.as_bytes() {
+        if (b == b'.' && previous == b'.')
+            || matches!(b, b'*' | b'>' | b' ' | b'\t' | b'\r' | b'\n')
+        {
+            bad = true;
+            break;
+        }
+        previous = b;
+    }
+    let bad = bad || previous == b'.';
     if bad {
         return Err(Error::Config(format!(
             "{what} `{}` cannot be a NATS subject: use dot-separated words without spaces, `*` or `>`",
@@ -269,5 +290,9 @@ mod tests {
         assert!(check_tokens("routing key", "a b").is_err());
         assert!(check_tokens("routing key", "a.>").is_err());
         assert!(check_tokens("routing key", "").is_err());
+        for bad in ["a..b", ".a", "a.", ".", "a\tb", "a*"] {
+            assert!(check_tokens("routing key", bad).is_err(), "{bad:?}");
+        }
+        assert!(check_tokens("routing key", "order.placed.v2").is_ok());
     }
 }

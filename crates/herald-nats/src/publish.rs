@@ -59,39 +59,21 @@ fn classify(e: &jetstream::context::PublishError) -> Failed {
     }
 }
 
-/// Send one message and wait for its ack: `None` once it is stored.
-async fn attempt(js: &jetstream::Context, m: &Outgoing) -> Option<Failed> {
-    let publish = PublishMessage::build()
-        .payload(m.body.clone())
-        .headers(m.headers.clone());
-    match js.send_publish(m.subject.clone(), publish).await {
-        Ok(ack) => ack.await.err().map(|e| classify(&e)),
-        Err(e) => Some(classify(&e)),
+/// Send `m` and wait for its ack, keeping no copy: whether it was stored. A message that was
+/// not (any failure) is for [`store_all`] to send again, from a copy of its own.
+pub(crate) async fn store_once(js: &jetstream::Context, m: Outgoing) -> bool {
+    let publish = PublishMessage::build().payload(m.body).headers(m.headers);
+    match js.send_publish(m.subject, publish).await {
+        Ok(ack) => ack.await.is_ok(),
+        Err(_) => false,
     }
 }
 
-/// Store every message, in order of sending, waiting for each ack. `no_stream` says what a
-/// missing stream means for a message.
+/// Store every message, in order of sending, waiting for each ack: what is not yet stored is
+/// sent again, round after round, until it is or `timeout` has passed. `no_stream` says what a
+/// missing stream means for a message. (A publish tries [`store_once`] first: this keeps a copy
+/// of each message for the next round.)
 pub(crate) async fn store_all(
-    js: &jetstream::Context,
-    batch: Vec<Outgoing>,
-    timeout: Duration,
-    no_stream: impl Fn(&Outgoing) -> NoStream,
-) -> Result<()> {
-    // The common case is one message stored at the first try; anything else (a batch, a
-    // failed attempt) runs in a future of its own. Both are boxed, and the caller's future
-    // (boxed for every publish) stays small: async-nats's publish future alone is over 800
-    // bytes, and an allocation over about 1 KiB takes glibc's slow path on every event.
-    if let [one] = batch.as_slice() {
-        if Box::pin(attempt(js, one)).await.is_none() {
-            return Ok(());
-        }
-    }
-    Box::pin(rounds(js, batch, timeout, no_stream)).await
-}
-
-/// Send what is not yet stored, round after round, until it is or `timeout` has passed.
-async fn rounds(
     js: &jetstream::Context,
     batch: Vec<Outgoing>,
     timeout: Duration,

@@ -16,6 +16,7 @@
 //! again. Waiting out a request's expiry instead left a consumer idle for many seconds after
 //! every failover.
 
+use std::pin::Pin;
 use std::time::Duration;
 
 use async_nats::jetstream::consumer::pull::BatchConfig;
@@ -23,6 +24,7 @@ use async_nats::{Client, StatusCode, Subject, Subscriber};
 use futures::StreamExt;
 use herald::error::{Error, Result};
 use tokio::sync::watch;
+use tokio::time::{Instant, Sleep};
 
 /// Counts the client's (re)connections; every puller is woken when it moves.
 pub(crate) type Reconnects = watch::Sender<u64>;
@@ -50,6 +52,11 @@ pub(crate) struct Puller {
     heartbeat: Duration,
     expires: Duration,
     reconnects: watch::Receiver<u64>,
+    /// When the server was last heard from (a message, a status) or last asked.
+    heard: Instant,
+    /// Fires once `heard` is two heartbeats old. Kept armed across calls rather than made anew
+    /// for every message: it is pushed back only when it fires early.
+    silence: Pin<Box<Sleep>>,
 }
 
 impl Puller {
@@ -76,6 +83,8 @@ impl Puller {
             heartbeat: (expires / 2).min(Duration::from_secs(2)),
             expires,
             reconnects: reconnects.subscribe(),
+            heard: Instant::now(),
+            silence: Box::pin(tokio::time::sleep(Duration::ZERO)),
         })
     }
 
@@ -102,6 +111,7 @@ impl Puller {
             .await
             .map_err(|e| Error::transport("nats", format!("sending a pull request: {e}")))?;
         self.outstanding += n;
+        self.heard = Instant::now();
         Ok(())
     }
 
@@ -115,7 +125,6 @@ impl Puller {
                     return Some(Pulled::Reset);
                 }
             }
-            let silence = self.heartbeat * 2;
             let watching = self.outstanding > 0;
             let message = tokio::select! {
                 // The sender lives as long as the transport that owns this puller.
@@ -124,11 +133,18 @@ impl Puller {
                     continue;
                 }
                 m = self.sub.next() => m?,
-                _ = tokio::time::sleep(silence), if watching => {
+                _ = self.silence.as_mut(), if watching => {
+                    let due = self.heard + self.heartbeat * 2;
+                    if due > Instant::now() {
+                        // Heard from since it was set: wait until two heartbeats after that.
+                        self.silence.as_mut().reset(due);
+                        continue;
+                    }
                     self.outstanding = 0;
                     return Some(Pulled::Reset);
                 }
             };
+            self.heard = Instant::now();
             match message.status {
                 None | Some(StatusCode::OK) => {
                     self.outstanding = self.outstanding.saturating_sub(1);

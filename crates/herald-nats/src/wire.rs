@@ -149,6 +149,9 @@ pub(crate) struct Extras {
     pub expires_at: Option<i64>,
     /// Not to be handled before (Unix ms).
     pub not_before: Option<i64>,
+    /// The trace context of the envelope's `traceparent`, when it was derived from the id here
+    /// (the consumer need not parse it again).
+    pub trace: Option<TraceContext>,
 }
 
 /// Read an envelope from a message's headers and payload; `routing_key` is what its subject
@@ -174,7 +177,7 @@ pub(crate) fn envelope(
                 PRIORITY => priority = v.parse().unwrap_or(0),
                 ROUTING_KEY => key = Cow::Owned(v.to_string()),
                 other if other.starts_with("Nats-") => {}
-                other => attributes.set(other.to_string(), Cow::Owned(v.to_string())),
+                other => attributes.set(other, Cow::Borrowed(v)),
             }
         }
     }
@@ -195,7 +198,9 @@ pub(crate) fn envelope(
         {
             attributes.time.get_or_insert(time);
             if attributes.traceparent.is_none() {
-                attributes.traceparent = Some(TraceContext::for_event_uuid(&id).to_traceparent());
+                let trace = TraceContext::for_event_uuid(&id);
+                attributes.traceparent = Some(trace.to_traceparent());
+                extras.trace = Some(trace);
             }
         }
     }
