@@ -496,27 +496,21 @@ async fn take(
 /// `$JS.ACK.<stream>.<consumer>.<delivered>.<stream seq>.<consumer seq>.<time>.<pending>`, with a
 /// domain and an account hash after `ACK` and a random token at the end on newer servers.
 fn ack_info(reply: &str) -> (u64, u64) {
-    // One pass over the bytes (this runs for every message), keeping the last seven tokens
-    // in a ring: token k is at `k % 7`. That covers both forms.
+    // This runs for every message: the dots are counted (a loop the compiler vectorizes),
+    // then only the tail is walked, backwards, to the token wanted.
     let bytes = reply.as_bytes();
-    let mut ring: [&[u8]; 7] = [&[]; 7];
-    let mut tokens = 0usize;
-    let mut start = 0usize;
-    for (i, &b) in bytes.iter().enumerate() {
-        if b == b'.' {
-            ring[tokens % 7] = &bytes[start..i];
-            tokens += 1;
-            start = i + 1;
-        }
-    }
-    ring[tokens % 7] = &bytes[start..];
-    tokens += 1;
+    let tokens = bytes.iter().filter(|&&b| b == b'.').count() + 1;
     // The n-th token from the end, 1 being the last.
     let from_end = |n: usize| -> Option<u64> {
-        if n == 0 || n > 7 || n > tokens {
-            return None;
+        let mut end = bytes.len();
+        for _ in 1..n {
+            end = bytes[..end].iter().rposition(|&b| b == b'.')?;
         }
-        std::str::from_utf8(ring[(tokens - n) % 7])
+        let start = bytes[..end]
+            .iter()
+            .rposition(|&b| b == b'.')
+            .map_or(0, |i| i + 1);
+        std::str::from_utf8(&bytes[start..end])
             .ok()?
             .parse::<u64>()
             .ok()

@@ -257,6 +257,9 @@ fn same_consumer(have: &async_nats::jetstream::consumer::Config, want: &pull::Co
 #[derive(Default)]
 pub(crate) struct Routes {
     by_exchange: Mutex<HashMap<String, Known>>,
+    /// One refresh from the server at a time: the publishes that find a key unknown at once (a
+    /// publisher's first window) wait for it rather than each listing the queues.
+    refreshing: tokio::sync::Mutex<()>,
 }
 
 #[derive(Default, Clone)]
@@ -314,12 +317,18 @@ impl Routes {
         if self.reaches(exchange, routing_key) {
             return Ok(true);
         }
-        let fresh = self
-            .lock()
-            .get(exchange)
-            .and_then(|k| k.refreshed)
-            .is_some_and(|t| t.elapsed() < REFRESH);
-        if !fresh {
+        let fresh = || {
+            self.lock()
+                .get(exchange)
+                .and_then(|k| k.refreshed)
+                .is_some_and(|t| t.elapsed() < REFRESH)
+        };
+        if fresh() {
+            return Ok(self.reaches(exchange, routing_key));
+        }
+        let _refreshing = self.refreshing.lock().await;
+        // Another publish may have refreshed it while this one waited.
+        if !fresh() {
             let queues = list_queues(js, exchange).await?;
             self.lock().insert(
                 exchange.to_string(),

@@ -21,7 +21,7 @@
 
 use std::borrow::Cow;
 
-use async_nats::HeaderMap;
+use async_nats::{HeaderMap, HeaderName};
 use bytes::Bytes;
 use chrono::Utc;
 use herald::envelope::{header, parse_v7_id, v7_time, Envelope, ReceivedAttributes};
@@ -113,13 +113,15 @@ pub(crate) fn headers(
     form: CloudEventsHeaders,
 ) -> Result<HeaderMap> {
     let mut h = HeaderMap::new();
-    h.insert(MSG_ID, msg_id);
+    // Names are made from the static strings: no allocation, and the standard ones (the
+    // message id) are an enum, cheap to hash.
+    h.insert(HeaderName::from_static(MSG_ID), msg_id);
     let mut bad = None;
     let from_id = FromId::of(envelope);
     let compact = form == CloudEventsHeaders::Compact;
     envelope.for_each_wire_header(
         |name| !(compact && implied(envelope, name, msg_id, from_id)),
-        |name, v| h.insert(name, value(&v).into_owned()),
+        |name, v| h.insert(HeaderName::from_static(name), value(&v).into_owned()),
     );
     for (name, v) in &envelope.headers {
         if let Err(e) = check_name(name) {
@@ -132,12 +134,15 @@ pub(crate) fn headers(
         return Err(e);
     }
     if envelope.priority > 0 {
-        h.insert(PRIORITY, envelope.priority.to_string());
+        h.insert(
+            HeaderName::from_static(PRIORITY),
+            envelope.priority.to_string(),
+        );
     }
     if let Some(ttl) = envelope.ttl {
         let at =
             Utc::now().timestamp_millis() + i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX / 2);
-        h.insert(EXPIRES_AT, at.to_string());
+        h.insert(HeaderName::from_static(EXPIRES_AT), at.to_string());
     }
     Ok(h)
 }
@@ -229,7 +234,10 @@ mod tests {
         e.priority = 3;
         e.ttl = Some(std::time::Duration::from_secs(60));
         let h = headers(&e, &e.id, CloudEventsHeaders::Compact).unwrap();
-        assert_eq!(h.get(MSG_ID).map(|v| v.as_str()), Some(e.id.as_str()));
+        assert_eq!(
+            h.get(HeaderName::from_static(MSG_ID)).map(|v| v.as_str()),
+            Some(e.id.as_str())
+        );
         let (got, extras) = envelope(Some(&h), "order.placed", e.body.clone());
         assert_eq!(got.id, e.id);
         assert_eq!(got.event_version, 2);
