@@ -99,34 +99,34 @@ fn raw_on_a_broker_without_a_raw_client_is_refused() {
     assert!(stderr.contains("amqp://"), "{stderr}");
 }
 
-/// On NATS the raw baseline can send `Nats-Msg-Id` too (the server's de-duplication, which
-/// Herald's publishes ask for); the RESULT line says which baseline it was.
+/// On NATS the raw baseline sends `Nats-Msg-Id` as Herald's publishes do (the server
+/// de-duplicates both alike) unless `--raw-plain` says otherwise; the RESULT line names it.
 #[test]
-fn nats_run_against_raw_with_msg_ids_says_so() {
+fn nats_run_against_raw_names_its_baseline() {
     let dir = tempfile::tempdir().unwrap();
-    let r = result(&herald(
-        dir.path(),
-        &[
+    for (flag, baseline) in [(None, "raw-msg-id"), (Some("--raw-plain"), "raw-plain")] {
+        let mut args = vec![
             "bench",
             "--broker",
             "nats://127.0.0.1:4222",
             "--events",
             "2000",
             "--raw",
-            "--raw-msg-id",
-        ],
-    ));
-    assert_eq!(r["transport"], "nats");
-    assert_eq!(r["baseline"], "raw-msg-id");
-    assert_ratio_of_the_rates(&r);
+        ];
+        args.extend(flag);
+        let r = result(&herald(dir.path(), &args));
+        assert_eq!(r["transport"], "nats");
+        assert_eq!(r["baseline"], baseline, "{flag:?}");
+        assert_ratio_of_the_rates(&r);
+    }
 }
 
 #[test]
-fn raw_msg_id_off_nats_is_refused() {
+fn raw_plain_off_nats_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let out = herald(
         dir.path(),
-        &["bench", "--broker", "memory://", "--raw", "--raw-msg-id"],
+        &["bench", "--broker", "memory://", "--raw", "--raw-plain"],
     );
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
