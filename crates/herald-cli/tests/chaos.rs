@@ -154,3 +154,41 @@ async fn the_demo_judges_a_broker_kill_by_distinct_ids() {
     );
     assert_eq!(fields["quiescent"], "yes");
 }
+
+/// A fault command that fails does not pass for a fault survived: the RESULT counts it apart
+/// (`faults_failed`) and the run exits non-zero, naming the cause.
+#[test]
+fn a_failed_fault_command_fails_the_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = herald(
+        dir.path(),
+        &[
+            "chaos",
+            "--broker",
+            "memory://",
+            "--events",
+            "300",
+            "--rate",
+            "300",
+            "--fault-cmd",
+            "exit 3",
+            "--first-fault-after",
+            "100ms",
+            "--faults",
+            "1",
+            "--settle",
+            "300ms",
+            "--quiet",
+        ],
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stdout}\n{stderr}");
+    assert!(stderr.contains("1 of 1 fault commands failed"), "{stderr}");
+    let line = stdout
+        .lines()
+        .find(|l| l.starts_with("RESULT "))
+        .unwrap_or_else(|| panic!("no RESULT line in {stdout}"));
+    assert!(line.contains(" faults=0 faults_failed=1 "), "{line}");
+    assert!(line.contains(" lost=0 "), "{line}");
+}

@@ -26,16 +26,18 @@ event ids:
 
 The last line is for scripts:
 
-  RESULT events=N lost=0 duplicates=D reordered=0 faults=F unconfirmed=U unexpected=X
-  publish_p50_ms=.. publish_p99_ms=.. failover_p99_ms=.. stall_max_ms=.. recovery_max_ms=..
+  RESULT events=N lost=0 duplicates=D reordered=0 faults=F faults_failed=0 unconfirmed=U
+  unexpected=X publish_p50_ms=.. publish_p99_ms=.. failover_p99_ms=.. stall_max_ms=.. recovery_max_ms=..
   events_per_second=.. seconds=.. quiescent=yes
 
 failover_p99_ms is the p99 latency of the publishes started while a fault command ran;
 stall_max_ms the longest a publish waited because of a fault; recovery_max_ms the longest
 time from a fault's start until no publish was slow any more (slower than 5 x the p99 before
 the first fault, and 200 ms). A publish is blamed on the last fault that started before it
-completed. Each fault also gets a line on stderr. Exits with status 1 when an event was lost
-or reordered, or the run did not go quiet within --patience.
+completed. Each fault also gets a line on stderr. faults counts the fault commands that
+succeeded, faults_failed those that exited non-zero (the run did not get the fault it asked
+for). Exits with status 1 when an event was lost or reordered, a fault command failed, or the
+run did not go quiet within --patience.
 
 Example, against the 3-node cluster of scripts/cluster.sh:
 
@@ -147,6 +149,15 @@ pub async fn run(config: Config, args: Args) -> CliResult<()> {
     if !v.is_ok() {
         return Err(format!("{} events lost, {} reordered", v.lost, v.reordered).into());
     }
+    let failed = report.faults.iter().filter(|f| !f.succeeded).count();
+    if failed > 0 {
+        // A run that did not get its faults must not pass for one that survived them.
+        return Err(format!(
+            "{failed} of {} fault commands failed (see the `fault N:` lines): the run did not inject the faults it was asked for; check --fault-cmd (for a NATS cluster of scripts/cluster.sh, export HERALD_CLUSTER_BROKER=nats)",
+            report.faults.len()
+        )
+        .into());
+    }
     if !report.quiescence.reached {
         return Err("the run did not go quiet within --patience; the verdict may be early".into());
     }
@@ -179,12 +190,13 @@ fn print_report(r: &ChaosReport) {
     let recovery_max = r.faults.iter().map(|f| f.recovery).max();
     let stall_max = r.faults.iter().map(|f| f.stall).max();
     println!(
-        "RESULT events={} lost={} duplicates={} reordered={} faults={} unconfirmed={} unexpected={} publish_p50_ms={} publish_p99_ms={} failover_p99_ms={} stall_max_ms={} recovery_max_ms={} events_per_second={:.0} seconds={:.1} quiescent={}",
+        "RESULT events={} lost={} duplicates={} reordered={} faults={} faults_failed={} unconfirmed={} unexpected={} publish_p50_ms={} publish_p99_ms={} failover_p99_ms={} stall_max_ms={} recovery_max_ms={} events_per_second={:.0} seconds={:.1} quiescent={}",
         v.events,
         v.lost,
         v.duplicates,
         v.reordered,
-        r.faults.len(),
+        r.faults.iter().filter(|f| f.succeeded).count(),
+        r.faults.iter().filter(|f| !f.succeeded).count(),
         v.unconfirmed,
         v.unexpected,
         ms(r.publish_p50),
