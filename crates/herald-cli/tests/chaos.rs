@@ -15,7 +15,7 @@ use std::time::Duration;
 use herald_testkit::Cluster;
 
 mod common;
-use common::{herald, result};
+use common::{herald, result, result_fields};
 
 /// Ports in the ha range (5681-5689), clear of a cluster started by hand (5681-5683).
 const CLUSTER_PORT: u16 = 5687;
@@ -185,10 +185,8 @@ fn a_failed_fault_command_fails_the_run() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "{stdout}\n{stderr}");
     assert!(stderr.contains("1 of 1 fault commands failed"), "{stderr}");
-    let line = stdout
-        .lines()
-        .find(|l| l.starts_with("RESULT "))
-        .unwrap_or_else(|| panic!("no RESULT line in {stdout}"));
-    assert!(line.contains(" faults=0 faults_failed=1 "), "{line}");
-    assert!(line.contains(" lost=0 "), "{line}");
+    let fields = result_fields(&out);
+    assert_eq!(field(&fields, "faults"), 0, "{stdout}");
+    assert_eq!(field(&fields, "faults_failed"), 1, "{stdout}");
+    assert_eq!(field(&fields, "lost"), 0, "{stdout}");
 }

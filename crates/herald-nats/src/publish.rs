@@ -11,7 +11,6 @@ use bytes::Bytes;
 use herald::error::{Error, Result};
 
 /// One message to store: its subject, headers (with its `Nats-Msg-Id`) and body.
-#[derive(Clone)]
 pub(crate) struct Outgoing {
     pub subject: String,
     pub headers: HeaderMap,

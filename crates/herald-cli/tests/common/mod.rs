@@ -18,12 +18,19 @@ pub fn herald(dir: &Path, args: &[&str]) -> Output {
 
 /// The `key=value` fields of the RESULT line on stdout of a run that succeeded.
 pub fn result(out: &Output) -> HashMap<String, String> {
-    let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
-        "herald failed: {}\n{stdout}",
-        String::from_utf8_lossy(&out.stderr)
+        "herald failed: {}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        String::from_utf8_lossy(&out.stdout)
     );
+    result_fields(out)
+}
+
+/// The `key=value` fields of the RESULT line on stdout, whether or not the run succeeded (a
+/// command that judges a run prints its RESULT before it fails).
+pub fn result_fields(out: &Output) -> HashMap<String, String> {
+    let stdout = String::from_utf8_lossy(&out.stdout);
     let line = stdout
         .lines()
         .find(|l| l.starts_with("RESULT "))
